@@ -1,0 +1,49 @@
+# Two entry points do all set-up from a fresh clone:
+#   make book   builds the site into _build/html
+#   make test   runs the whole test suite (it builds the site first: the browser test visits it)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# Nothing is ever fetched from a model hub, and Playwright drives Debian's chromium, never its own.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+export MPLBACKEND := Agg
+
+.PHONY: install book test test-fast test-gpu system-deps release clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+# Debian packages the tests need (a real browser). Installs only what is missing.
+system-deps:
+	@bash .ci/system-deps.sh
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: $(STAMP) system-deps book
+	$(BIN)/python -m pytest
+
+# The quick loop while writing code: no real kernels, no site.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu
+
+release: $(STAMP)
+	$(BIN)/qkv release
+
+clean:
+	rm -rf _build .jupyter_cache

@@ -1,0 +1,62 @@
+"""The shape of a GPT-2-style decoder, shared by the NumPy reference and the torch decoder.
+
+Symbols (see the notation page): ``n_embd`` is the model width d, ``n_head`` is τ (the number of heads),
+``head_dim`` is d/τ, ``n_positions`` is the longest sequence the learned position table covers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # width of the MLP's hidden layer; GPT-2 uses 4 * n_embd
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DecoderConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"DecoderConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                "each of the τ heads needs an equal slice of the model width"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def d_ff(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    def with_(self, **changes) -> "DecoderConfig":
+        return replace(self, **changes)
+
+    # Presets. Tests use the small ones; benchmarks the GPT-2-small shape (124M parameters).
+    @classmethod
+    def tiny(cls) -> "DecoderConfig":
+        return cls(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+    @classmethod
+    def small(cls) -> "DecoderConfig":
+        return cls(vocab_size=256, n_positions=256, n_embd=64, n_layer=3, n_head=4)
+
+    @classmethod
+    def gpt2_small(cls) -> "DecoderConfig":
+        return cls()
+
+    @classmethod
+    def preset(cls, name: str) -> "DecoderConfig":
+        presets = {"tiny": cls.tiny, "small": cls.small, "gpt2-small": cls.gpt2_small}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name]()

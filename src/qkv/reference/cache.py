@@ -1,0 +1,218 @@
+"""Caches of keys and values for autoregressive decoding (chapters 4–5).
+
+At step i a decoder needs the keys and values of positions 1…i. Without a cache it recomputes them all;
+with one it computes k_i and v_i for the new position only and appends them (Xiao & Zhu 2025, §2.3.2, §5.1).
+After step i with τ heads a full cache holds { (K_{≤i}^{[1]}, V_{≤i}^{[1]}), …, (K_{≤i}^{[τ]}, V_{≤i}^{[τ]}) }.
+
+Layout of everything stored and returned: (..., τ, positions, head_dim), where ``...`` is an optional batch
+axis. Every cache keeps an explicit counter of positions seen; it never infers its length from its contents.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qkv.reference._checks import as_float_array, require_ndim
+
+_LAYOUT = "(..., tau, n_new, head_dim)"
+
+
+class _PositionStore:
+    """Shared checks for caches that take (..., τ, n_new, head_dim) keys and values."""
+
+    def __init__(self) -> None:
+        self.length = 0  # i: positions seen so far
+        self._frame: tuple[tuple[int, ...], np.dtype] | None = None  # shape without the positions axis
+
+    def _check(self, k, v) -> tuple[np.ndarray, np.ndarray]:
+        k = as_float_array("k", k)
+        v = as_float_array("v", v)
+        require_ndim("k", k, 3, _LAYOUT)
+        require_ndim("v", v, 3, _LAYOUT)
+        if k.shape != v.shape:
+            raise ValueError(f"k and v must have the same shape {_LAYOUT}; got k {k.shape}, v {v.shape}")
+        frame = k.shape[:-2] + k.shape[-1:]
+        if self._frame is None:
+            self._frame = (frame, np.result_type(k, v))
+        elif frame != self._frame[0]:
+            expected = self._frame[0][:-1] + ("n_new",) + self._frame[0][-1:]
+            raise ValueError(f"this cache holds keys of shape {expected}; got k of shape {k.shape}")
+        return k, v
+
+    @property
+    def tau(self) -> int:
+        if self._frame is None:
+            raise ValueError("the cache is empty; τ is known after the first update")
+        return self._frame[0][-2]
+
+    def reset(self) -> None:
+        """Forget every position (the counter goes back to 0)."""
+        self.length = 0
+        self._frame = None
+
+
+class KVCache(_PositionStore):
+    """The full cache: keeps the keys and values of every position seen.
+
+    ``update(k, v)`` appends n_new positions and returns (K_{≤i}, V_{≤i}), which is exactly what attention
+    at the new positions reads. Storage is allocated once for ``max_positions`` when that is given (as a
+    decoder does), else it grows by doubling.
+    """
+
+    def __init__(self, max_positions: int | None = None) -> None:
+        super().__init__()
+        if max_positions is not None and (not isinstance(max_positions, (int, np.integer)) or max_positions < 1):
+            raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
+        self.max_positions = max_positions
+        self._k: np.ndarray | None = None
+        self._v: np.ndarray | None = None
+
+    def _allocate(self, frame: tuple[int, ...], dtype, capacity: int) -> None:
+        shape = frame[:-1] + (capacity,) + frame[-1:]  # (..., τ, capacity, head_dim)
+        k, v = np.zeros(shape, dtype), np.zeros(shape, dtype)
+        if self._k is not None:
+            k[..., : self.length, :] = self._k[..., : self.length, :]
+            v[..., : self.length, :] = self._v[..., : self.length, :]
+        self._k, self._v = k, v
+
+    def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
+        """Append keys and values of shape (..., τ, n_new, head_dim); return (K_{≤i}, V_{≤i}),
+        each (..., τ, i, head_dim), where i is the new length."""
+        k, v = self._check(k, v)
+        n_new = k.shape[-2]
+        end = self.length + n_new
+        if self.max_positions is not None and end > self.max_positions:
+            raise ValueError(
+                f"KVCache is full: it holds {self.length} of max_positions={self.max_positions} positions "
+                f"and cannot take {n_new} more"
+            )
+        frame, dtype = self._frame
+        if self._k is None or end > self._k.shape[-2]:
+            capacity = self.max_positions or max(end, 2 * (0 if self._k is None else self._k.shape[-2]), 16)
+            self._allocate(frame, dtype, capacity)
+        self._k[..., self.length : end, :] = k
+        self._v[..., self.length : end, :] = v
+        self.length = end
+        return self.keys, self.values
+
+    @property
+    def keys(self) -> np.ndarray:
+        """K_{≤i}: (..., τ, i, head_dim), a view of the stored keys."""
+        if self._k is None:
+            raise ValueError("the cache is empty")
+        return self._k[..., : self.length, :]
+
+    @property
+    def values(self) -> np.ndarray:
+        """V_{≤i}: (..., τ, i, head_dim), a view of the stored values."""
+        if self._v is None:
+            raise ValueError("the cache is empty")
+        return self._v[..., : self.length, :]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the keys and values held for positions 1…i (not the spare capacity)."""
+        if self._k is None:
+            return 0
+        return int(self.keys.nbytes + self.values.nbytes)
+
+    def pairs(self) -> set[tuple[int, int]]:
+        """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored: j = 1…i, h = 1…τ."""
+        if self.length == 0:
+            return set()
+        return {(j, h) for j in range(1, self.length + 1) for h in range(1, self.tau + 1)}
+
+    def reset(self) -> None:
+        super().reset()
+        self._k = self._v = None
+
+
+class WindowKVCache(_PositionStore):
+    """A cache that keeps only the last n_c positions: K_{[i−n_c+1, i]} = [k_{i−n_c+1}; …; k_i]
+    (Xiao & Zhu 2025, §2.3.3.1, eq. 2.52–2.53). Its memory stays bounded however long the text grows;
+    the price is that attention can no longer see positions before the window."""
+
+    def __init__(self, n_c: int) -> None:
+        super().__init__()
+        if not isinstance(n_c, (int, np.integer)) or n_c < 1:
+            raise ValueError(f"n_c (the window size) must be a positive int, got {n_c!r}")
+        self.n_c = int(n_c)
+        self._k: np.ndarray | None = None
+        self._v: np.ndarray | None = None
+
+    def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
+        """Append (..., τ, n_new, head_dim) keys and values; return the window (K_{[i−n_c+1, i]}, V_{[…]})."""
+        k, v = self._check(k, v)
+        if self._k is None:
+            self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
+        else:
+            self._k = np.concatenate([self._k, k], axis=-2)[..., -self.n_c :, :]
+            self._v = np.concatenate([self._v, v], axis=-2)[..., -self.n_c :, :]
+        self.length += k.shape[-2]
+        return self._k, self._v
+
+    @property
+    def keys(self) -> np.ndarray:
+        if self._k is None:
+            raise ValueError("the cache is empty")
+        return self._k
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._v is None:
+            raise ValueError("the cache is empty")
+        return self._v
+
+    @property
+    def positions(self) -> list[int]:
+        """The positions (counted from 1) held now: i−n_c+1 … i, or 1 … i while i ≤ n_c."""
+        return list(range(max(1, self.length - self.n_c + 1), self.length + 1))
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._k is None else int(self._k.nbytes + self._v.nbytes)
+
+    def pairs(self) -> set[tuple[int, int]]:
+        if self.length == 0:
+            return set()
+        return {(j, h) for j in self.positions for h in range(1, self.tau + 1)}
+
+    def reset(self) -> None:
+        super().reset()
+        self._k = self._v = None
+
+
+class CumulativeAverageMemory:
+    """A fixed-size memory that keeps the running mean of all keys and values seen:
+    k̄_i = (1/i) Σ_{j≤i} k_j, updated as k̄_i = (k_i + (i−1) k̄_{i−1}) / i (Xiao & Zhu 2025, eq. 2.56–2.57).
+
+    Whatever the length, it stores one key and one value (of whatever shape the first update has). Every
+    k_j still contributes to k̄_i, so an outcome computed from the averages can depend on every past step.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.keys: np.ndarray | None = None  # k̄_i
+        self.values: np.ndarray | None = None  # v̄_i
+
+    def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
+        """Take the key and value of one new position; return (k̄_i, v̄_i)."""
+        k = as_float_array("k", k)
+        v = as_float_array("v", v)
+        if self.keys is not None and (k.shape != self.keys.shape or v.shape != self.values.shape):
+            raise ValueError(
+                f"this memory averages keys of shape {self.keys.shape} and values of shape {self.values.shape}; "
+                f"got k {k.shape}, v {v.shape}"
+            )
+        i = self.length + 1
+        if self.keys is None:
+            self.keys, self.values = k.copy(), v.copy()
+        else:
+            self.keys = (k + (i - 1) * self.keys) / i
+            self.values = (v + (i - 1) * self.values) / i
+        self.length = i
+        return self.keys, self.values
+
+    def reset(self) -> None:
+        self.length = 0
+        self.keys = self.values = None
