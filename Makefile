@@ -32,12 +32,13 @@ system-deps:
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+# GPU tests are deselected here (CI has no GPU); `make test-gpu` runs them on a machine with CUDA.
 test: $(STAMP) system-deps book
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not gpu"
 
 # The quick loop while writing code: no real kernels, no site.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu
