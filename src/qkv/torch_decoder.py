@@ -1,0 +1,377 @@
+"""A GPT-2-shaped decoder in PyTorch with a static KV cache, on CPU or GPU (chapter 6).
+
+The same model as the NumPy ``qkv.reference.Decoder`` (learned positions, pre-LayerNorm, GELU with the tanh
+approximation, an output layer tied to the token embedding), loading the same GPT-2 weights, but written
+for speed: the keys and values live in a ``StaticKVCache`` written in place, the prompt goes through in one
+pass (``prefill``) and each new token in another (``decode_step``), and attention is PyTorch's
+``scaled_dot_product_attention``. On a GPU the decode step can be replayed as a CUDA graph
+(``cuda_graph=True``) so that launching a few hundred small kernels per token stops dominating.
+
+Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, d/τ); each layer's cache
+(batch, τ, max_positions, d/τ); logits (batch, n, vocab). Linear weights are stored as (out, in), contiguous,
+the layout ``torch.nn.functional.linear`` reads fastest (GPT-2 checkpoints store (in, out): we transpose once,
+at load time). Positions count from 1 in the course; the position table and cache slots from 0 here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qkv.config import DecoderConfig
+from qkv.gpt2 import PREFIX, check_state_dict, config_from_state_dict, layer_names
+from qkv.torch_cache import LayerKVCache, StaticKVCache
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device=None) -> torch.device:
+    """``None`` means CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+@dataclass
+class Block:
+    """One transformer block's weights; every linear weight is (out, in) for ``F.linear``."""
+
+    ln_1_g: torch.Tensor
+    ln_1_b: torch.Tensor
+    W_qkv: torch.Tensor  # (3d, d): rows of W_q, then W_k, then W_v; each the τ heads' rows one after another
+    b_qkv: torch.Tensor
+    W_o: torch.Tensor  # (d, d)
+    b_o: torch.Tensor
+    ln_2_g: torch.Tensor
+    ln_2_b: torch.Tensor
+    W_fc: torch.Tensor  # (d_ff, d)
+    b_fc: torch.Tensor
+    W_out: torch.Tensor  # (d, d_ff)
+    b_out: torch.Tensor
+
+
+class CachedDecoder:
+    """GPT-2 in PyTorch: ``forward`` recomputes everything; ``prefill`` + ``decode_step`` use a static cache."""
+
+    def __init__(self, config: DecoderConfig, wte: torch.Tensor, wpe: torch.Tensor, blocks: list[Block],
+                 ln_f_g: torch.Tensor, ln_f_b: torch.Tensor, cuda_graph: bool = False) -> None:
+        self.config = config
+        self.wte, self.wpe = wte, wpe  # (vocab, d), (n_positions, d); wte doubles as the output layer
+        self.blocks = blocks
+        self.ln_f_g, self.ln_f_b = ln_f_g, ln_f_b
+        self.cuda_graph = cuda_graph  # ask for the GPU fast path; ignored (eager) on the CPU
+        self._graph: _GraphedDecodeStep | None = None
+
+    @classmethod
+    def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, device=None, dtype=torch.float32,
+                             cuda_graph: bool = False) -> "CachedDecoder":
+        """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to NumPy arrays
+        or torch tensors, in GPT-2's Conv1D layout (in, out).
+
+        τ = ``n_head`` cannot be read from the weights. Missing or mis-shaped tensors are all named in one
+        ValueError. ``device=None`` picks CUDA when present; ``dtype`` is float32, or bfloat16/float16
+        (meant for a GPU).
+        """
+        config = config_from_state_dict(state_dict, n_head)
+        sd = check_state_dict(state_dict, config)
+        device, dtype = pick_device(device), as_dtype(dtype)
+
+        def get(name: str, transpose: bool = False) -> torch.Tensor:
+            value = sd[name]
+            t = value.detach() if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+            t = t.to(device=device, dtype=dtype)
+            return (t.t() if transpose else t).contiguous()
+
+        blocks = []
+        for layer in range(config.n_layer):
+            names = layer_names(layer)  # ln_1 g/b, c_attn W/b, c_proj W/b, ln_2 g/b, c_fc W/b, mlp.c_proj W/b
+            blocks.append(Block(*(get(n, transpose=n.endswith("weight") and ".ln_" not in n) for n in names)))
+        return cls(config, get(PREFIX + "wte.weight"), get(PREFIX + "wpe.weight"), blocks,
+                   get(PREFIX + "ln_f.weight"), get(PREFIX + "ln_f.bias"), cuda_graph=cuda_graph)
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.dtype
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        """Whether ``decode_step`` really replays a CUDA graph (asked for, and the weights are on a GPU)."""
+        return bool(self.cuda_graph) and self.device.type == "cuda"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all weights (the tied output layer counted once)."""
+        tensors = [self.wte, self.wpe, self.ln_f_g, self.ln_f_b]
+        tensors += [t for b in self.blocks for t in vars(b).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # --- input checks ---------------------------------------------------------------------------
+    def _check_ids(self, ids, name: str = "ids") -> torch.Tensor:
+        """ids as a (batch, n) int64 tensor on this decoder's device; (n,) becomes a batch of one."""
+        if isinstance(ids, torch.Tensor):
+            t = ids.detach()
+        else:
+            arr = np.asarray(ids)
+            if arr.dtype == object:
+                raise TypeError(f"{name} must be integer token ids, got dtype {arr.dtype}")
+            t = torch.from_numpy(np.ascontiguousarray(arr)) if arr.size else torch.zeros(arr.shape, dtype=torch.int64)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            if t.is_floating_point() and bool(torch.all(t == torch.round(t))):
+                t = t.long()
+            else:
+                raise TypeError(f"{name} must be integer token ids, got dtype {t.dtype}")
+        if t.ndim == 1:
+            t = t[None, :]
+        if t.ndim != 2:
+            raise ValueError(f"{name} must have shape (batch, n) or (n,); got shape {tuple(t.shape)}")
+        if t.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give at least one token")
+        bad = (t < 0) | (t >= self.config.vocab_size)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"{name} holds token id {int(t[where])} at index {where}, outside the vocabulary "
+                f"[0, {self.config.vocab_size})"
+            )
+        return t.to(device=self.device, dtype=torch.int64)
+
+    def _check_room(self, start: int, n: int, limit: int | None = None, what: str = "") -> None:
+        limit = self.config.n_positions if limit is None else limit
+        if start + n > limit:
+            where = what or f"the maximum length n_positions={self.config.n_positions} of this model"
+            raise ValueError(f"sequence would reach {start + n} positions, past {where}")
+
+    def _check_cache(self, cache, batch: int, n: int) -> int:
+        if not isinstance(cache, StaticKVCache) or len(cache) != self.config.n_layer:
+            raise ValueError(f"cache must be a StaticKVCache of {self.config.n_layer} layers; "
+                             f"use decoder.new_cache(batch)")
+        if batch > cache.max_batch:
+            raise ValueError(f"a batch of {batch} sequences is larger than the batch of {cache.max_batch} "
+                             f"this cache was built for")
+        start = cache.length
+        if start and cache.batch != batch:
+            raise ValueError(f"the cache holds a batch of {cache.batch} sequences; got {batch}")
+        self._check_room(start, n)
+        self._check_room(start, n, cache.max_positions, f"the cache's max_positions={cache.max_positions}")
+        return start
+
+    # --- the computation --------------------------------------------------------------------------
+    def _split_qkv(self, block: Block, x: torch.Tensor):
+        """LayerNorm, then the fused projection: q, k, v each (batch, τ, n, d/τ)."""
+        b, n, d = x.shape
+        tau = self.config.n_head
+        h = F.layer_norm(x, (d,), block.ln_1_g, block.ln_1_b, self.config.layer_norm_eps)
+        qkv = F.linear(h, block.W_qkv, block.b_qkv)  # (batch, n, 3d)
+        qkv = qkv.view(b, n, 3, tau, d // tau).permute(2, 0, 3, 1, 4)  # (3, batch, τ, n, d/τ)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _finish_block(self, block: Block, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Merge the heads (batch, τ, n, d/τ), project, add; then the MLP sub-layer."""
+        b, n, d = x.shape
+        x = x + F.linear(heads.transpose(1, 2).reshape(b, n, d), block.W_o, block.b_o)  # (batch, n, d)
+        h = F.layer_norm(x, (d,), block.ln_2_g, block.ln_2_b, self.config.layer_norm_eps)
+        h = F.gelu(F.linear(h, block.W_fc, block.b_fc), approximate="tanh")  # (batch, n, d_ff)
+        return x + F.linear(h, block.W_out, block.b_out)
+
+    def _block(self, block: Block, x: torch.Tensor, cache: LayerKVCache | None, start: int) -> torch.Tensor:
+        q, k, v = self._split_qkv(block, x)
+        if cache is not None:
+            k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, d/τ)
+        n, i = q.shape[-2], k.shape[-2]
+        if n == 1:  # one new query sees every cached key: no mask at all
+            heads = F.scaled_dot_product_attention(q, k, v)
+        elif i == n:  # a fresh prompt: the plain causal mask
+            heads = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a prompt appended to a filled cache: query row r (position start+r+1) sees slots ≤ start+r
+            rows = torch.arange(start, start + n, device=x.device)[:, None]
+            mask = torch.arange(i, device=x.device)[None, :] <= rows  # (n, i), True where it may attend
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self._finish_block(block, x, heads)  # heads: (batch, τ, n, d/τ)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, (x.shape[-1],), self.ln_f_g, self.ln_f_b, self.config.layer_norm_eps)
+        return F.linear(x, self.wte)  # tied output embedding: (batch, n, vocab)
+
+    def _run(self, ids: torch.Tensor, start: int, cache: StaticKVCache | None, last_only: bool = False):
+        n = ids.shape[1]
+        x = F.embedding(ids, self.wte) + self.wpe[start : start + n]  # (batch, n, d); positions start+1 … start+n
+        for layer, block in enumerate(self.blocks):
+            x = self._block(block, x, None if cache is None else cache[layer], start)
+        return self._logits(x[:, -1:] if last_only else x)
+
+    def _decode_static(self, token: torch.Tensor, position: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One decode step with its position as a tensor (shape (1,), from 0) and no Python-side branching,
+        so that a CUDA graph can capture it. token: (batch,); returns logits (batch, vocab).
+
+        It attends over all max_positions slots, masking those after ``position``; the eager path slices
+        the cache instead, which does less work but changes shapes every step."""
+        x = F.embedding(token[:, None], self.wte) + F.embedding(position, self.wpe)  # (batch, 1, d)
+        slots = torch.arange(cache.max_positions, device=x.device)
+        mask = (slots <= position)[None, None, None, :]  # (1, 1, 1, max_positions)
+        for layer, block in enumerate(self.blocks):
+            q, k, v = self._split_qkv(block, x)
+            K, V = cache[layer].write_at(position, k, v)  # (batch, τ, max_positions, d/τ)
+            heads = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
+            x = self._finish_block(block, x, heads)
+        return self._logits(x)[:, 0]
+
+    # --- the public steps ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, ids) -> torch.Tensor:
+        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), computed from scratch."""
+        ids = self._check_ids(ids)
+        self._check_room(0, ids.shape[1])
+        return self._run(ids, 0, None)
+
+    def new_cache(self, batch: int = 1, max_positions: int | None = None) -> StaticKVCache:
+        """An empty static cache for up to ``batch`` sequences of up to ``max_positions`` (default: the
+        model's n_positions) positions, in this decoder's dtype and on its device."""
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        max_positions = self.config.n_positions if max_positions is None else max_positions
+        if not isinstance(max_positions, (int, np.integer)) or not 1 <= max_positions <= self.config.n_positions:
+            raise ValueError(f"max_positions must be an int in [1, n_positions={self.config.n_positions}], "
+                             f"got {max_positions!r}")
+        c = self.config
+        return StaticKVCache(c.n_layer, int(batch), c.n_head, int(max_positions), c.head_dim, self.dtype, self.device)
+
+    @torch.inference_mode()
+    def prefill(self, ids, cache: StaticKVCache, last_only: bool = False) -> torch.Tensor:
+        """Run the prompt (batch, n) in one pass, writing its keys and values into ``cache``.
+
+        Returns logits (batch, n, vocab), or (batch, 1, vocab) for the last position with ``last_only``."""
+        ids = self._check_ids(ids)
+        start = self._check_cache(cache, ids.shape[0], ids.shape[1])
+        return self._run(ids, start, cache, last_only)
+
+    @torch.inference_mode()
+    def decode_step(self, token_ids, cache: StaticKVCache) -> torch.Tensor:
+        """Feed one new token per sequence, token_ids (batch,); returns next-token logits (batch, vocab).
+
+        Only this position's key and value are computed; the earlier ones are read from ``cache``."""
+        ids = self._check_ids(torch.as_tensor(np.asarray(token_ids)).reshape(-1, 1)
+                              if not isinstance(token_ids, torch.Tensor) else token_ids.reshape(-1, 1), "token_ids")
+        return self._decode(ids[:, 0], cache).clone()
+
+    def _decode(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """decode_step without the input checks on the token values (generate's hot loop)."""
+        start = self._check_cache(cache, token.shape[0], 1)
+        if not self.uses_cuda_graph:
+            return self._run(token[:, None], start, cache)[:, 0]
+        if self._graph is None or not self._graph.fits(cache, token.shape[0]):
+            self._graph = _GraphedDecodeStep(self, cache, token.shape[0])
+        return self._graph(token, start)
+
+    # --- generation ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, ids, max_new_tokens: int, use_cache: bool = True, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None, cache: StaticKVCache | None = None):
+        """Prompt (batch, n) or (n,) followed by ``max_new_tokens`` new tokens: an int64 tensor
+        (batch, n + max_new_tokens) on this decoder's device.
+
+        Greedy with ``temperature=0``; otherwise samples from softmax(logits / temperature), restricted to the
+        ``top_k`` likeliest tokens when given, with a generator seeded by ``seed`` (same seed, same tokens).
+        ``use_cache=False`` recomputes the whole prefix at every step. A ``cache`` may be passed to reuse its
+        storage (it is reset first); by default one is built for exactly n + max_new_tokens positions.
+        """
+        ids = self._check_ids(ids)
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature must be a number ≥ 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        batch, n = ids.shape
+        total = n + int(max_new_tokens)
+        self._check_room(0, total)
+        out = torch.empty((batch, total), dtype=torch.int64, device=self.device)
+        out[:, :n] = ids
+        if max_new_tokens == 0:
+            return out
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed) if seed is not None else generator.seed()
+        pick = lambda logits: _next_token(logits, temperature, top_k, generator)  # noqa: E731
+
+        if not use_cache:
+            for t in range(n, total):
+                out[:, t] = pick(self._run(out[:, :t], 0, None, last_only=True)[:, 0])
+            return out
+        if cache is None:
+            cache = self.new_cache(batch, total)
+        else:
+            cache.reset()
+        out[:, n] = pick(self.prefill(ids, cache, last_only=True)[:, 0])
+        for t in range(n + 1, total):
+            out[:, t] = pick(self._decode(out[:, t - 1], cache))
+        return out
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """logits (batch, vocab) -> token ids (batch,): argmax, or a sample at ``temperature``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (batch, 1): the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+class _GraphedDecodeStep:
+    """The decode step captured once as a CUDA graph, then replayed: one launch per token instead of a few
+    hundred. Bound to one cache and one batch size (a graph replays fixed addresses); inputs are copied into
+    its static tensors, and the returned logits are overwritten by the next replay."""
+
+    def __init__(self, decoder: CachedDecoder, cache: StaticKVCache, batch: int) -> None:
+        self.decoder, self.cache, self.batch = decoder, cache, batch
+        self.token = torch.zeros(batch, dtype=torch.int64, device=decoder.device)
+        self.position = torch.zeros(1, dtype=torch.int64, device=decoder.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def fits(self, cache: StaticKVCache, batch: int) -> bool:
+        return cache is self.cache and batch == self.batch
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (as CUDA graphs require); these runs write the same k, v the replay will.
+        side = torch.cuda.Stream(device=self.decoder.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.decoder._decode_static(self.token, self.position, self.cache)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.decoder._decode_static(self.token, self.position, self.cache)
+
+    def __call__(self, token: torch.Tensor, start: int) -> torch.Tensor:
+        self.token.copy_(token)
+        self.position.fill_(start)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        for layer_cache in self.cache.layers:
+            layer_cache.advance(1, self.batch)
+        return self.logits
