@@ -1,0 +1,85 @@
+"""Where the course's assignments live, and the release transformation shared by release, check and grade.
+
+Assignment NAME has its instructor version at ``solutions/NAME/NAME.ipynb`` (nbgrader's *source*) and its
+student version at ``exercises/NAME/NAME.ipynb`` (nbgrader's *release*); ``nbgrader_config.py`` at the
+repository root maps nbgrader's folders to these two.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import nbformat
+
+ASSIGNMENTS = (
+    "01_weighted_average",
+    "02_qkv_roles",
+    "03_zeroed_values",
+    "04_cache_notation",
+    "05_cached_decoding",
+)
+SOURCE_DIR = "solutions"
+RELEASE_DIR = "exercises"
+
+
+def find_root(start: str | os.PathLike | None = None) -> Path:
+    """The course repository: the nearest folder at or above ``start`` (default: the working directory)
+    holding ``nbgrader_config.py`` and ``solutions/``; else the checkout this package was installed from."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "nbgrader_config.py").is_file() and (folder / SOURCE_DIR).is_dir():
+            return folder
+    package_root = Path(__file__).resolve().parents[3]  # src/qkv/grading/course.py -> repository
+    if (package_root / SOURCE_DIR).is_dir():
+        return package_root
+    raise FileNotFoundError(f"no course repository (nbgrader_config.py and {SOURCE_DIR}/) at or above {here}")
+
+
+def source_path(root: Path, name: str) -> Path:
+    return root / SOURCE_DIR / name / f"{name}.ipynb"
+
+
+def release_path(root: Path, name: str) -> Path:
+    return root / RELEASE_DIR / name / f"{name}.ipynb"
+
+
+def read_notebook(path: str | os.PathLike) -> nbformat.NotebookNode:
+    return nbformat.read(os.fspath(path), as_version=4)
+
+
+def dumps(nb: nbformat.NotebookNode) -> str:
+    """The one serialisation used for everything committed: sorted keys, indent 1, newline at the end."""
+    return nbformat.writes(nb) + "\n"
+
+
+def _preprocess(nb, steps):
+    resources: dict = {"nbgrader": {}}
+    for step in steps:
+        nb, resources = step.preprocess(nb, resources)
+    return nb
+
+
+def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student version of a source notebook: nbgrader's own preprocessors in GenerateAssignment's
+    order, minus the two that need a gradebook or a header file. Deterministic: no timestamps, no ids made up."""
+    from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
+                                        ClearSolutions, ComputeChecksums, LockCells)
+
+    nb = copy.deepcopy(source)
+    nb = _preprocess(nb, [LockCells(), ClearSolutions(), ClearOutput(), CheckCellMetadata(), ComputeChecksums(),
+                          ClearHiddenTests(), ClearMarkScheme(), ComputeChecksums(), CheckCellMetadata()])
+    for cell in nb.cells:  # nbgrader leaves execution state that differs between runs of a source notebook
+        if cell.cell_type == "code":
+            cell.execution_count = None
+            cell.outputs = []
+    return nb
+
+
+def instructor_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """What the grader runs for each cell it owns: test cells with their hidden tests, locked cells as the
+    instructor wrote them, checksums recomputed. Solution cells keep the solution (used only by self-tests)."""
+    from nbgrader.preprocessors import ComputeChecksums, LockCells
+
+    return _preprocess(copy.deepcopy(source), [LockCells(), ComputeChecksums()])
