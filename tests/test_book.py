@@ -1,0 +1,130 @@
+"""The book's sources and the built site: what every chapter must contain, and what the site must never
+contain (solutions). Source checks are fast; checks of the built site need `make book` first."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+SITE = ROOT / "_build" / "html"
+CHAPTERS = sorted(BOOK.glob("0[1-7]_*.md"))
+NOTEBOOK_CHAPTERS = [p for p in CHAPTERS if "```{code-cell}" in p.read_text()]
+SOLUTION_MARKERS = ["### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "BEGIN HIDDEN TESTS"]
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            files.append(chapter["file"])
+            files.extend(section["file"] for section in chapter.get("sections", []))
+    return files
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = _toc_files()
+    assert len(CHAPTERS) >= 4
+    for chapter in CHAPTERS:
+        assert f"book/{chapter.stem}" in toc, f"{chapter.name} is not listed in _toc.yml"
+    for page in ("book/notation", "book/references"):
+        assert page in toc
+
+
+def test_exercise_pages_show_the_student_notebooks_unexecuted():
+    toc = _toc_files()
+    exercises = sorted(ROOT.glob("exercises/*/*.ipynb"))
+    for notebook in exercises:
+        docname = notebook.relative_to(ROOT).with_suffix("").as_posix()
+        assert docname in toc, f"exercise {docname} is not in _toc.yml"
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert any(p.startswith("exercises/") for p in config["execute"]["exclude_patterns"])
+    assert "solutions/*" in config["exclude_patterns"]
+    assert not any(f.startswith("solutions/") for f in toc), "solutions must never be published"
+
+
+@pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_a_myst_notebook_that_shows_the_package_source(chapter):
+    text = chapter.read_text()
+    front = text.split("---", 2)[1]
+    meta = yaml.safe_load(front)
+    assert meta["jupytext"]["text_representation"]["format_name"] == "myst"
+    assert meta["kernelspec"]["name"] == "python3"
+    assert "from qkv" in text, "chapters import their code from the package"
+    assert "{literalinclude} ../src/qkv/" in text or "inspect.getsource" in text, \
+        "a chapter shows the package's own source, so the page cannot drift from the code"
+    assert "mystnb:" in text and "caption:" in text, "every chapter has at least one captioned figure"
+    assert "!pip" not in text and "%pip" not in text
+
+
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("07")], ids=lambda p: p.stem)
+def test_chapter_cites_the_textbook_with_section_or_equation(chapter):
+    text = chapter.read_text()
+    assert "Xiao & Zhu 2025" in text
+    assert re.search(r"(eq\. \d+\.\d+|§\d+\.\d+)", text), "cite the section or equation number"
+
+
+def test_literalincludes_point_at_real_objects():
+    for chapter in CHAPTERS:
+        text = chapter.read_text()
+        for path, obj in re.findall(r"```\{literalinclude\} (\S+)\n:pyobject: (\S+)", text):
+            source = (chapter.parent / path).resolve()
+            assert source.is_file(), f"{chapter.name}: {path} does not exist"
+            name = obj.split(".")[-1]
+            assert re.search(rf"^\s*(def|class) {re.escape(name)}\b", source.read_text(), re.M), \
+                f"{chapter.name}: {obj} not found in {path}"
+
+
+def test_markdown_sources_carry_no_outputs():
+    for chapter in CHAPTERS:
+        assert "outputs" not in chapter.read_text().split("---", 2)[1], f"{chapter.name} stores outputs"
+
+
+# --- the built site -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def site_text() -> str:
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"the site is not built: {SITE} has no index.html. Run `make book` first.")
+    parts = []
+    for path in SITE.rglob("*"):
+        if path.is_file() and path.suffix in {".html", ".ipynb", ".md", ".txt", ".js", ".py"}:
+            parts.append(path.read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+def _solution_lines() -> list[str]:
+    """Distinctive lines that appear only inside solution blocks (not in the public package)."""
+    public = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    lines = []
+    for notebook in sorted(ROOT.glob("solutions/*/*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            source = "".join(cell["source"])
+            for block in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source, re.S):
+                for line in block.splitlines():
+                    line = line.strip()
+                    if len(line) >= 25 and line not in public and not line.startswith("#"):
+                        lines.append(line)
+    return lines
+
+
+def test_site_contains_no_solution_markers(site_text):
+    for marker in SOLUTION_MARKERS:
+        assert marker not in site_text, f"the built site contains {marker!r}: solutions leaked"
+
+
+def test_site_contains_no_solution_code(site_text):
+    lines = _solution_lines()
+    if not list(ROOT.glob("solutions/*/*.ipynb")):
+        pytest.fail("no solutions/ notebooks to compare against")
+    assert lines, "found no distinctive solution lines to look for"
+    plain = html.unescape(re.sub(r"<[^>]+>", "", site_text))
+    leaked = [line for line in lines if line in plain or line in site_text]
+    assert not leaked, f"solution code appears in the built site: {leaked[:5]}"

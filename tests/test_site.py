@@ -1,0 +1,190 @@
+"""The built site, visited in a real browser with no network: every page loads, renders its formulas and
+images, links only to pages that exist, and asks nothing of any host but the one serving it.
+
+Run after `make book` (``make test`` does both). Drives Debian's chromium through Playwright's Python package.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import http.server
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "_build" / "html"
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+SCREENSHOT_PAGE = "book/02_queries_keys_values.html"
+
+pytestmark = pytest.mark.slow
+
+# Collected in the page, after load: what the tests below check.
+PAGE_REPORT_JS = r"""
+() => {
+  const images = [...document.images].map(img => ({src: img.currentSrc || img.src, complete: img.complete,
+                                                   width: img.naturalWidth}));
+  const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
+  const mathElements = [...document.querySelectorAll(".math")];
+  const unrendered = mathElements.filter(el => !el.querySelector("mjx-container")).map(el => el.textContent.slice(0, 80));
+  const clone = document.body.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, textarea, mjx-container").forEach(el => el.remove());
+  const text = clone.textContent;
+  const raw = (text.match(/\$\$|\\\(|\\\[/g) || []).length;
+  return {images, links, mathCount: mathElements.length, unrendered, raw,
+          mjx: document.querySelectorAll("mjx-container").length};
+}
+"""
+
+
+def _pages() -> list[str]:
+    return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
+                  if not p.relative_to(SITE).parts[0].startswith("_"))
+
+
+@pytest.fixture(scope="module")
+def site_url():
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"the site is not built: {SITE} has no index.html. Run `make book` first.")
+    handler = functools.partial(_QuietHandler, directory=str(SITE))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest's output readable
+        pass
+
+
+@pytest.fixture(scope="module")
+def visits(site_url):
+    """Visit every page once; return {page: report} with what each page did and showed."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements.txt")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing; run `make system-deps` (Debian's chromium package)")
+    reports: dict[str, dict] = {}
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        external: list[str] = []
+
+        def guard(route):
+            url = route.request.url
+            host = urllib.parse.urlsplit(url).hostname
+            if url.startswith(("http://", "https://", "ws://", "wss://")) and host not in LOCAL_HOSTS:
+                external.append(url)
+                route.abort()
+            else:
+                route.continue_()
+
+        context.route("**/*", guard)
+        page = context.new_page()
+        for name in _pages():
+            errors: list[str] = []
+            failed_local: list[str] = []
+            external.clear()
+            on_console = lambda msg, errors=errors: msg.type == "error" and errors.append(msg.text)  # noqa: E731
+            on_pageerror = lambda exc, errors=errors: errors.append(f"uncaught: {exc}")  # noqa: E731
+            on_response = lambda r, bad=failed_local: r.status >= 400 and bad.append(f"{r.status} {r.url}")  # noqa: E731
+            page.on("console", on_console)
+            page.on("pageerror", on_pageerror)
+            page.on("response", on_response)
+            page.goto(site_url + name, wait_until="load")
+            try:  # MathJax typesets after load; give it time on pages that have formulas
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('.math')].every(el => el.querySelector('mjx-container'))",
+                    timeout=20_000)
+            except sync_api.TimeoutError:
+                pass  # reported below as unrendered formulas
+            page.wait_for_load_state("networkidle")
+            report = page.evaluate(PAGE_REPORT_JS)
+            report.update(errors=list(errors), failed=list(failed_local), external=list(external))
+            reports[name] = report
+            if name == SCREENSHOT_PAGE:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "chapter-2.png"), full_page=True)
+            page.remove_listener("console", on_console)
+            page.remove_listener("pageerror", on_pageerror)
+            page.remove_listener("response", on_response)
+        browser.close()
+    return reports
+
+
+def test_site_has_the_chapters(visits):
+    pages = set(visits)
+    for chapter in ("index.html", "book/intro.html", "book/notation.html", "book/references.html",
+                    "book/01_weighted_average.html", SCREENSHOT_PAGE):
+        assert chapter in pages, f"{chapter} is not in the built site ({len(pages)} pages)"
+
+
+def test_no_page_needs_the_network(visits):
+    bad = {page: r["external"] for page, r in visits.items() if r["external"]}
+    assert not bad, f"pages requested other hosts (the site must work offline): {bad}"
+
+
+def test_no_console_errors_or_missing_files(visits):
+    bad = {page: r["errors"] + r["failed"] for page, r in visits.items() if r["errors"] or r["failed"]}
+    assert not bad, f"console errors or failed local requests: {bad}"
+
+
+def test_every_image_loads(visits):
+    bad = {page: [i["src"] for i in r["images"] if not i["complete"] or i["width"] == 0]
+           for page, r in visits.items()}
+    bad = {page: srcs for page, srcs in bad.items() if srcs}
+    assert not bad, f"images that did not load: {bad}"
+    assert sum(len(r["images"]) for r in visits.values()) >= 5, "expected the chapters' figures on the site"
+
+
+def test_math_is_rendered(visits):
+    with_math = {page: r for page, r in visits.items() if r["mathCount"]}
+    assert "book/02_queries_keys_values.html" in with_math, "chapter 2 should have formulas"
+    bad = {page: {"unrendered": r["unrendered"], "raw delimiters left": r["raw"]}
+           for page, r in with_math.items() if r["unrendered"] or r["raw"] or not r["mjx"]}
+    assert not bad, f"formulas MathJax did not render: {bad}"
+
+
+def test_internal_links_resolve(visits, site_url):
+    targets: dict[str, set[str]] = {}
+    for page, r in visits.items():
+        for href in r["links"]:
+            if not href.startswith(site_url):
+                continue
+            path, _, fragment = href.partition("#")
+            targets.setdefault(path, set()).add(fragment)
+    assert targets, "no internal links found"
+    problems = []
+    for path, fragments in sorted(targets.items()):
+        try:
+            with urllib.request.urlopen(path, timeout=10) as response:
+                body = response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            problems.append(f"{path}: HTTP {exc.code}")
+            continue
+        if not path.endswith((".html", "/")):
+            continue
+        ids = set(re.findall(r'\sid="([^"]+)"', body))
+        for fragment in fragments - {""}:
+            if html.unescape(urllib.parse.unquote(fragment)) not in ids:
+                problems.append(f"{path}#{fragment}: no such anchor")
+    assert not problems, "broken internal links:\n" + "\n".join(problems)
+
+
+def test_screenshot_saved(visits):
+    shot = ARTIFACTS / "chapter-2.png"
+    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot at {shot}"
