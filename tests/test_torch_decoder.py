@@ -38,7 +38,7 @@ def prompts(small_config):
 def test_loads_float32_on_the_cpu(ours, small_config):
     assert ours.device.type == "cpu" and ours.dtype == torch.float32
     assert ours.config == small_config
-    assert ours.blocks[0].W_qkv.shape == (3 * 64, 64) and ours.blocks[0].W_qkv.is_contiguous()
+    assert ours.blocks[0].W_qkv.shape == (64, 3 * 64) and ours.blocks[0].W_qkv.is_contiguous()
 
 
 def test_logits_match_numpy_reference(ours, reference, prompts):
@@ -291,3 +291,14 @@ def test_device_none_picks_cuda_only_when_present():
     sd = random_state_dict(DecoderConfig.tiny(), seed=1)
     d = CachedDecoder.from_gpt2_state_dict(sd, n_head=4)
     assert d.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_truncate_then_decode_recomputes_the_same_step(ours, prompts):
+    cache = ours.new_cache(batch=3)
+    ours.prefill(prompts[:, :6], cache)
+    first = ours.decode_step(prompts[:, 6], cache)
+    cache.truncate(6)
+    assert cache.length == 6
+    torch.testing.assert_close(ours.decode_step(prompts[:, 6], cache), first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="truncate to a length in"):
+        cache.truncate(8)

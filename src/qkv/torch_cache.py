@@ -89,6 +89,14 @@ class LayerKVCache:
         self.length = 0
         self.batch = None
 
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` and forget the rest (e.g. to time a step at a chosen position)."""
+        if not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"can only truncate to a length in [0, {self.length}], got {length!r}")
+        self.length = length
+        if length == 0:
+            self.batch = None
+
     @property
     def nbytes(self) -> int:
         """Bytes allocated for K and V (all max_positions slots, the whole batch it was built for)."""
@@ -148,6 +156,11 @@ class StaticKVCache:
     def reset(self) -> None:
         for c in self.layers:
             c.reset()
+
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` in every layer; the storage is untouched."""
+        for c in self.layers:
+            c.truncate(length)
 
     @property
     def nbytes(self) -> int:

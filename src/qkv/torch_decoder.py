@@ -8,9 +8,12 @@ pass (``prefill``) and each new token in another (``decode_step``), and attentio
 (``cuda_graph=True``) so that launching a few hundred small kernels per token stops dominating.
 
 Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, d/τ); each layer's cache
-(batch, τ, max_positions, d/τ); logits (batch, n, vocab). Linear weights are stored as (out, in), contiguous,
-the layout ``torch.nn.functional.linear`` reads fastest (GPT-2 checkpoints store (in, out): we transpose once,
-at load time). Positions count from 1 in the course; the position table and cache slots from 0 here.
+(batch, τ, max_positions, d/τ); logits (batch, n, vocab). Linear weights keep GPT-2's Conv1D layout (in, out),
+contiguous, and a layer computes x @ W + b on row vectors (one ``addmm``). Measured on a CPU, a single row times
+an (in, out) matrix streams memory faster than ``F.linear``'s (out, in) form, and decoding one token is bound
+by reading the weights; for the same reason the output layer gets its own contiguous (d, vocab) copy of the
+tied embedding instead of reading ``wte`` (vocab, d) transposed. Positions count from 1 in the course; the
+position table and cache slots from 0 here.
 """
 
 from __future__ import annotations
@@ -48,19 +51,19 @@ def as_dtype(dtype) -> torch.dtype:
 
 @dataclass
 class Block:
-    """One transformer block's weights; every linear weight is (out, in) for ``F.linear``."""
+    """One transformer block's weights; every linear weight is (in, out): a layer computes x @ W + b."""
 
     ln_1_g: torch.Tensor
     ln_1_b: torch.Tensor
-    W_qkv: torch.Tensor  # (3d, d): rows of W_q, then W_k, then W_v; each the τ heads' rows one after another
+    W_qkv: torch.Tensor  # (d, 3d): [W_q | W_k | W_v], each the τ heads' projections side by side
     b_qkv: torch.Tensor
     W_o: torch.Tensor  # (d, d)
     b_o: torch.Tensor
     ln_2_g: torch.Tensor
     ln_2_b: torch.Tensor
-    W_fc: torch.Tensor  # (d_ff, d)
+    W_fc: torch.Tensor  # (d, d_ff)
     b_fc: torch.Tensor
-    W_out: torch.Tensor  # (d, d_ff)
+    W_out: torch.Tensor  # (d_ff, d)
     b_out: torch.Tensor
 
 
@@ -70,7 +73,8 @@ class CachedDecoder:
     def __init__(self, config: DecoderConfig, wte: torch.Tensor, wpe: torch.Tensor, blocks: list[Block],
                  ln_f_g: torch.Tensor, ln_f_b: torch.Tensor, cuda_graph: bool = False) -> None:
         self.config = config
-        self.wte, self.wpe = wte, wpe  # (vocab, d), (n_positions, d); wte doubles as the output layer
+        self.wte, self.wpe = wte, wpe  # (vocab, d), (n_positions, d)
+        self.lm_head = wte.t().contiguous()  # (d, vocab): the tied output layer, laid out for x @ W
         self.blocks = blocks
         self.ln_f_g, self.ln_f_b = ln_f_g, ln_f_b
         self.cuda_graph = cuda_graph  # ask for the GPU fast path; ignored (eager) on the CPU
@@ -90,16 +94,12 @@ class CachedDecoder:
         sd = check_state_dict(state_dict, config)
         device, dtype = pick_device(device), as_dtype(dtype)
 
-        def get(name: str, transpose: bool = False) -> torch.Tensor:
+        def get(name: str) -> torch.Tensor:
             value = sd[name]
             t = value.detach() if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
-            t = t.to(device=device, dtype=dtype)
-            return (t.t() if transpose else t).contiguous()
+            return t.to(device=device, dtype=dtype).contiguous()
 
-        blocks = []
-        for layer in range(config.n_layer):
-            names = layer_names(layer)  # ln_1 g/b, c_attn W/b, c_proj W/b, ln_2 g/b, c_fc W/b, mlp.c_proj W/b
-            blocks.append(Block(*(get(n, transpose=n.endswith("weight") and ".ln_" not in n) for n in names)))
+        blocks = [Block(*(get(n) for n in layer_names(layer))) for layer in range(config.n_layer)]
         return cls(config, get(PREFIX + "wte.weight"), get(PREFIX + "wpe.weight"), blocks,
                    get(PREFIX + "ln_f.weight"), get(PREFIX + "ln_f.bias"), cuda_graph=cuda_graph)
 
@@ -118,7 +118,7 @@ class CachedDecoder:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all weights (the tied output layer counted once)."""
+        """Bytes of all weights (the tied output layer counted once, though it is stored twice)."""
         tensors = [self.wte, self.wpe, self.ln_f_g, self.ln_f_b]
         tensors += [t for b in self.blocks for t in vars(b).values()]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -179,17 +179,17 @@ class CachedDecoder:
         b, n, d = x.shape
         tau = self.config.n_head
         h = F.layer_norm(x, (d,), block.ln_1_g, block.ln_1_b, self.config.layer_norm_eps)
-        qkv = F.linear(h, block.W_qkv, block.b_qkv)  # (batch, n, 3d)
+        qkv = _affine(h, block.W_qkv, block.b_qkv)  # (batch, n, 3d)
         qkv = qkv.view(b, n, 3, tau, d // tau).permute(2, 0, 3, 1, 4)  # (3, batch, τ, n, d/τ)
         return qkv[0], qkv[1], qkv[2]
 
     def _finish_block(self, block: Block, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """Merge the heads (batch, τ, n, d/τ), project, add; then the MLP sub-layer."""
         b, n, d = x.shape
-        x = x + F.linear(heads.transpose(1, 2).reshape(b, n, d), block.W_o, block.b_o)  # (batch, n, d)
+        x = x + _affine(heads.transpose(1, 2).reshape(b, n, d), block.W_o, block.b_o)  # (batch, n, d)
         h = F.layer_norm(x, (d,), block.ln_2_g, block.ln_2_b, self.config.layer_norm_eps)
-        h = F.gelu(F.linear(h, block.W_fc, block.b_fc), approximate="tanh")  # (batch, n, d_ff)
-        return x + F.linear(h, block.W_out, block.b_out)
+        h = F.gelu(_affine(h, block.W_fc, block.b_fc), approximate="tanh")  # (batch, n, d_ff)
+        return x + _affine(h, block.W_out, block.b_out)
 
     def _block(self, block: Block, x: torch.Tensor, cache: LayerKVCache | None, start: int) -> torch.Tensor:
         q, k, v = self._split_qkv(block, x)
@@ -208,7 +208,7 @@ class CachedDecoder:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x, (x.shape[-1],), self.ln_f_g, self.ln_f_b, self.config.layer_norm_eps)
-        return F.linear(x, self.wte)  # tied output embedding: (batch, n, vocab)
+        return x @ self.lm_head  # tied output embedding: (batch, n, vocab)
 
     def _run(self, ids: torch.Tensor, start: int, cache: StaticKVCache | None, last_only: bool = False):
         n = ids.shape[1]
@@ -324,6 +324,11 @@ class CachedDecoder:
         for t in range(n + 1, total):
             out[:, t] = pick(self._decode(out[:, t - 1], cache))
         return out
+
+
+def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x @ W + b for x (..., in), W (in, out): one fused addmm over the rows."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
 
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
