@@ -1,0 +1,161 @@
+"""Rebuild a submitted notebook around the instructor's cells before it runs.
+
+A submission is trusted only for its answers. Every locked cell (instructions, set-up code, tests) is taken
+from the instructor's version, whatever the learner did to it: edited, deleted, moved, or stripped of its
+nbgrader metadata. Answer cells are found by their nbgrader ``grade_id``, else by their Jupyter cell id,
+else by where they sit between the locked cells around them. Cells the learner added are kept in place.
+Every repair is written down as a note, so the report can say what happened.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import nbformat
+
+STUB_MARK = "raise NotImplementedError()"
+
+
+@dataclass
+class Assembled:
+    nb: nbformat.NotebookNode
+    notes: list[str] = field(default_factory=list)
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def _grade_id(cell) -> str | None:
+    gid = _nbgrader(cell).get("grade_id")
+    return gid if isinstance(gid, str) else None
+
+
+def _text(cell) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def _same(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
+
+
+def _match(student_cells, released_cells) -> dict[int, int]:
+    """student index -> released index, for cells we can identify with confidence."""
+    by_id = {c.get("id"): k for k, c in enumerate(released_cells)}
+    by_gid = {_grade_id(c): k for k, c in enumerate(released_cells)}
+    matched: dict[int, int] = {}
+    taken: set[int] = set()
+    for s, cell in enumerate(student_cells):  # 1. nbgrader grade_id, 2. the Jupyter cell id
+        for key, table in ((_grade_id(cell), by_gid), (cell.get("id"), by_id)):
+            k = table.get(key) if key else None
+            if k is not None and k not in taken and released_cells[k].cell_type == cell.get("cell_type"):
+                matched[s], _ = k, taken.add(k)
+                break
+    for s, cell in enumerate(student_cells):  # 3. a locked cell still holding the released text
+        if s in matched:
+            continue
+        for k, rc in enumerate(released_cells):
+            if k not in taken and _nbgrader(rc).get("locked") and rc.cell_type == cell.get("cell_type") \
+                    and _same(_text(cell), _text(rc)):
+                matched[s], _ = k, taken.add(k)
+                break
+    return matched
+
+
+def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
+             runnable: nbformat.NotebookNode) -> Assembled:
+    """The notebook to execute: ``runnable``'s locked cells (for grading: tests with hidden tests), the
+    learner's answers in the answer cells, the learner's extra cells where they were put.
+
+    ``released`` is the student version: its locked cells are what a learner should still have unchanged,
+    and its stubs fill answer cells that cannot be found.
+    """
+    rel_cells = released.cells
+    run_by_gid = {_grade_id(c): c for c in runnable.cells}
+    student = list(submission.get("cells", []))
+    matched = _match(student, rel_cells)
+    notes: list[str] = []
+
+    # Unmatched learner cells, grouped after the released cell they follow (-1: before the first one).
+    gaps: dict[int, list[int]] = {}
+    anchor = -1
+    for s in range(len(student)):
+        if s in matched:
+            anchor = matched[s]
+        else:
+            gaps.setdefault(anchor, []).append(s)
+    owner = {k: s for s, k in matched.items()}
+
+    # Answer cells that lost their metadata and id: take the learner cells in the gap before them.
+    used: set[int] = set()
+    recovered: dict[int, str] = {}
+    for k, rc in enumerate(rel_cells):
+        if k in owner or not _nbgrader(rc).get("solution"):
+            continue
+        prev_anchor = max((a for a in owner if a < k), default=-1)
+        candidates = [s for s in gaps.get(prev_anchor, []) if s not in used
+                      and student[s].get("cell_type") == rc.cell_type]
+        # several answer cells may share one gap: give each the next learner cell
+        if candidates:
+            s = candidates[0]
+            used.add(s)
+            recovered[k] = _text(student[s])
+            notes.append(f"answer cell {_grade_id(rc)} had lost its nbgrader metadata; matched by position")
+        else:
+            notes.append(f"answer cell {_grade_id(rc)} is missing; it was graded as left blank")
+
+    cells = []
+
+    def add_extras(after: int) -> None:
+        for s in gaps.get(after, []):
+            if s in used:
+                continue
+            cell = copy.deepcopy(student[s])
+            if cell.get("cell_type") not in ("code", "markdown", "raw"):
+                continue
+            meta = cell.get("metadata", {})
+            meta.pop("nbgrader", None)
+            clean = {"cell_type": cell["cell_type"], "metadata": meta, "source": _text(cell)}
+            if cell["cell_type"] == "code":
+                clean.update(outputs=[], execution_count=None)
+            cells.append(nbformat.from_dict(clean))
+
+    add_extras(-1)
+    for k, rc in enumerate(rel_cells):
+        gid = _grade_id(rc)
+        info = _nbgrader(rc)
+        target = copy.deepcopy(run_by_gid.get(gid, rc))
+        if info.get("solution"):
+            if k in owner:
+                target.source = _text(student[owner[k]])
+            elif k in recovered:
+                target.source = recovered[k]
+            else:
+                target.source = rc.source  # the released stub, never the instructor's solution
+        elif info.get("locked") or info.get("grade"):
+            if k not in owner:
+                notes.append(f"locked cell {gid} was deleted; restored")
+            elif not (_same(_text(student[owner[k]]), _text(rc)) or _same(_text(student[owner[k]]), _text(target))):
+                notes.append(f"locked cell {gid} was edited; restored")
+        if target.cell_type == "code":
+            target.outputs = []
+            target.execution_count = None
+        target.pop("attachments", None) if target.cell_type == "code" else None
+        target.id = rc.get("id", gid)
+        cells.append(target)
+        add_extras(k)
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = copy.deepcopy(runnable.metadata)
+    # ids of learner cells may clash with ours or be missing: number them deterministically
+    seen: set[str] = set()
+    for n, cell in enumerate(cells):
+        cid = cell.get("id")
+        if not isinstance(cid, str) or not cid or cid in seen or len(cid) > 64:
+            cid = f"extra-{n}"
+        cell["id"] = cid
+        seen.add(cid)
+    nb.cells = cells
+    return Assembled(nb, notes)

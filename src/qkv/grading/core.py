@@ -1,0 +1,203 @@
+"""Grade one notebook: assemble it around the instructor's cells, run it, score every test cell.
+
+Scoring: a test cell earns its points when it runs without an error, else nothing; a question's score is
+the sum over its test cells (grade ids ``q<N>_...`` belong to question ``q<N>``). Unlike nbgrader's
+default, text on stderr (a warning) does not cost points: only a failed check does.
+
+Used by ``qkv grade`` (instructor version: hidden tests included) and ``qkv check`` (released version:
+visible tests only). Everything returned is plain JSON, so it can cross process boundaries and be stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from qkv.grading.assemble import assemble
+from qkv.grading.course import instructor_notebook, read_notebook, release_notebook, release_path, source_path
+from qkv.grading.execute import run_notebook
+
+GRADER_VERSION = "1"
+MAX_NOTEBOOK_BYTES = 50_000_000
+
+
+@dataclass
+class Spec:
+    """What grading one assignment needs, prepared once per process and reused for every submission."""
+
+    name: str
+    released: nbformat.NotebookNode
+    runnable: nbformat.NotebookNode
+    fingerprint: str
+
+    @property
+    def tests(self) -> list[dict]:
+        out = []
+        for cell in self.runnable.cells:
+            info = cell.metadata.get("nbgrader", {})
+            if info.get("grade"):
+                gid = info["grade_id"]
+                out.append({"id": gid, "question": question_of(gid), "max_points": float(info.get("points", 0))})
+        return out
+
+    @property
+    def max_score(self) -> float:
+        return sum(t["max_points"] for t in self.tests)
+
+
+def question_of(grade_id: str) -> str:
+    return grade_id.split("_", 1)[0]
+
+
+def load_spec(root: Path, name: str, hidden: bool = True) -> Spec:
+    """``hidden=True``: tests with hidden tests, from solutions/ (grading). ``hidden=False``: the released
+    notebook alone (a learner's self-check, which works without solutions/)."""
+    src = source_path(root, name)
+    if hidden:
+        source = read_notebook(src)
+        released, runnable = release_notebook(source), instructor_notebook(source)
+        text = src.read_bytes()
+    else:
+        rel = release_path(root, name)
+        if rel.is_file():
+            released = read_notebook(rel)
+            text = rel.read_bytes()
+        else:
+            released = release_notebook(read_notebook(src))
+            text = nbformat.writes(released).encode()
+        runnable = released
+    digest = hashlib.sha256(text + GRADER_VERSION.encode() + (b"h" if hidden else b"v")).hexdigest()[:16]
+    return Spec(name, released, runnable, digest)
+
+
+def empty_result(spec: Spec, status: str, reason: str) -> dict:
+    tests = [dict(t, points=0.0, passed=False, message=reason) for t in spec.tests]
+    return {"assignment": spec.name, "status": status, "notes": [reason], "tests": tests,
+            "score": 0.0, "max_score": spec.max_score, "feedback": _feedback_page(spec, None, tests, [reason])}
+
+
+def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 2) -> dict:
+    """Grade the notebook at ``path`` (which may be missing, not JSON, or damaged) against ``spec``."""
+    path = Path(path)
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("*.ipynb")) if path.parent.is_dir() else []
+        hint = f" (found instead: {', '.join(others)})" if others else ""
+        return empty_result(spec, "missing", f"no notebook {path.name} in the submission{hint}")
+    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+        return empty_result(spec, "rejected", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB")
+    raw = path.read_bytes()
+    try:
+        submission = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        if not isinstance(submission.get("cells"), list):
+            raise ValueError("no list of cells")
+    except Exception as exc:
+        return empty_result(spec, "unreadable", f"{path.name} is not a readable notebook ({type(exc).__name__})")
+    return grade_notebook(submission, spec, timeout=timeout, max_restarts=max_restarts, cwd=path.parent)
+
+
+def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: int = 2, cwd=None) -> dict:
+    built = assemble(submission, spec.released, spec.runnable)
+    nb = built.nb
+    with tempfile.TemporaryDirectory(prefix="qkv-grade-") as scratch:
+        # Run in a scratch folder: whatever the notebook writes stays out of the submission and the course.
+        run = run_notebook(nb, cwd=scratch, timeout=timeout, max_restarts=max_restarts)
+    by_id = {c.get("id"): k for k, c in enumerate(nb.cells)}
+    tests = []
+    for t in spec.tests:
+        k = by_id.get(t["id"])
+        res = run.cells.get(k)
+        passed = bool(res and res.ok)
+        message = "" if passed else (f"{res.ename}: {res.evalue}" if res else "not run")
+        tests.append(dict(t, points=t["max_points"] if passed else 0.0, passed=passed, message=_short(message)))
+    notes = built.notes + run.notes
+    score = sum(t["points"] for t in tests)
+    return {"assignment": spec.name, "status": "graded", "notes": notes, "tests": tests, "score": score,
+            "max_score": spec.max_score, "feedback": _feedback_page(spec, nb, tests, notes)}
+
+
+def _short(message: str, limit: int = 600) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def questions(result: dict) -> dict[str, tuple[float, float]]:
+    """question -> (score, max_score), in the order the questions appear."""
+    out: dict[str, list[float]] = {}
+    for t in result["tests"]:
+        acc = out.setdefault(t["question"], [0.0, 0.0])
+        acc[0] += t["points"]
+        acc[1] += t["max_points"]
+    return {q: (s, m) for q, (s, m) in out.items()}
+
+
+# ---- feedback -------------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}
+.test{border-left:5px solid #999;padding:.2em .8em;margin:1em 0}.pass{border-color:#2a2}.fail{border-color:#c22}
+.out{background:#fff;border:1px solid #ddd}.notes{background:#fff6d6;padding:.6em}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"""
+
+
+def _esc(text) -> str:
+    return html.escape(str(text))
+
+
+def _outputs_html(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        kind = out.get("output_type")
+        if kind == "stream":
+            parts.append(out.get("text", ""))
+        elif kind in ("execute_result", "display_data"):
+            parts.append(out.get("data", {}).get("text/plain", "[non-text output]"))
+        elif kind == "error":
+            parts.append(f"{out.get('ename', '')}: {out.get('evalue', '')}")
+    text = "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+    if len(text) > 5000:
+        text = text[:5000] + "\n[... cut ...]\n"
+    return f"<pre class='out'>{_esc(text)}</pre>" if text.strip() else ""
+
+
+def _feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
+    """HTML feedback: the learner's code and outputs, and for each test its visible code, result and
+    message. Hidden test code is never shown: test cells are shown as released."""
+    released_src = {c.get("id"): c.source for c in spec.released.cells}
+    by_test = {t["id"]: t for t in tests}
+    score = sum(t["points"] for t in tests)
+    rows = "".join(f"<tr><td>{_esc(q)}</td><td>{s:g} / {m:g}</td></tr>"
+                   for q, (s, m) in questions({"tests": tests}).items())
+    body = [f"<h1>Feedback: {_esc(spec.name)}</h1><p><b>Score: {score:g} / {spec.max_score:g}</b></p>",
+            f"<table><tr><th>question</th><th>points</th></tr>{rows}</table>"]
+    if notes:
+        body.append("<div class='notes'><b>Notes from the grader</b><ul>"
+                    + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
+    if nb is not None:
+        for cell in nb.cells:
+            cid = cell.get("id")
+            if cid in by_test:
+                t = by_test[cid]
+                cls, verdict = ("pass", "passed") if t["passed"] else ("fail", "failed")
+                msg = "" if t["passed"] else f"<p><b>What is wrong:</b> {_esc(t['message'])}</p>"
+                body.append(f"<div class='test {cls}'><p><b>Test {_esc(cid)}</b>: {verdict}, "
+                            f"{t['points']:g} / {t['max_points']:g} points</p>"
+                            f"<pre>{_esc(released_src.get(cid, ''))}</pre>{msg}</div>")
+            elif cell.cell_type == "markdown":
+                body.append(f"<div class='md'><pre>{_esc(cell.source)}</pre></div>")
+            elif cell.cell_type == "code":
+                body.append(f"<pre>{_esc(cell.source)}</pre>{_outputs_html(cell)}")
+    else:
+        body.append("<ul>" + "".join(f"<li>{_esc(t['id'])}: 0 / {t['max_points']:g}</li>" for t in tests) + "</ul>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(spec.name)} feedback</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def result_json(result: dict) -> str:
+    return json.dumps(result, indent=1, sort_keys=True)

@@ -1,0 +1,350 @@
+"""Autograde SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb into a gradebook, CSVs, feedback and a report.
+
+Writes into --out DIR:
+  gradebook.db        nbgrader's gradebook (SQLite unless --db gives another URL): one auto score per test cell
+  grades.csv          student,assignment,score,max_score
+  questions.csv       student,assignment,question,score,max_score
+  report.csv          every submission's status and what the grader noticed or repaired; ignored files
+  report.png          the score distribution of every question
+  feedback/<student>/<assignment>.html   test results and messages (hidden test code is never shown)
+  results/<student>/<assignment>.json    the grader's record; a re-run skips submissions that did not change
+
+Workers (--workers N) are long-lived processes that only execute notebooks; this process alone writes the
+gradebook and the files, so parallel grading cannot corrupt them. A bad submission (not JSON, metadata
+stripped, cells deleted or edited, an endless loop, a crashing kernel, huge output, a missing notebook)
+gets its score and a reason in report.csv, and costs the others no more than its own timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from qkv.grading.course import ASSIGNMENTS, find_root
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submissions", help="folder of <student>/<assignment>/<assignment>.ipynb")
+    parser.add_argument("--out", required=True, help="output folder (gradebook, CSVs, feedback, report)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel grading processes (default 1)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds each cell may run (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///OUT/gradebook.db)")
+    parser.add_argument("--assignment", action="append", default=None,
+                        help="grade only this assignment (repeatable; default: every assignment submitted)")
+    parser.add_argument("--root", default=None, help="the course repository (default: found from the working directory)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---- finding the work ---------------------------------------------------------------------------------
+
+def discover(submissions: Path, only: list[str] | None = None) -> tuple[list[tuple[str, str, Path]], list[str]]:
+    """(student, assignment, notebook path) for every student and every assignment submitted by anyone,
+    plus the paths that were ignored (unknown files and folders)."""
+    jobs, ignored = [], []
+    students = []
+    for entry in sorted(submissions.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            students.append(entry)
+        else:
+            ignored.append(f"{entry.relative_to(submissions)} (not a student folder)")
+    wanted = list(only) if only else []
+    for student in students:
+        for entry in sorted(student.iterdir()):
+            rel = entry.relative_to(submissions)
+            if entry.name.startswith("."):
+                continue
+            if not (entry.is_dir() and entry.name in ASSIGNMENTS):
+                ignored.append(f"{rel} (not an assignment of this course)")
+                continue
+            if not only and entry.name not in wanted:
+                wanted.append(entry.name)
+            for extra in sorted(entry.rglob("*")):
+                if extra.is_file() and extra.name != f"{entry.name}.ipynb" and ".ipynb_checkpoints" not in extra.parts:
+                    ignored.append(f"{extra.relative_to(submissions)} (extra file, not graded)")
+    wanted = [a for a in ASSIGNMENTS if a in wanted]
+    for student in students:
+        for name in wanted:
+            jobs.append((student.name, name, student / name / f"{name}.ipynb"))
+    return jobs, ignored
+
+
+def submission_key(path: Path, fingerprint: str, timeout: float) -> str:
+    data = path.read_bytes() if path.is_file() else b"<missing>"
+    return hashlib.sha256(data + fingerprint.encode() + repr(timeout).encode()).hexdigest()
+
+
+# ---- the workers ----------------------------------------------------------------------------------------
+
+_SPECS: dict = {}
+_ROOT: Path | None = None
+
+
+def _init_worker(root: str) -> None:
+    global _ROOT
+    _ROOT = Path(root)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _spec(name: str):
+    from qkv.grading.core import load_spec
+
+    if name not in _SPECS:  # once per process and assignment, not once per submission
+        _SPECS[name] = load_spec(_ROOT, name, hidden=True)
+    return _SPECS[name]
+
+
+def _grade_job(job: tuple[str, str, str, float]) -> dict:
+    from qkv.grading.core import empty_result, grade_file
+
+    student, name, path, timeout = job
+    spec = _spec(name)
+    try:
+        result = grade_file(path, spec, timeout=timeout)
+    except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
+        result = empty_result(spec, "error", f"the grader failed on this submission: {type(exc).__name__}: {exc}")
+    result["student"] = student
+    return result
+
+
+def run_jobs(jobs: list[tuple[str, str, str, float]], root: Path, workers: int, progress: bool):
+    """Yield results as they come. One worker: in this process. More: a pool of long-lived processes;
+    if a worker process itself dies, the jobs it had are retried once in a fresh pool."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 1:
+            _init_worker(str(root))
+            for job in jobs:
+                yield _grade_job(job)
+                bar.update()
+            return
+        pending = list(jobs)
+        for attempt in range(2):
+            ctx = multiprocessing.get_context("spawn")
+            failed = []
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(str(root),)) as pool:
+                futures = {pool.submit(_grade_job, job): job for job in pending}
+                for fut in as_completed(futures):
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        failed.append(futures[fut])
+                        continue
+                    yield result
+                    bar.update()
+            if not failed:
+                return
+            pending = failed
+        from qkv.grading.core import empty_result
+
+        _init_worker(str(root))
+        for student, name, _, _ in pending:
+            result = empty_result(_spec(name), "error", "a grading process died twice on this submission")
+            result["student"] = student
+            bar.update()
+            yield result
+    finally:
+        bar.close()
+
+
+# ---- the gradebook (written by this process only) -------------------------------------------------------
+
+class GradebookWriter:
+    def __init__(self, url: str, root: Path):
+        from nbgrader.api import Gradebook
+
+        # nbgrader runs the `alembic` command of its own environment to check the database schema
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        self.url = url
+        self.gb = Gradebook(url, course_id="qkv-course")
+        self.root = root
+        self.ready: set[str] = set()
+
+    def _prepare(self, name: str) -> None:
+        from nbgrader.preprocessors import SaveCells
+
+        from qkv.grading.course import instructor_notebook, read_notebook, source_path
+
+        if name in self.ready:
+            return
+        self.gb.update_or_create_assignment(name)
+        self.gb.db.commit()
+        nb = instructor_notebook(read_notebook(source_path(self.root, name)))
+        try:
+            SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
+        except RuntimeError:
+            pass  # the notebook already has submissions and its cells did not change in a way nbgrader allows
+        self.gb.db.expire_all()
+        self.ready.add(name)
+
+    def record(self, result: dict) -> None:
+        import warnings
+
+        from nbgrader.api import MissingEntry
+
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's add_submission, harmless
+
+        name, student = result["assignment"], result["student"]
+        self._prepare(name)
+        self.gb.update_or_create_student(student)
+        try:
+            self.gb.find_submission(name, student)
+        except MissingEntry:
+            self.gb.add_submission(name, student)
+        for t in result["tests"]:
+            grade = self.gb.find_grade(t["id"], name, name, student)
+            grade.auto_score = t["points"]  # overwritten, never added: a re-run cannot double-count
+        self.gb.db.commit()
+
+    def close(self) -> None:
+        self.gb.close()
+
+
+# ---- outputs --------------------------------------------------------------------------------------------
+
+def load_results(out: Path) -> list[dict]:
+    results = []
+    for path in sorted((out / "results").glob("*/*.json")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(results, key=lambda r: (r["student"], r["assignment"]))
+
+
+def write_tables(out: Path, results: list[dict], ignored: list[str]) -> None:
+    from qkv.grading.core import questions
+
+    with open(out / "grades.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "assignment", "score", "max_score"])
+        for r in results:
+            w.writerow([r["student"], r["assignment"], f"{r['score']:g}", f"{r['max_score']:g}"])
+    with open(out / "questions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "assignment", "question", "score", "max_score"])
+        for r in results:
+            for q, (s, m) in questions(r).items():
+                w.writerow([r["student"], r["assignment"], q, f"{s:g}", f"{m:g}"])
+    with open(out / "report.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["student", "assignment", "score", "max_score", "status", "notes"])
+        for r in results:
+            w.writerow([r["student"], r["assignment"], f"{r['score']:g}", f"{r['max_score']:g}", r["status"],
+                        "; ".join(r["notes"])])
+        for path in ignored:
+            w.writerow(["", "", "", "", "ignored", path])
+
+
+def write_figure(out: Path, results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from qkv.grading.core import questions
+
+    names = [a for a in ASSIGNMENTS if any(r["assignment"] == a for r in results)]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4), squeeze=False,
+                             sharey=True)
+    rng = np.random.default_rng(0)
+    for ax, name in zip(axes[0], names):
+        per_q: dict[str, list[float]] = {}
+        for r in results:
+            if r["assignment"] == name:
+                for q, (s, m) in questions(r).items():
+                    per_q.setdefault(q, []).append(s / m if m else 0.0)
+        for x, (q, fractions) in enumerate(per_q.items()):
+            ys = np.array(fractions)
+            ax.scatter(x + rng.uniform(-0.15, 0.15, len(ys)), ys, s=12, alpha=0.5, color="tab:blue")
+            ax.plot([x - 0.3, x + 0.3], [ys.mean()] * 2, color="tab:red", lw=2)
+        ax.set_xticks(range(len(per_q)), list(per_q))
+        ax.set_title(f"{name}\n({sum(r['assignment'] == name for r in results)} submissions)", fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+    axes[0][0].set_ylabel("score / max per question (red: mean)")
+    fig.tight_layout()
+    fig.savefig(out / "report.png", dpi=100)
+    plt.close(fig)
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+
+def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT,
+          db: str | None = None, only: list[str] | None = None, progress: bool = True) -> list[dict]:
+    from qkv.grading.core import load_spec, result_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, ignored = discover(submissions, only)
+    fingerprints = {name: load_spec(root, name, hidden=True).fingerprint for name in {j[1] for j in jobs}}
+    todo = []
+    for student, name, path in jobs:
+        key = submission_key(path, fingerprints[name], timeout)
+        record = out / "results" / student / f"{name}.json"
+        if record.is_file():
+            try:
+                if json.loads(record.read_text()).get("key") == key:
+                    continue  # graded before, unchanged: keep what was recorded
+            except ValueError:
+                pass
+        todo.append(((student, name, str(path), timeout), key))
+    keys = {(j[0], j[1]): key for j, key in todo}
+    writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+    try:
+        for result in run_jobs([j for j, _ in todo], root, workers, progress):
+            student, name = result["student"], result["assignment"]
+            result["key"] = keys[(student, name)]
+            feedback = result.pop("feedback")
+            fb = out / "feedback" / student / f"{name}.html"
+            fb.parent.mkdir(parents=True, exist_ok=True)
+            fb.write_text(feedback, encoding="utf-8")
+            writer.record(result)
+            record = out / "results" / student / f"{name}.json"
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(result_json(result))
+            os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+    finally:
+        writer.close()
+    results = load_results(out)
+    write_tables(out, results, ignored)
+    write_figure(out, results)
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    submissions = Path(args.submissions)
+    if not submissions.is_dir():
+        print(f"qkv grade: {submissions} is not a folder", file=sys.stderr)
+        return 2
+    root = find_root(args.root)
+    out = Path(args.out)
+    results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout, db=args.db,
+                    only=args.assignment, progress=not args.no_progress)
+    problems = [r for r in results if r["status"] != "graded" or r["notes"]]
+    print(f"graded {len(results)} submission(s) into {out}: grades.csv, questions.csv, report.csv, report.png, "
+          f"feedback/ ({len(problems)} with notes in report.csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    configure(parser)
+    sys.exit(main(parser.parse_args()))
