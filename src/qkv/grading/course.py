@@ -61,6 +61,18 @@ def _preprocess(nb, steps):
     return nb
 
 
+def _strip_hidden(source: str) -> str:
+    out, hidden = [], False
+    for line in source.splitlines():
+        if "### BEGIN HIDDEN TESTS" in line:
+            hidden = True
+        elif "### END HIDDEN TESTS" in line:
+            hidden = False
+        elif not hidden:
+            out.append(line)
+    return "\n".join(out)
+
+
 def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student version of a source notebook: nbgrader's own preprocessors in GenerateAssignment's
     order, minus the two that need a gradebook or a header file. Deterministic: no timestamps, no ids made up."""
@@ -68,6 +80,11 @@ def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
                                         ClearSolutions, ComputeChecksums, LockCells)
 
     nb = copy.deepcopy(source)
+    for cell in nb.cells:  # say which tests have a hidden part, so `qkv check` can tell the learner
+        if cell.cell_type == "code" and "### BEGIN HIDDEN TESTS" in cell.source:
+            visible = _strip_hidden(cell.source)
+            checks = [ln for ln in visible.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "from ", "import "))]
+            cell.metadata["qkv"] = {"hidden_tests": True, "visible_checks": bool(checks)}
     nb = _preprocess(nb, [LockCells(), ClearSolutions(), ClearOutput(), CheckCellMetadata(), ComputeChecksums(),
                           ClearHiddenTests(), ClearMarkScheme(), ComputeChecksums(), CheckCellMetadata()])
     for cell in nb.cells:  # nbgrader leaves execution state that differs between runs of a source notebook

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import subprocess
 from dataclasses import dataclass, field
 
 import nbformat
@@ -88,7 +89,7 @@ async def _run(nb, cwd: str, timeout: float, max_restarts: int, max_output_bytes
 
     async def start() -> None:
         client.km = client.create_kernel_manager()
-        await client.async_start_new_kernel()
+        await client.async_start_new_kernel(stderr=subprocess.DEVNULL)  # the kernel's own log lines, not cell output
         await client.async_start_new_kernel_client()
 
     async def stop() -> None:
