@@ -77,6 +77,8 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
     student = list(submission.get("cells", []))
     matched = _match(student, rel_cells)
     notes: list[str] = []
+    if student and not any(_nbgrader(c) for c in student):
+        notes.append("the notebook has no nbgrader metadata (stripped); its cells were matched by id and position")
 
     # Unmatched learner cells, grouped after the released cell they follow (-1: before the first one).
     gaps: dict[int, list[int]] = {}

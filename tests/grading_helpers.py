@@ -1,0 +1,258 @@
+"""Building submissions for the grading tests: a learner's notebook is the released notebook with some
+answer cells filled in. Also the table of misconceptions and the table of bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+from qkv.grading.course import ASSIGNMENTS, read_notebook, release_path, source_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gid(cell) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def solution_sources(name: str) -> dict[str, str]:
+    """grade_id -> the answer cell as a learner would write it (the solution without nbgrader's markers)."""
+    out = {}
+    for cell in read_notebook(source_path(ROOT, name)).cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            lines = [ln for ln in cell.source.splitlines() if "### BEGIN SOLUTION" not in ln and "### END SOLUTION" not in ln]
+            out[_gid(cell)] = "\n".join(lines)
+    return out
+
+
+def filled(name: str, answers: dict[str, str] | None = None, blank: bool = False) -> nbformat.NotebookNode:
+    """The released notebook with every answer cell filled with the solution (unless ``blank``), then the
+    cells named in ``answers`` replaced by their text."""
+    nb = read_notebook(release_path(ROOT, name))
+    sol = {} if blank else solution_sources(name)
+    for cell in nb.cells:
+        gid = _gid(cell)
+        if gid in sol:
+            cell.source = sol[gid]
+        if answers and gid in answers:
+            cell.source = textwrap.dedent(answers[gid]).strip("\n")
+    return nb
+
+
+def write_nb(nb, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(nbformat.writes(nb) if not isinstance(nb, (str, bytes)) else nb)
+    return path
+
+
+def submit(base: Path, student: str, name: str, nb) -> Path:
+    return write_nb(nb, base / student / name / f"{name}.ipynb")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def question_scores(out: Path) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    table: dict = {}
+    for row in read_csv(out / "questions.csv"):
+        table.setdefault((row["student"], row["assignment"]), {})[row["question"]] = (
+            float(row["score"]), float(row["max_score"]))
+    return table
+
+
+# ---- plausible wrong answers: (assignment, question, label, {answer cell: its text}) --------------------
+
+MISCONCEPTIONS = [
+    ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": """
+        values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])
+        weights = np.array([0.2, 0.7, 0.1])
+        output = (weights[:, None] * values).sum(axis=1)"""}),
+    ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": """
+        values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])
+        weights = np.array([0.2, 0.7, 0.1])
+        output = values.mean(axis=0)"""}),
+    ("01_weighted_average", "q2", "weights applied along the wrong axis", {"q2_answer": """
+        def weighted_average(values, weights):
+            values, weights = np.asarray(values), np.asarray(weights)
+            return (values * weights[..., None]).sum(axis=-1)"""}),
+    ("01_weighted_average", "q2", "matrix product that only works in 2-D", {"q2_answer": """
+        def weighted_average(values, weights):
+            return np.asarray(weights) @ np.asarray(values)"""}),
+    ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
+        from qkv.reference import weighted_average as _library_average
+        def weighted_average(values, weights):
+            return _library_average(values, weights)"""}),
+    ("01_weighted_average", "q3", "no maximum subtracted (overflows)", {"q3_answer": """
+        def softmax(x):
+            e = np.exp(np.asarray(x, dtype=float))
+            return e / e.sum(axis=-1, keepdims=True)"""}),
+    ("01_weighted_average", "q3", "normalises along the first axis", {"q3_answer": """
+        def softmax(x):
+            x = np.asarray(x, dtype=float)
+            e = np.exp(x - x.max(axis=0, keepdims=True))
+            return e / e.sum(axis=0, keepdims=True)"""}),
+    ("02_qkv_roles", "q1", "keys and values swapped in the translation scenario", {"q1_answer": """
+        translation_answer = "D"
+        document_answer = "C" """}),
+    ("02_qkv_roles", "q2", "mask reversed, as in the textbook's prose", {"q2_answer": """
+        def causal_mask(n):
+            i = np.arange(1, n + 1)[:, None]
+            j = np.arange(1, n + 1)[None, :]
+            return np.where(j >= i, 0.0, -np.inf)"""}),
+    ("02_qkv_roles", "q3", "softmax without the 1/sqrt(d) scaling", {"q3_answer": """
+        from qkv.reference import softmax
+        def attention(q, k, v, mask=None):
+            scores = np.asarray(q) @ np.swapaxes(np.asarray(k), -1, -2)
+            if mask is not None:
+                scores = scores + mask
+            return softmax(scores, axis=-1) @ np.asarray(v)"""}),
+    ("02_qkv_roles", "q3", "k.T transposes every axis (breaks batches)", {"q3_answer": """
+        from qkv.reference import softmax
+        def attention(q, k, v, mask=None):
+            q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+            scores = q @ k.T / np.sqrt(q.shape[-1])
+            if mask is not None:
+                scores = scores + mask
+            return softmax(scores, axis=-1) @ v"""}),
+    ("03_zeroed_values", "q1", "believes the weights vanish too", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V):
+            return attention(Q, K, np.zeros_like(V)), np.zeros((len(Q), len(K)))"""}),
+    ("03_zeroed_values", "q2", "believes the weights become uniform", {"q2_answer": 'zeroed_values_answer = "A"'}),
+    ("03_zeroed_values", "q3", "believes zeroed keys zero the output", {"q3_answer": """
+        def zeroed_key_experiment(Q, K, V):
+            return np.zeros((len(Q), np.shape(V)[1])), attention_weights(Q, np.zeros_like(K))
+        weight_of_key_2 = 0.25"""}),
+    ("04_cache_notation", "q1", "positions and heads counted from 0", {"q1_answer": """
+        def cache_after_third_token(tau):
+            return {(j, h) for j in range(3) for h in range(tau)}"""}),
+    ("04_cache_notation", "q1", "cache without the current token (off by one)", {"q1_answer": """
+        def cache_after_third_token(tau):
+            return {(j, h) for j in range(1, 3) for h in range(1, tau + 1)}"""}),
+    ("04_cache_notation", "q2", "chooses K_{<=2} (off by one)", {"q2_answer": 'notation_answer = "B"'}),
+    ("04_cache_notation", "q3", "off-by-one cache length (i - 1 positions)", {"q3_answer": """
+        def kv_projections(i, tau, use_cache):
+            return 2 * tau * (1 if use_cache else i - 1)
+        def total_kv_projections(n, tau, use_cache):
+            return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""}),
+    ("04_cache_notation", "q3", "counts keys but not values", {"q3_answer": """
+        def kv_projections(i, tau, use_cache):
+            return tau * (1 if use_cache else i)
+        def total_kv_projections(n, tau, use_cache):
+            return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""}),
+    ("05_cached_decoding", "q1", "attends before adding the new key (cache one short)", {"q1_answer": """
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            q_i, k_i, v_i = x_i @ W_q, x_i @ W_k, x_i @ W_v
+            if cache.length == 0:
+                cache.update(k_i[None, None, :], v_i[None, None, :])
+                return v_i
+            out = attention(q_i[None, None, :], cache.keys, cache.values)[0, 0]
+            cache.update(k_i[None, None, :], v_i[None, None, :])
+            return out"""}),
+    ("05_cached_decoding", "q2", "window start not clipped at position 1", {"q2_answer": """
+        def window(K, i, n_c):
+            return np.asarray(K)[i - n_c:i]"""}),
+    ("05_cached_decoding", "q3", "exponential instead of cumulative average", {"q3_answer": """
+        def running_means(K):
+            K = np.asarray(K, dtype=float)
+            out = np.empty_like(K)
+            mean = K[0]
+            for i in range(len(K)):
+                mean = K[i] if i == 0 else (K[i] + mean) / 2
+                out[i] = mean
+            return out"""}),
+    ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "B"'}),
+]
+
+
+def misconception_student(index: int) -> str:
+    return f"wrong{index:02d}"
+
+
+# ---- bad inputs, all on assignment 01 (10 points: q1 3, q2 4, q3 3) -------------------------------------
+
+BAD = "01_weighted_average"
+
+
+def _strip_nbgrader(nb, drop_ids: bool = False):
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+        cell.metadata.pop("qkv", None)
+        cell.metadata.pop("deletable", None)
+        cell.metadata.pop("editable", None)
+    if drop_ids:
+        nb.nbformat_minor = 4
+        for cell in nb.cells:
+            cell.pop("id", None)
+    return nb
+
+
+def _without(nb, gid):
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if _gid(c) != gid]
+    return nb
+
+
+def _edit(nb, gid, text):
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        if _gid(c) == gid:
+            c.source = text
+    return nb
+
+
+def bad_inputs(base: Path) -> dict[str, dict]:
+    """Write the bad submissions under ``base``; return student -> expected {score, status, note, q}."""
+    good = filled(BAD)
+    wrong_q1 = filled(BAD, {"q1_answer": "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\n"
+                                         "output = values.mean(axis=0)"})
+    cases = {
+        "not_json": ("this is not a notebook {", {"score": 0, "status": "unreadable", "note": "not a readable notebook"}),
+        "json_not_notebook": (json.dumps({"hello": [1, 2]}), {"score": 0, "status": "unreadable", "note": "not a readable"}),
+        "stripped": (nbformat.writes(_strip_nbgrader(good)), {"score": 10, "status": "graded", "note": "no nbgrader metadata"}),
+        "stripped_no_ids": (json.dumps(_strip_nbgrader(good, drop_ids=True)),
+                            {"score": 10, "status": "graded", "note": "lost its nbgrader metadata"}),
+        "test_deleted": (_without(good, "q2_random"), {"score": 10, "status": "graded", "note": "q2_random was deleted"}),
+        "tests_deleted_wrong": (_without(_without(wrong_q1, "q1_value"), "q1_shape"),
+                                {"score": 8, "status": "graded", "note": "q1_value was deleted", "q": {"q1": 1}}),
+        "locked_edited": (_edit(_edit(good, "q1_text", "I rewrote the question"), "imports", "import numpy as np\nimport math"),
+                          {"score": 10, "status": "graded", "note": "imports was edited"}),
+        "test_edited_to_pass": (_edit(wrong_q1, "q1_value", "pass"),
+                                {"score": 8, "status": "graded", "note": "q1_value was edited", "q": {"q1": 1}}),
+        "infinite_loop": (filled(BAD, {"q2_answer": "while True:\n    pass"}),
+                          {"score": 6, "status": "graded", "note": "ran longer than", "q": {"q2": 0}}),
+        "loop_in_function": (filled(BAD, {"q3_answer": "def softmax(x):\n    while True:\n        pass"}),
+                             {"score": 7, "status": "graded", "note": "ran longer than", "q": {"q3": 0}}),
+        "os_exit": (filled(BAD, {"q1_answer": "import os\nos._exit(1)"}),
+                    {"score": 7, "status": "graded", "note": "kernel died", "q": {"q1": 0}}),
+        "segfault": (filled(BAD, {"q3_answer": "import ctypes\nctypes.string_at(0)"}),
+                     {"score": 7, "status": "graded", "note": "kernel died", "q": {"q3": 0}}),
+        "huge_output": (filled(BAD, {"q1_answer": solution_sources(BAD)["q1_answer"] + "\nprint('x' * 30_000_000)\n"
+                                                  "for _ in range(100_000):\n    print('spam')"}),
+                        {"score": 10, "status": "graded", "note": "truncated"}),
+        "wrong_type": (filled(BAD, {"q1_answer": "output = '4.0, 2.5'",
+                                    "q2_answer": "def weighted_average(values, weights):\n    return 'the average'"}),
+                       {"score": 3, "status": "graded", "note": None, "q": {"q1": 0, "q2": 0}}),
+        "wrong_shape": (filled(BAD, {"q3_answer": "def softmax(x):\n    x = np.asarray(x, dtype=float)\n"
+                                                  "    return np.exp(x).ravel() / np.exp(x).sum()"}),
+                        {"score": 7, "status": "graded", "note": None, "q": {"q3": 0}}),
+    }
+    expected = {}
+    for student, (content, exp) in cases.items():
+        submit(base, student, BAD, content)
+        expected[student] = exp
+    # a notebook under another name, and an extra unknown file beside a good one
+    write_nb(good, base / "missing_nb" / BAD / "my_copy.ipynb")
+    expected["missing_nb"] = {"score": 0, "status": "missing", "note": "my_copy.ipynb"}
+    submit(base, "extra_file", BAD, good)
+    (base / "extra_file" / BAD / "scratch.txt").write_text("notes to self")
+    (base / "extra_file" / "99_unknown").mkdir()
+    expected["extra_file"] = {"score": 10, "status": "graded", "note": None}
+    return expected
