@@ -38,7 +38,20 @@ def prompts(small_config):
 def test_loads_float32_on_the_cpu(ours, small_config):
     assert ours.device.type == "cpu" and ours.dtype == torch.float32
     assert ours.config == small_config
-    assert ours.blocks[0].W_qkv.shape == (64, 3 * 64) and ours.blocks[0].W_qkv.is_contiguous()
+    qkv = ours.blocks[0].qkv
+    assert (qkv.in_features, qkv.out_features) == (64, 3 * 64)
+    assert (qkv.W is None) == torch.backends.mkldnn.is_available()  # prepacked for oneDNN where it can be
+
+
+def test_prepacked_and_plain_weights_agree(state_dict, ours, prompts):
+    plain = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", prepack=False)
+    assert plain.blocks[0].qkv.W.shape == (64, 192) and plain.blocks[0].qkv.W.is_contiguous()
+    assert plain.lm_head.W.shape == (64, 256) and plain.lm_head.W.is_contiguous()
+    torch.testing.assert_close(plain.forward(prompts), ours.forward(prompts), rtol=0, atol=2e-5)
+    torch.testing.assert_close(plain.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
+    assert plain.nbytes == ours.nbytes == 4 * sum(v.size for k, v in state_dict.items())
+    with pytest.raises(ValueError, match="prepack=True needs float32"):
+        CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", dtype="bfloat16", prepack=True)
 
 
 def test_logits_match_numpy_reference(ours, reference, prompts):

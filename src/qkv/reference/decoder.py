@@ -11,6 +11,7 @@ Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, �
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) ->
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (as GPT-2 uses)."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    # Python-float constants keep float32 input in float32 (a NumPy float64 scalar would promote it).
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 @dataclass
@@ -127,7 +129,9 @@ class Decoder:
             k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, d/τ)
         n, i = q.shape[-2], k.shape[-2]
         mask = None if n == 1 else causal_mask(n, i)  # one new query may see every cached key
-        heads = attention(q, k, v, mask)  # (batch, τ, n, d/τ)
+        # attention() scales by a float64 √d, which would promote float32 heads; cast back so that the
+        # output projection stays in the decoder's dtype instead of converting W_o at every step.
+        heads = attention(q, k, v, mask).astype(x.dtype, copy=False)  # (batch, τ, n, d/τ)
         return merge_heads(heads) @ block.W_o + block.b_o  # (batch, n, d)
 
     def _block(self, block: Block, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
