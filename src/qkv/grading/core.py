@@ -14,7 +14,6 @@ import hashlib
 import html
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +82,8 @@ def empty_result(spec: Spec, status: str, reason: str) -> dict:
             "score": 0.0, "max_score": spec.max_score, "feedback": _feedback_page(spec, None, tests, [reason])}
 
 
-def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 2) -> dict:
+def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+               prewarm: bool = False) -> dict:
     """Grade the notebook at ``path`` (which may be missing, not JSON, or damaged) against ``spec``."""
     path = Path(path)
     if not path.is_file():
@@ -99,15 +99,14 @@ def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_res
             raise ValueError("no list of cells")
     except Exception as exc:
         return empty_result(spec, "unreadable", f"{path.name} is not a readable notebook ({type(exc).__name__})")
-    return grade_notebook(submission, spec, timeout=timeout, max_restarts=max_restarts, cwd=path.parent)
+    return grade_notebook(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
 
 
-def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: int = 2, cwd=None) -> dict:
+def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3, prewarm: bool = False) -> dict:
     built = assemble(submission, spec.released, spec.runnable)
     nb = built.nb
-    with tempfile.TemporaryDirectory(prefix="qkv-grade-") as scratch:
-        # Run in a scratch folder: whatever the notebook writes stays out of the submission and the course.
-        run = run_notebook(nb, cwd=scratch, timeout=timeout, max_restarts=max_restarts)
+    # The kernel runs in a scratch folder of its own: what the notebook writes stays out of the course.
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
     by_id = {c.get("id"): k for k, c in enumerate(nb.cells)}
     tests = []
     for t in spec.tests:

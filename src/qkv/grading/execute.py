@@ -13,9 +13,11 @@ The result says, for every code cell, whether it ran cleanly, and if not the err
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
-import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 import nbformat
@@ -74,12 +76,55 @@ def _error_of(cell) -> tuple[str, str] | None:
     return None
 
 
-async def _run(nb, cwd: str, timeout: float, max_restarts: int, max_output_bytes: int) -> RunResult:
+_WARM: tuple | None = None  # (kernel manager, its scratch folder): a kernel booting for the next notebook
+_LOOP: asyncio.AbstractEventLoop | None = None
+# Imported while a warm kernel boots, then the names are deleted: the learner's namespace starts empty,
+# but `import numpy` in the notebook costs nothing.
+_WARM_LINES = ["import numpy, qkv.reference, qkv.grading.testing", "del numpy, qkv"]
+
+
+async def _launch(cwd: str | None):
+    """Start a kernel process (it boots in the background) in ``cwd``, or in a new scratch folder."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    scratch = cwd or tempfile.mkdtemp(prefix="qkv-kernel-")
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    extra = ["--HistoryManager.hist_file=:memory:"] + [f"--IPKernelApp.exec_lines={line}" for line in _WARM_LINES]
+    await km.start_kernel(extra_arguments=extra, cwd=scratch, stderr=subprocess.DEVNULL)
+    return km, scratch
+
+
+def shutdown_warm() -> None:
+    """Stop the kernel kept warm for a next notebook (called at exit, and when a batch is done)."""
+    global _WARM
+    if _WARM is not None and _LOOP is not None and not _LOOP.is_closed():
+        km, scratch = _WARM
+        _WARM = None
+        try:
+            _LOOP.run_until_complete(km.shutdown_kernel(now=True))
+        except Exception:
+            pass
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+atexit.register(shutdown_warm)
+
+
+def prewarm() -> None:
+    """Start booting a kernel for the next notebook now (a worker calls this before its first job)."""
+    global _WARM, _LOOP
+    if _LOOP is None or _LOOP.is_closed():
+        _LOOP = asyncio.new_event_loop()
+    if _WARM is None:
+        _WARM = _LOOP.run_until_complete(_launch(None))
+
+
+async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_output_bytes: int,
+               prewarm: bool) -> RunResult:
     client = _CappedClient(
         nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
         interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
         error_on_timeout={"ename": "Timeout", "evalue": f"the cell ran longer than {timeout:g} s and was stopped"},
-        resources={"metadata": {"path": cwd}},
     )
     client.max_output_bytes = max_output_bytes
     result = RunResult()
@@ -87,10 +132,20 @@ async def _run(nb, cwd: str, timeout: float, max_restarts: int, max_output_bytes
     good: list[int] = []  # cells that ran without killing the kernel: replayed after a restart
     restarts = 0
 
+    scratch_dirs: list[str] = []
+
     async def start() -> None:
-        client.km = client.create_kernel_manager()
-        await client.async_start_new_kernel(stderr=subprocess.DEVNULL)  # the kernel's own log lines, not cell output
+        global _WARM
+        if _WARM is not None:
+            km, scratch = _WARM  # booted while the previous notebook ran
+            _WARM = None
+        else:
+            km, scratch = await _launch(cwd)
+        scratch_dirs.append(scratch)
+        client.km = km
         await client.async_start_new_kernel_client()
+        if prewarm:
+            _WARM = await _launch(None)
 
     async def stop() -> None:
         if client.km is not None:
@@ -159,17 +214,22 @@ async def _run(nb, cwd: str, timeout: float, max_restarts: int, max_output_bytes
                 break
     finally:
         await stop()
+        for folder in scratch_dirs:
+            if folder != cwd:
+                shutil.rmtree(folder, ignore_errors=True)
     for k in client.truncated:
         result.notes.append(f"cell {nb.cells[k].get('id')}: output longer than {max_output_bytes} bytes was truncated")
     return result
 
 
-def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30, max_restarts: int = 2,
-                 max_output_bytes: int = 100_000) -> RunResult:
-    """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went."""
-    cwd = cwd or os.getcwd()
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(_run(nb, cwd, timeout, max_restarts, max_output_bytes))
-    finally:
-        loop.close()
+def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30, max_restarts: int = 3,
+                 max_output_bytes: int = 100_000, prewarm: bool = False) -> RunResult:
+    """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
+
+    ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards).
+    ``prewarm``: leave a kernel booting for the next call, so that a batch never waits for a kernel to start.
+    """
+    global _LOOP
+    if _LOOP is None or _LOOP.is_closed():
+        _LOOP = asyncio.new_event_loop()  # one loop per process: the warm kernel's sockets live on it
+    return _LOOP.run_until_complete(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))

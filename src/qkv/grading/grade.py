@@ -89,56 +89,72 @@ def submission_key(path: Path, fingerprint: str, timeout: float) -> str:
 # ---- the workers ----------------------------------------------------------------------------------------
 
 _SPECS: dict = {}
-_ROOT: Path | None = None
 
 
-def _init_worker(root: str) -> None:
-    global _ROOT
-    _ROOT = Path(root)
+def _init_worker(specs: dict) -> None:
+    """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import."""
+    _SPECS.update(specs)
     os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-def _spec(name: str):
-    from qkv.grading.core import load_spec
-
-    if name not in _SPECS:  # once per process and assignment, not once per submission
-        _SPECS[name] = load_spec(_ROOT, name, hidden=True)
-    return _SPECS[name]
 
 
 def _grade_job(job: tuple[str, str, str, float]) -> dict:
     from qkv.grading.core import empty_result, grade_file
 
     student, name, path, timeout = job
-    spec = _spec(name)
+    spec = _SPECS[name]
     try:
-        result = grade_file(path, spec, timeout=timeout)
+        result = grade_file(path, spec, timeout=timeout, prewarm=True)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
         result = empty_result(spec, "error", f"the grader failed on this submission: {type(exc).__name__}: {exc}")
     result["student"] = student
     return result
 
 
-def run_jobs(jobs: list[tuple[str, str, str, float]], root: Path, workers: int, progress: bool):
-    """Yield results as they come. One worker: in this process. More: a pool of long-lived processes;
-    if a worker process itself dies, the jobs it had are retried once in a fresh pool."""
-    from tqdm import tqdm
+def _warm_up() -> None:
+    """Boot a kernel in the worker before the first submission arrives."""
+    from qkv.grading.execute import prewarm
 
-    bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
-    try:
-        if workers <= 1:
-            _init_worker(str(root))
-            for job in jobs:
-                yield _grade_job(job)
-                bar.update()
-            return
-        pending = list(jobs)
-        for attempt in range(2):
-            ctx = multiprocessing.get_context("spawn")
-            failed = []
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(str(root),)) as pool:
-                futures = {pool.submit(_grade_job, job): job for job in pending}
+    prewarm()
+
+
+class Runner:
+    """Grades jobs in this process (one worker) or in a pool of long-lived worker processes. Created before
+    the gradebook is opened, so that the workers boot while this process prepares everything else."""
+
+    def __init__(self, specs: dict, workers: int):
+        self.specs, self.workers, self.pool = specs, workers, None
+        if workers > 1:
+            self.pool = self._new_pool()
+
+    def _new_pool(self):
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.specs,))
+        for _ in range(self.workers):
+            pool.submit(_warm_up)
+        return pool
+
+    def results(self, jobs: list, progress: bool):
+        """Yield results as they come; if a worker process itself dies, its jobs are retried once in a fresh
+        pool, then given 0 with a reason."""
+        from tqdm import tqdm
+
+        from qkv.grading.core import empty_result
+
+        bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
+        try:
+            if self.pool is None:
+                _init_worker(self.specs)
+                for job in jobs:
+                    yield _grade_job(job)
+                    bar.update()
+                return
+            pending = list(jobs)
+            for attempt in range(2):
+                if attempt:
+                    self.pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool = self._new_pool()
+                futures = {self.pool.submit(_grade_job, job): job for job in pending}
+                failed = []
                 for fut in as_completed(futures):
                     try:
                         result = fut.result()
@@ -147,37 +163,77 @@ def run_jobs(jobs: list[tuple[str, str, str, float]], root: Path, workers: int, 
                         continue
                     yield result
                     bar.update()
-            if not failed:
-                return
-            pending = failed
-        from qkv.grading.core import empty_result
+                if not failed:
+                    return
+                pending = failed
+            for student, name, _, _ in pending:
+                result = empty_result(self.specs[name], "error", "a grading process died twice on this submission")
+                result["student"] = student
+                bar.update()
+                yield result
+        finally:
+            bar.close()
 
-        _init_worker(str(root))
-        for student, name, _, _ in pending:
-            result = empty_result(_spec(name), "error", "a grading process died twice on this submission")
-            result["student"] = student
-            bar.update()
-            yield result
-    finally:
-        bar.close()
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        else:
+            from qkv.grading.execute import shutdown_warm
+
+            shutdown_warm()
 
 
 # ---- the gradebook (written by this process only) -------------------------------------------------------
+
+def _alembic_head() -> str:
+    """The newest revision of nbgrader's database schema (what `alembic heads` prints), read in-process."""
+    import nbgrader
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", os.path.join(os.path.dirname(nbgrader.__file__), "alembic"))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+_alembic_head.qkv_in_process = True
+
+
+class _Shared:
+    """The writer's open gradebook, handed to nbgrader's SaveCells instead of a second connection."""
+
+    def __init__(self, gb):
+        self._gb = gb
+
+    def __getattr__(self, name):
+        return getattr(self._gb, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._gb.db.commit()
+
 
 class GradebookWriter:
     def __init__(self, url: str, root: Path):
         from nbgrader.api import Gradebook
 
-        # nbgrader runs the `alembic` command of its own environment to check the database schema
+        # nbgrader runs the `alembic` command of its own environment to stamp a new gradebook: a subprocess of
+        # several seconds. Reading the same revision in this process gives the same answer in a tenth of that.
         bindir = os.path.dirname(sys.executable)
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        import nbgrader.api
+
+        if not getattr(nbgrader.api.get_alembic_version, "qkv_in_process", False):
+            nbgrader.api.get_alembic_version = _alembic_head
         self.url = url
         self.gb = Gradebook(url, course_id="qkv-course")
         self.root = root
         self.ready: set[str] = set()
 
-    def _prepare(self, name: str) -> None:
+    def prepare(self, name: str) -> None:
         from nbgrader.preprocessors import SaveCells
 
         from qkv.grading.course import instructor_notebook, read_notebook, source_path
@@ -187,8 +243,13 @@ class GradebookWriter:
         self.gb.update_or_create_assignment(name)
         self.gb.db.commit()
         nb = instructor_notebook(read_notebook(source_path(self.root, name)))
+        from unittest import mock
+
+        import nbgrader.preprocessors.savecells as savecells
+
         try:
-            SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
+            with mock.patch.object(savecells, "Gradebook", lambda *a, **k: _Shared(self.gb)):
+                SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
         except RuntimeError:
             pass  # the notebook already has submissions and its cells did not change in a way nbgrader allows
         self.gb.db.expire_all()
@@ -202,7 +263,7 @@ class GradebookWriter:
         warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's add_submission, harmless
 
         name, student = result["assignment"], result["student"]
-        self._prepare(name)
+        self.prepare(name)
         self.gb.update_or_create_student(student)
         try:
             self.gb.find_submission(name, student)
@@ -289,14 +350,17 @@ def write_figure(out: Path, results: list[dict]) -> None:
 
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT,
           db: str | None = None, only: list[str] | None = None, progress: bool = True) -> list[dict]:
+    """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
+    result recorded in ``out`` (this run's and earlier ones')."""
     from qkv.grading.core import load_spec, result_json
 
     out.mkdir(parents=True, exist_ok=True)
     jobs, ignored = discover(submissions, only)
-    fingerprints = {name: load_spec(root, name, hidden=True).fingerprint for name in {j[1] for j in jobs}}
+    names = [a for a in ASSIGNMENTS if a in {j[1] for j in jobs}]
+    specs = {name: load_spec(root, name, hidden=True) for name in names}
     todo = []
     for student, name, path in jobs:
-        key = submission_key(path, fingerprints[name], timeout)
+        key = submission_key(path, specs[name].fingerprint, timeout)
         record = out / "results" / student / f"{name}.json"
         if record.is_file():
             try:
@@ -306,26 +370,34 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 pass
         todo.append(((student, name, str(path), timeout), key))
     keys = {(j[0], j[1]): key for j, key in todo}
-    writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+    runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers) if todo else None
+    writer = None
     try:
-        for result in run_jobs([j for j, _ in todo], root, workers, progress):
-            student, name = result["student"], result["assignment"]
-            result["key"] = keys[(student, name)]
-            feedback = result.pop("feedback")
-            fb = out / "feedback" / student / f"{name}.html"
-            fb.parent.mkdir(parents=True, exist_ok=True)
-            fb.write_text(feedback, encoding="utf-8")
-            writer.record(result)
-            record = out / "results" / student / f"{name}.json"
-            record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(result_json(result))
-            os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+        if runner is not None:
+            writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+            for name in runner.specs:
+                writer.prepare(name)
+            for result in runner.results([j for j, _ in todo], progress):
+                student, name = result["student"], result["assignment"]
+                result["key"] = keys[(student, name)]
+                feedback = result.pop("feedback")
+                fb = out / "feedback" / student / f"{name}.html"
+                fb.parent.mkdir(parents=True, exist_ok=True)
+                fb.write_text(feedback, encoding="utf-8")
+                writer.record(result)
+                record = out / "results" / student / f"{name}.json"
+                record.parent.mkdir(parents=True, exist_ok=True)
+                tmp = record.with_suffix(".tmp")
+                tmp.write_text(result_json(result))
+                os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+        results = load_results(out)
+        write_tables(out, results, ignored)
+        write_figure(out, results)
     finally:
-        writer.close()
-    results = load_results(out)
-    write_tables(out, results, ignored)
-    write_figure(out, results)
+        if writer is not None:
+            writer.close()
+        if runner is not None:
+            runner.close()
     return results
 
 
