@@ -11,7 +11,6 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
-export MPLBACKEND := Agg
 
 .PHONY: install book test test-fast test-gpu system-deps release clean
 
@@ -29,8 +28,10 @@ $(STAMP): requirements.txt pyproject.toml
 system-deps:
 	@bash .ci/system-deps.sh
 
+# MPLBACKEND is cleared for the build: the chapter kernels must use ipykernel's inline backend, which it
+# picks only when MPLBACKEND is unset (with Agg set, every figure would silently vanish from the site).
 book: $(STAMP)
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	env -u MPLBACKEND $(BIN)/jupyter-book build . -W -n --keep-going
 
 # GPU tests are deselected here (CI has no GPU); `make test-gpu` runs them on a machine with CUDA.
 test: $(STAMP) system-deps book

@@ -64,11 +64,33 @@ def test_chapter_is_a_myst_notebook_that_shows_the_package_source(chapter):
     assert "!pip" not in text and "%pip" not in text
 
 
+# The textbook places of each chapter's formulas (COURSE.md's chapter table): each must be cited.
+CITATIONS = {
+    "01_weighted_average": ["§2.1.1", "eq. 2.40"],
+    "02_queries_keys_values": ["§2.1.1", "eq. 2.6"],
+    "03_masked_multihead": ["§2.1.1", "eq. 2.6", "2.11"],
+    "04_kv_cache": ["§2.3.2", "§5.1", "eq. 5.7"],
+    "05_bounded_memory": ["§2.3.3", "eq. 2.52", "2.57", "§2.3.4", "eq. 2.71"],
+    "06_torch_decoder": ["§5.1", "eq. 5."],
+}
+
+
 @pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("07")], ids=lambda p: p.stem)
-def test_chapter_cites_the_textbook_with_section_or_equation(chapter):
+def test_chapter_cites_the_textbook_sections_and_equations(chapter):
     text = chapter.read_text()
-    assert "Xiao & Zhu 2025" in text
-    assert re.search(r"(eq\. \d+\.\d+|§\d+\.\d+)", text), "cite the section or equation number"
+    assert "Xiao & Zhu 2025" in text and "{cite}`xiao2025foundations`" in text
+    missing = [place for place in CITATIONS[chapter.stem] if place not in text]
+    assert not missing, f"{chapter.name} does not cite {missing}"
+
+
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("07")], ids=lambda p: p.stem)
+def test_chapter_ends_with_links_to_its_exercises(chapter):
+    text = chapter.read_text()
+    tail = text[text.rindex("\n## "):]
+    assert "Exercise" in tail.split("\n", 2)[1], f"{chapter.name}: the last section should be its exercises"
+    links = re.findall(r"\{doc\}`\.\./exercises/([^/`]+)/\1`", tail)
+    assert links and all((ROOT / "exercises" / n / f"{n}.ipynb").is_file() for n in links), \
+        f"{chapter.name}: its exercises section links to no released exercise"
 
 
 def test_literalincludes_point_at_real_objects():
@@ -101,13 +123,17 @@ def site_text() -> str:
 
 
 def _solution_lines() -> list[str]:
-    """Distinctive lines that appear only inside solution blocks (not in the public package)."""
+    """Distinctive lines that appear only inside solution blocks and hidden tests (not in the public package)."""
     public = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    # A hidden test may repeat a line of a visible one; what the student notebooks show is public too.
+    for notebook in sorted(ROOT.glob("exercises/*/*.ipynb")):
+        public += "\n" + "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     lines = []
     for notebook in sorted(ROOT.glob("solutions/*/*.ipynb")):
         for cell in json.loads(notebook.read_text())["cells"]:
             source = "".join(cell["source"])
-            for block in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source, re.S):
+            for block in re.findall(r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END (?:SOLUTION|HIDDEN TESTS)",
+                                    source, re.S):
                 for line in block.splitlines():
                     line = line.strip()
                     if len(line) >= 25 and line not in public and not line.startswith("#"):

@@ -1,6 +1,6 @@
 """Figure helpers for the book: each draws on a matplotlib Axes the caller owns and labels its axes.
 
-Only the book imports this module (it needs matplotlib, which the package itself does not).
+Only the book and the grading report draw figures; the NumPy reference itself never imports matplotlib.
 """
 
 from __future__ import annotations
