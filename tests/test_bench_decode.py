@@ -6,18 +6,17 @@ import re
 
 import pytest
 
-pytest.importorskip("torch")
-
-from qkv import cli  # noqa: E402
-from qkv.bench import decode  # noqa: E402
-from qkv.config import DecoderConfig  # noqa: E402
-from qkv.gpt2 import expected_shapes  # noqa: E402
+from qkv import cli
+from qkv.bench import decode
+from qkv.config import DecoderConfig
+from qkv.gpt2 import expected_shapes
 
 TINY = ["--preset", "tiny", "--new-tokens", "8", "--uncached-tokens", "4", "--prompt", "6", "--repeats", "1"]
 ROW = re.compile(r"^  (.+?)\s{2,}(-?[\d.]+(?:e[+-]?\d+)?|nan|inf)\s+(tokens/s|x|ms|GB/s|MB|%)$")
 
 
 def _rows(text: str) -> dict[str, float]:
+    """The rows of one table (its title line first) as {row name: number}."""
     rows = {}
     for line in text.splitlines()[1:]:
         match = ROW.match(line)
@@ -67,3 +66,91 @@ def test_bad_settings_are_reported(capsys):
         decode.measure(preset="tiny", backend="numpy", new_tokens=8, dtype="bfloat16")
     with pytest.raises(ValueError, match="positions must lie in"):
         decode.measure(preset="tiny", new_tokens=8, positions=[1, 80])
+
+
+# --- the printed table ----------------------------------------------------------------------------
+def _result(**changes) -> dict:
+    """A result as ``measure`` returns it, with made-up numbers (no timing)."""
+    r = {"preset": "tiny", "backend": "numpy", "device": "cpu", "dtype": "float32", "batch": 1, "prompt": 6,
+         "new_tokens": 8, "uncached_tokens": 4, "n_params": 12_345, "cached_tokens_per_s": 1234.56,
+         "uncached_tokens_per_s": 300.0, "hf_tokens_per_s": 1000.0, "ratio_vs_hf": 1.23456,
+         "ratio_cached_vs_uncached": 4.115, "step_ms": {16: 0.0123, 32: 0.5, 64: 12.0}, "bandwidth_GBps": 20.0,
+         "bytes_per_token": 113_000.0, "weight_bytes": 110_000, "bound_tokens_per_s": 180_000.0,
+         "bound_fraction": 1.23e-5, "cuda_graph": False}
+    return {**r, **changes}
+
+
+def test_small_numbers_keep_significant_digits():
+    """The tiny preset reaches ~0.001 % of the bound; one decimal would print 0.0 (the old flaky failure)."""
+    r = _result()
+    rows = _rows(decode.format_table(r))
+    assert rows["fraction of the bound reached"] == pytest.approx(100 * r["bound_fraction"], rel=0.01)
+    assert rows["decode step at position 16"] == pytest.approx(0.0123, rel=0.01)
+    assert rows["bytes read per token (weights + cache)"] == pytest.approx(0.113, rel=0.01)
+    # numbers of 1 and more keep their fixed decimals, so the columns stay easy to read
+    table = decode.format_table(r)
+    assert "1234.6 tokens/s" in table and "12.00 ms" in table and "1.23 x" in table
+    assert all(v > 0 for v in rows.values())
+
+
+def test_title_says_when_steps_read_the_whole_cache():
+    assert "CUDA graph" not in decode.format_table(_result())
+    title = decode.format_table(_result(backend="torch", device="cuda:0", cuda_graph=True)).splitlines()[0]
+    assert "CUDA graph: each decode step attends over every cache slot" in title
+
+
+def test_several_presets_print_one_table_each(capsys):
+    args = ["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "tiny", *TINY]
+    assert cli.main(args) == 0
+    tables = capsys.readouterr().out.split("\n\n")
+    assert len(tables) == 2
+    for table in tables:
+        assert table.startswith("qkv bench decode: backend numpy, preset tiny")
+        assert _rows(table.strip())["NumPy Decoder, cached"] > 0
+
+
+def test_every_preset_is_checked_before_the_first_measurement(capsys, monkeypatch):
+    measured = []
+    monkeypatch.setattr(decode, "measure", lambda **kw: measured.append(kw["preset"]) or _result(**kw))
+    args = ["bench", "decode", "--no-hf", "--new-tokens", "100", "--preset", "gpt2-small", "--preset", "tiny"]
+    assert cli.main(args) == 2
+    assert measured == [], "gpt2-small was measured before tiny's settings were found not to fit"
+    assert "exceed the tiny model's n_positions=64" in capsys.readouterr().err
+    assert cli.main(["bench", "decode", "--no-hf", "--new-tokens", "8", "--preset", "tiny", "--preset", "small"]) == 0
+    assert measured == ["tiny", "small"]
+    titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("qkv bench decode:")]
+    assert [t.split("preset ")[1].split()[0] for t in titles] == ["tiny", "small"]
+    assert cli.main(["bench", "decode", "--no-hf"]) == 0
+    assert measured[-1] == "gpt2-small"  # the default stays one table, for GPT-2 small
+
+
+def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatch):
+    """On a GPU a graphed step reads all prompt + new_tokens cache slots; here the CPU decoder stays eager
+    and only the backend's flag is set, to check the accounting (test_torch_gpu.py runs the real thing)."""
+    kw = dict(preset="tiny", backend="torch", device="cpu", prompt=4, new_tokens=6, uncached_tokens=2, repeats=1,
+              hf=False, positions=[8, 16])
+    eager = decode.measure(**kw)
+    init = decode._TorchBackend.__init__
+
+    def graphed_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.uses_cuda_graph = True
+
+    monkeypatch.setattr(decode._TorchBackend, "__init__", graphed_init)
+    graphed = decode.measure(**kw)
+    assert graphed["cuda_graph"] and not eager["cuda_graph"]
+    cfg, steps = DecoderConfig.tiny(), range(5, 10)  # the decode steps after a 4-token prompt, of 10 positions
+    w = decode.weight_bytes_per_step(cfg, 1, 4)
+    assert eager["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, p, 4)
+                                                                 for p in steps))
+    assert graphed["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, 10, 4)
+                                                                   for _ in steps))
+    assert "each decode step attends over every cache slot" in decode.format_table(graphed).splitlines()[0]
+
+
+def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["bench", "decode", "--device", "cuda", "--no-hf", *TINY]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

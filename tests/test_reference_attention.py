@@ -147,6 +147,12 @@ def test_attention_matches_the_formula_written_out():
         (lambda: causal_mask(3, 2), ["n_keys=2", "n=3"]),
         (lambda: causal_mask(0), ["positive"]),
         (lambda: softmax(np.full(3, -np.inf)), ["-inf everywhere"]),
+        (lambda: softmax([[0.0, 1.0], [-np.inf, -np.inf]]), ["-inf everywhere"]),
+        (lambda: softmax([1.0, np.inf]), ["x", "+inf"]),
+        (lambda: softmax([np.nan, 1.0]), ["x", "NaN"]),
+        (lambda: attention(np.full((2, 4), np.inf), np.ones((3, 4)), np.ones((3, 2))), ["q", "+inf"]),
+        (lambda: attention(np.ones((2, 4)), np.ones((3, 4)), np.full((3, 2), -np.inf)), ["v", "-inf"]),
+        (lambda: attention_weights(np.ones((2, 4)), np.ones((2, 4)), [[0, np.inf], [0, 0]]), ["mask", "+inf"]),
         (lambda: weighted_average([["a", "b"]], [1.0]), ["values", "numbers"]),
     ],
 )
@@ -155,3 +161,24 @@ def test_bad_input_raises_a_clear_error(call, words):
         call()
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value!s}"
+
+
+def test_softmax_of_inf_or_nan_raises_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "invalid value" RuntimeWarning would be the old, silent NaN
+        for x in ([1.0, np.inf], [np.inf, np.inf], [[0.0, 1.0], [np.nan, 0.0]]):
+            with pytest.raises(ValueError, match="x contains"):
+                softmax(x)
+        # -inf is how masking works: those entries get weight 0
+        np.testing.assert_array_equal(softmax([-np.inf, 0.0, -np.inf]), [0.0, 1.0, 0.0])
+
+
+def test_sizes_must_be_ints_not_bools_numpy_ints_welcome():
+    for bad in (True, 2.0, "3"):
+        with pytest.raises(TypeError, match="must be a positive int"):
+            causal_mask(bad)
+        with pytest.raises(TypeError, match="n_keys must be a positive int"):
+            causal_mask(2, bad)
+    np.testing.assert_array_equal(causal_mask(np.int64(3), np.int32(4)), causal_mask(3, 4))

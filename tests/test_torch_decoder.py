@@ -3,14 +3,13 @@ sampling, and its errors. CPU only; the GPU versions of these checks are in test
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from qkv.config import DecoderConfig  # noqa: E402
-from qkv.gpt2 import random_state_dict  # noqa: E402
-from qkv.reference import Decoder  # noqa: E402
-from qkv.torch_cache import StaticKVCache  # noqa: E402
-from qkv.torch_decoder import CachedDecoder  # noqa: E402
+from qkv.config import DecoderConfig
+from qkv.gpt2 import random_state_dict
+from qkv.reference import Decoder
+from qkv.torch_cache import StaticKVCache
+from qkv.torch_decoder import CachedDecoder
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +314,79 @@ def test_truncate_then_decode_recomputes_the_same_step(ours, prompts):
     torch.testing.assert_close(ours.decode_step(prompts[:, 6], cache), first, rtol=0, atol=0)
     with pytest.raises(ValueError, match="truncate to a length in"):
         cache.truncate(8)
+
+
+def test_state_dict_checks_apply_to_tensors(state_dict):
+    """The checks of qkv.gpt2 (tested in depth in test_reference_decoder.py) see tensors as well as arrays."""
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    wte = tensors["transformer.wte.weight"]
+    tied = CachedDecoder.from_gpt2_state_dict({**tensors, "lm_head.weight": wte.to(torch.bfloat16)}, n_head=4,
+                                              device="cpu", n_layer=3)
+    assert tied.config.n_layer == 3
+    broken = {**tensors, "lm_head.weight": wte.flip(0), "transformer.wte.weight": wte[0]}
+    del broken["transformer.h.2.ln_1.bias"]
+    with pytest.raises(ValueError) as info:
+        CachedDecoder.from_gpt2_state_dict(broken, n_head=np.int64(4), device="cpu", n_layer=4)
+    msg = str(info.value)
+    assert "transformer.wte.weight has shape (64,), expected (256, 64)" in msg
+    assert "missing transformer.h.2.ln_1.bias (expected shape (64,))" in msg
+    assert "block h.3 has no tensors at all (n_layer=4; found h.0, h.1, h.2)" in msg
+    untied = {**tensors, "lm_head.weight": wte.flip(0)}
+    with pytest.raises(ValueError, match="lm_head.weight differs from transformer.wte.weight"):
+        CachedDecoder.from_gpt2_state_dict(untied, n_head=4, device="cpu")
+    with pytest.raises(TypeError, match="n_head must be a positive int"):
+        CachedDecoder.from_gpt2_state_dict(tensors, n_head=True, device="cpu")
+
+
+def test_cuda_without_cuda_is_a_clear_error(state_dict, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device=device)
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="gpu")
+    assert CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4).device.type == "cpu"
+
+
+def test_seed_and_sizes_of_the_wrong_type(ours, prompts):
+    for seed in ("a", 1.5, True):
+        with pytest.raises(TypeError, match="seed must be an int or None"):
+            ours.generate(prompts, 3, temperature=1.0, seed=seed)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        ours.generate(prompts, 2.0)
+    with pytest.raises(TypeError, match="top_k"):
+        ours.generate(prompts, 2, temperature=1.0, top_k=True)
+    torch.testing.assert_close(ours.generate(prompts, 4, temperature=1.0, seed=np.int64(3)),
+                               ours.generate(prompts, 4, temperature=1.0, seed=3), rtol=0, atol=0)
+
+
+def test_generate_checks_a_given_cache_before_starting(ours, prompts):
+    cache = ours.new_cache(batch=3, max_positions=12)
+    ours.prefill(prompts[:, :2], cache)  # a cache in use: a check made up front leaves it as it is
+    with pytest.raises(ValueError, match=r"too small for this generation: it needs 17 positions \(prompt 7 \+ "
+                                         r"10 new tokens\) but it has room for 12; use decoder.new_cache\(3, 17\)"):
+        ours.generate(prompts, 10, cache=cache)
+    assert cache.length == 2
+    with pytest.raises(ValueError, match="needs a batch of 3 sequences but it was built for 2"):
+        ours.generate(prompts, 3, cache=ours.new_cache(batch=2, max_positions=20))
+    with pytest.raises(ValueError, match="the cache holds torch.bfloat16 on cpu but this decoder computes in "
+                                         "torch.float32"):
+        ours.generate(prompts, 3, cache=StaticKVCache(3, 3, 4, 20, 16, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="StaticKVCache of 3 layers"):
+        ours.generate(prompts, 3, cache=cache.layers)
+    big = ours.new_cache(batch=4, max_positions=17)  # exactly enough positions, and a spare row
+    torch.testing.assert_close(ours.generate(prompts, 10, cache=big), ours.generate(prompts, 10), rtol=0, atol=0)
+
+
+def test_decode_step_takes_batch_or_batch_by_one(ours, prompts):
+    a, b = ours.new_cache(3), ours.new_cache(3)
+    ours.prefill(prompts[:, :5], a)
+    ours.prefill(prompts[:, :5], b)
+    column = torch.from_numpy(prompts[:, 5:6])  # (batch, 1)
+    torch.testing.assert_close(ours.decode_step(prompts[:, 5], a), ours.decode_step(column, b), rtol=0, atol=0)
+    cache = ours.new_cache(6)
+    ours.prefill(np.zeros((6, 2), dtype=int), cache)
+    for bad in (np.zeros((2, 3), dtype=int), torch.zeros(2, 3, dtype=torch.long), torch.zeros(6, 1, 1).long(), 5):
+        with pytest.raises(ValueError, match=r"one token per sequence, shape \(batch,\) or \(batch, 1\)"):
+            ours.decode_step(bad, cache)
+    assert cache.length == 2

@@ -107,3 +107,31 @@ def test_hugging_face_greedy_on_gpu(torch):
         theirs = model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, use_cache=True,
                                 pad_token_id=0, attention_mask=torch.ones_like(ids))
     torch.testing.assert_close(ours.generate(ids, 64), theirs, rtol=0, atol=0)
+
+
+def test_generate_into_a_given_cache_on_gpu(torch, state_dict, prompts):
+    ours = _decoder(torch, state_dict, device="cuda", cuda_graph=True)
+    cache = ours.new_cache(3, 27)  # the device check must accept the decoder's own cuda:0 cache
+    torch.testing.assert_close(ours.generate(prompts, 20, cache=cache), ours.generate(prompts, 20), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="too small for this generation"):
+        ours.generate(prompts, 21, cache=cache)
+    cpu_cache = _decoder(torch, state_dict, device="cpu").new_cache(3, 27)
+    with pytest.raises(ValueError, match="on cpu but this decoder computes in torch.float32 on cuda"):
+        ours.generate(prompts, 20, cache=cpu_cache)
+
+
+def test_bench_bound_counts_every_cache_slot_with_cuda_graphs(torch):
+    """A graphed decode step attends over every slot of its cache, so the bound counts them all."""
+    from qkv.bench import decode
+
+    kw = dict(preset="tiny", backend="torch", device="cuda", prompt=4, new_tokens=6, uncached_tokens=2,
+              repeats=1, hf=False, positions=[8, 16])
+    graphed, eager = decode.measure(cuda_graph=True, **kw), decode.measure(cuda_graph=False, **kw)
+    assert graphed["cuda_graph"] and not eager["cuda_graph"]
+    assert "CUDA graph" in decode.format_table(graphed) and "CUDA graph" not in decode.format_table(eager)
+    cfg, steps = DecoderConfig.tiny(), range(5, 10)  # the decode steps after a 4-token prompt, of 10 positions
+    w = decode.weight_bytes_per_step(cfg, 1, 4)
+    assert eager["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, p, 4)
+                                                                 for p in steps))
+    assert graphed["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, 10, 4)
+                                                                   for _ in steps))

@@ -8,6 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as a Python int ≥ 1, or an error naming ``name``. NumPy integers pass (sizes read from arrays
+    or ``.npz`` files are ``np.int64``); bools do not, though Python counts them as ints: ``n_head=True`` is a
+    slip, not one head."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r} (of type {type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
 
 @dataclass(frozen=True)
 class DecoderConfig:
@@ -21,9 +34,10 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DecoderConfig.{name} must be a positive int, got {value!r}")
+            # frozen: store the plain int (an np.int64 would leak into every shape computed from it)
+            object.__setattr__(self, name, positive_int(f"DecoderConfig.{name}", getattr(self, name)))
+        if self.n_inner is not None:
+            object.__setattr__(self, "n_inner", positive_int("DecoderConfig.n_inner", self.n_inner))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"DecoderConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "

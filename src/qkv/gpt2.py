@@ -8,106 +8,221 @@ it reads ``.shape`` from whatever it is given, so torch tensors pass through its
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
 
-from qkv.config import DecoderConfig
+from qkv.config import DecoderConfig, positive_int
 
 PREFIX = "transformer."
+HEAD = "lm_head.weight"
+
+# Every tensor's shape in symbols, in GPT-2's order: V = vocab_size, P = n_positions, d = n_embd (the model
+# width), 3d = the fused [W_q | W_k | W_v], f = d_ff (the MLP width). Weights are Conv1D: (in, out).
+_TOP = {"wte.weight": ("V", "d"), "wpe.weight": ("P", "d")}
+_BLOCK = {
+    "ln_1.weight": ("d",), "ln_1.bias": ("d",),
+    "attn.c_attn.weight": ("d", "3d"), "attn.c_attn.bias": ("3d",),
+    "attn.c_proj.weight": ("d", "d"), "attn.c_proj.bias": ("d",),
+    "ln_2.weight": ("d",), "ln_2.bias": ("d",),
+    "mlp.c_fc.weight": ("d", "f"), "mlp.c_fc.bias": ("f",),
+    "mlp.c_proj.weight": ("f", "d"), "mlp.c_proj.bias": ("d",),
+}
+_FINAL = {"ln_f.weight": ("d",), "ln_f.bias": ("d",)}
+_SYMBOL_NAMES = {"V": "vocab_size", "P": "n_positions", "d": "n_embd", "3d": "3·n_embd", "f": "n_inner"}
 
 
 def layer_names(layer: int) -> list[str]:
     """The parameter names of block ``layer`` (counted from 0, as GPT-2's ``h.0``, ``h.1``…)."""
-    p = f"{PREFIX}h.{layer}."
-    return [
-        p + "ln_1.weight", p + "ln_1.bias",
-        p + "attn.c_attn.weight", p + "attn.c_attn.bias",
-        p + "attn.c_proj.weight", p + "attn.c_proj.bias",
-        p + "ln_2.weight", p + "ln_2.bias",
-        p + "mlp.c_fc.weight", p + "mlp.c_fc.bias",
-        p + "mlp.c_proj.weight", p + "mlp.c_proj.bias",
-    ]
+    return [f"{PREFIX}h.{layer}.{name}" for name in _BLOCK]
+
+
+def _symbolic_shapes(n_layer: int) -> dict[str, tuple[str, ...]]:
+    shapes = {PREFIX + name: dims for name, dims in _TOP.items()}
+    for layer in range(n_layer):
+        shapes.update(zip(layer_names(layer), _BLOCK.values()))
+    shapes.update({PREFIX + name: dims for name, dims in _FINAL.items()})
+    return shapes
+
+
+def _sizes(config: DecoderConfig) -> dict[str, int]:
+    d = config.n_embd
+    return {"V": config.vocab_size, "P": config.n_positions, "d": d, "3d": 3 * d, "f": config.d_ff}
 
 
 def expected_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a GPT-2 of this shape needs, with its shape (Conv1D layout: (in, out))."""
-    d, f = config.n_embd, config.d_ff
-    shapes: dict[str, tuple[int, ...]] = {
-        PREFIX + "wte.weight": (config.vocab_size, d),
-        PREFIX + "wpe.weight": (config.n_positions, d),
-    }
-    for layer in range(config.n_layer):
-        names = layer_names(layer)
-        dims = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, f), (f,), (f, d), (d,)]
-        shapes.update(zip(names, dims))
-    shapes[PREFIX + "ln_f.weight"] = (d,)
-    shapes[PREFIX + "ln_f.bias"] = (d,)
-    return shapes
+    sizes = _sizes(config)
+    return {name: tuple(sizes[s] for s in dims) for name, dims in _symbolic_shapes(config.n_layer).items()}
 
 
 def normalize_names(state_dict: Mapping) -> dict:
     """Accept ``GPT2LMHeadModel`` names (``transformer.h.0...``) and ``GPT2Model`` names (``h.0...``)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of parameter names to arrays, got {type(state_dict).__name__}")
     out = {}
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state_dict keys must be parameter names (str), got {type(name).__name__}")
-        if name.startswith(PREFIX) or name == "lm_head.weight":
+        if name.startswith(PREFIX) or name == HEAD:
             out[name] = value
         else:
             out[PREFIX + name] = value
     return out
 
 
-def config_from_state_dict(state_dict: Mapping, n_head: int, layer_norm_eps: float = 1e-5) -> DecoderConfig:
-    """Read the model's shape off its tensors; τ (``n_head``) cannot be read off, so it is given."""
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of parameter names to arrays, got {type(state_dict).__name__}")
+# --- checking -------------------------------------------------------------------------------------------
+def _shape(value) -> tuple[int, ...]:
+    return tuple(int(s) for s in np.shape(value))  # np.shape reads .shape first, so tensors stay put
+
+
+def _blocks(layers: list[int]) -> str:
+    return ("block " if len(layers) == 1 else "blocks ") + ", ".join(f"h.{i}" for i in layers)
+
+
+def _layers(sd: dict, n_layer: int | None) -> tuple[int, list[str]]:
+    """The number of blocks (``n_layer`` when given, else one past the highest ``h.<layer>`` found) and the
+    problems with the layer numbers: names that are not numbers, gaps, blocks past ``n_layer``."""
+    found, problems = set(), []
+    for name in sd:
+        if name.startswith(PREFIX + "h."):
+            index = name[len(PREFIX + "h."):].split(".", 1)[0]
+            if index.isascii() and index.isdigit():
+                found.add(int(index))
+            else:
+                problems.append(f"{name}: {index!r} is not a layer number (expected {PREFIX}h.<layer>.…)")
+    if n_layer is None:
+        if not found:
+            problems.append(f"no transformer blocks (no '{PREFIX}h.<layer>.*' tensors)")
+            return 0, problems
+        n_layer = max(found) + 1
+        gap_word = "a gap in the layer numbers"
+    else:
+        extra = sorted(layer for layer in found if layer >= n_layer)
+        if extra:
+            problems.append(f"{_blocks(extra)} found, but n_layer={n_layer} (h.0 to h.{n_layer - 1})")
+        gap_word = f"n_layer={n_layer}"
+    absent = sorted(set(range(n_layer)) - found)
+    if absent:
+        problems.append(f"{_blocks(absent)} {'has' if len(absent) == 1 else 'have'} no tensors at all "
+                        f"({gap_word}; found {', '.join(f'h.{i}' for i in sorted(found)) or 'none'})")
+    return n_layer, problems
+
+
+def _infer_sizes(shapes: dict[str, tuple[int, ...]], n_layer: int) -> dict[str, int | None]:
+    """Each size (V, P, d, f) by a vote of every tensor that carries it, the first one seen breaking ties:
+    one mis-shaped tensor is then reported as mis-shaped, instead of changing the model it is checked against."""
+    votes: dict[str, Counter] = {s: Counter() for s in ("V", "P", "d", "f")}
+    for name, dims in [*_symbolic_shapes(n_layer).items(), (HEAD, ("V", "d"))]:
+        shape = shapes.get(name)
+        if shape is not None and len(shape) == len(dims):
+            for symbol, size in zip(dims, shape):
+                if symbol in votes and size >= 1:
+                    votes[symbol][size] += 1
+    sizes = {s: (c.most_common(1)[0][0] if c else None) for s, c in votes.items()}
+    sizes["3d"] = None if sizes["d"] is None else 3 * sizes["d"]
+    return sizes
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor: read it without importing torch
+        value = value.detach().cpu()
+        if not value.is_floating_point() or value.element_size() >= 4:
+            return value.numpy()
+        return value.float().numpy()  # bfloat16 has no NumPy dtype
+    return np.asarray(value)
+
+
+def _itemsize(value) -> int:
+    return value.element_size() if hasattr(value, "element_size") else np.asarray(value).dtype.itemsize
+
+
+def _tied(head, wte) -> bool:
+    """Whether lm_head holds the same numbers as wte: exactly, or up to rounding when one of the two was
+    stored in a coarser dtype."""
+    if head is wte:
+        return True
+    a, b = _as_numpy(head), _as_numpy(wte)
+    if a.dtype == b.dtype and _itemsize(head) == _itemsize(wte):
+        return bool(np.array_equal(a, b))
+    coarser = min(_itemsize(head), _itemsize(wte))
+    unit_roundoff = {2: 2.0**-8, 4: 2.0**-24}.get(coarser, 2.0**-53)  # 2 bytes: bfloat16's, the coarser half
+    return bool(np.allclose(a, b, rtol=2 * unit_roundoff, atol=0))
+
+
+def _tensor_problems(sd: dict, sizes: dict[str, int | None], n_layer: int) -> list[str]:
+    """Every missing or mis-shaped tensor, and an lm_head that is not wte."""
+    shapes = {name: _shape(value) for name, value in sd.items()}
+
+    def show(dims: tuple[str, ...]) -> str:  # a size that could not be read off the tensors shows its name
+        shown = [_SYMBOL_NAMES[s] if sizes[s] is None else str(sizes[s]) for s in dims]
+        return f"({shown[0]},)" if len(shown) == 1 else f"({', '.join(shown)})"
+
+    def fits(shape: tuple[int, ...], dims: tuple[str, ...]) -> bool:
+        return len(shape) == len(dims) and all(sizes[s] in (None, n) for s, n in zip(dims, shape))
+
+    problems = []
+    for name, dims in _symbolic_shapes(n_layer).items():
+        if name not in shapes:
+            problems.append(f"missing {name} (expected shape {show(dims)})")
+        elif not fits(shapes[name], dims):
+            problems.append(f"{name} has shape {shapes[name]}, expected {show(dims)}")
+    if HEAD in shapes:
+        wte = PREFIX + "wte.weight"
+        if not fits(shapes[HEAD], ("V", "d")):
+            problems.append(f"{HEAD} has shape {shapes[HEAD]}, expected {show(('V', 'd'))} "
+                            f"(GPT-2 ties it to {wte})")
+        elif wte in shapes and shapes[wte] == shapes[HEAD] and not _tied(sd[HEAD], sd[wte]):
+            problems.append(f"{HEAD} differs from {wte}: these models tie the output layer to the token "
+                            "embedding and read wte for both, so an untied lm_head cannot be loaded")
+    return problems
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("GPT-2 state dict does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def read_state_dict(state_dict: Mapping, n_head: int, n_layer: int | None = None,
+                    layer_norm_eps: float = 1e-5) -> tuple[DecoderConfig, dict]:
+    """The model's shape read off its tensors, and the state dict with normalized names; or one ValueError
+    naming every problem (missing and mis-shaped tensors, gaps in the layer numbers, an untied lm_head).
+
+    τ (``n_head``) cannot be read off the tensors, so it is given. Neither can a missing *last* block: pass
+    ``n_layer`` to have it checked too. Extra names (older checkpoints carry ``attn.bias`` mask buffers) are
+    ignored.
+    """
     sd = normalize_names(state_dict)
-    missing = [n for n in (PREFIX + "wte.weight", PREFIX + "wpe.weight") if n not in sd]
-    if missing:
-        raise ValueError(f"state_dict is missing {', '.join(missing)}; is it a GPT-2 state dict?")
-    vocab_size, d = (int(s) for s in sd[PREFIX + "wte.weight"].shape)
-    n_positions = int(sd[PREFIX + "wpe.weight"].shape[0])
-    layers = {int(n.split(".")[2]) for n in sd if n.startswith(PREFIX + "h.")}
-    if not layers:
-        raise ValueError("state_dict has no transformer blocks (no 'transformer.h.<layer>.*' tensors)")
-    n_layer = max(layers) + 1
-    fc = sd.get(PREFIX + "h.0.mlp.c_fc.weight")
-    n_inner = int(fc.shape[1]) if fc is not None and len(fc.shape) == 2 else None
-    if not isinstance(n_head, int) or n_head < 1:
-        raise ValueError(f"n_head must be a positive int, got {n_head!r}")
-    if d % n_head:
-        raise ValueError(f"n_head={n_head} does not divide the model width n_embd={d} read from wte.weight")
-    return DecoderConfig(
-        vocab_size=vocab_size, n_positions=n_positions, n_embd=d, n_layer=n_layer, n_head=n_head,
-        n_inner=None if n_inner == 4 * d else n_inner, layer_norm_eps=layer_norm_eps,
+    n_head = positive_int("n_head", n_head)
+    n_layer, problems = _layers(sd, None if n_layer is None else positive_int("n_layer", n_layer))
+    sizes = _infer_sizes({name: _shape(value) for name, value in sd.items()}, n_layer)
+    problems += _tensor_problems(sd, sizes, n_layer)
+    d = sizes["d"]
+    if d is not None and d % n_head:
+        problems.append(f"n_head={n_head} does not divide the model width n_embd={d} read from the tensors")
+    _raise_if(problems)
+    config = DecoderConfig(
+        vocab_size=sizes["V"], n_positions=sizes["P"], n_embd=d, n_layer=n_layer, n_head=n_head,
+        n_inner=None if sizes["f"] == 4 * d else sizes["f"], layer_norm_eps=layer_norm_eps,
     )
+    return config, sd
+
+
+def config_from_state_dict(state_dict: Mapping, n_head: int, layer_norm_eps: float = 1e-5,
+                           n_layer: int | None = None) -> DecoderConfig:
+    """Read the model's shape off its tensors (see ``read_state_dict``, which also returns the tensors)."""
+    return read_state_dict(state_dict, n_head, n_layer, layer_norm_eps)[0]
 
 
 def check_state_dict(state_dict: Mapping, config: DecoderConfig) -> dict:
-    """Return the state dict with normalized names, or raise one ValueError naming every problem.
-
-    Missing tensors and tensors of the wrong shape are all listed together, so a broken checkpoint is
-    fixed in one go. ``lm_head.weight`` is optional (GPT-2 ties it to ``wte.weight``) but, when
-    present, must equal it in shape. Extra names (older checkpoints carry ``attn.bias`` mask buffers)
-    are ignored.
+    """Return the state dict with normalized names, or raise one ValueError naming every way it does not fit
+    ``config``: missing, mis-shaped or extra blocks' tensors, and an ``lm_head.weight`` that is not
+    ``wte.weight`` (it is optional: GPT-2 ties the two). Other extra names are ignored.
     """
     sd = normalize_names(state_dict)
-    problems = []
-    for name, shape in expected_shapes(config).items():
-        if name not in sd:
-            problems.append(f"missing {name} (expected shape {shape})")
-        elif tuple(int(s) for s in sd[name].shape) != shape:
-            problems.append(f"{name} has shape {tuple(sd[name].shape)}, expected {shape}")
-    head = sd.get("lm_head.weight")
-    if head is not None and tuple(head.shape) != (config.vocab_size, config.n_embd):
-        problems.append(
-            f"lm_head.weight has shape {tuple(head.shape)}, expected {(config.vocab_size, config.n_embd)} "
-            "(GPT-2 ties it to wte.weight)"
-        )
-    if problems:
-        raise ValueError("GPT-2 state dict does not fit the model:\n  " + "\n  ".join(problems))
+    _, problems = _layers(sd, config.n_layer)
+    _raise_if(problems + _tensor_problems(sd, _sizes(config), config.n_layer))
     return sd
 
 

@@ -28,18 +28,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qkv.config import DecoderConfig
-from qkv.gpt2 import PREFIX, check_state_dict, config_from_state_dict, layer_names
+from qkv.config import DecoderConfig, positive_int
+from qkv.gpt2 import PREFIX, layer_names, read_state_dict
 from qkv.torch_cache import LayerKVCache, StaticKVCache
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def pick_device(device=None) -> torch.device:
-    """``None`` means CUDA when present, else the CPU."""
+    """``None`` means CUDA when present, else the CPU. Asking for CUDA where there is none is an error that
+    says so here, rather than PyTorch's AssertionError at the first tensor moved there."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available ({why}); "
+                         "use device='cpu', or device=None to use CUDA only where it is present")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def as_dtype(dtype) -> torch.dtype:
@@ -114,17 +125,18 @@ class CachedDecoder:
 
     @classmethod
     def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, device=None, dtype=torch.float32,
-                             cuda_graph: bool = False, prepack: bool | None = None) -> "CachedDecoder":
+                             cuda_graph: bool = False, prepack: bool | None = None, *,
+                             n_layer: int | None = None) -> "CachedDecoder":
         """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to NumPy arrays
         or torch tensors, in GPT-2's Conv1D layout (in, out).
 
-        τ = ``n_head`` cannot be read from the weights. Missing or mis-shaped tensors are all named in one
-        ValueError. ``device=None`` picks CUDA when present; ``dtype`` is float32, or bfloat16/float16
-        (meant for a GPU). ``prepack=None`` prepacks the linear weights for oneDNN where that applies
-        (float32 on a CPU); ``cuda_graph=True`` replays the decode step as a CUDA graph on a GPU.
+        τ = ``n_head`` cannot be read from the weights; ``n_layer`` may be given to catch a missing last
+        block. Every problem with the tensors is named in one ValueError (see ``qkv.gpt2.read_state_dict``).
+        ``device=None`` picks CUDA when present; ``dtype`` is float32, or bfloat16/float16 (meant for a GPU).
+        ``prepack=None`` prepacks the linear weights for oneDNN where that applies (float32 on a CPU);
+        ``cuda_graph=True`` replays the decode step as a CUDA graph on a GPU.
         """
-        config = config_from_state_dict(state_dict, n_head)
-        sd = check_state_dict(state_dict, config)
+        config, sd = read_state_dict(state_dict, n_head, n_layer)
         device, dtype = pick_device(device), as_dtype(dtype)
         if prepack is None:
             prepack = can_prepack(device, dtype)
@@ -195,16 +207,30 @@ class CachedDecoder:
             )
         return t.to(device=self.device, dtype=torch.int64)
 
+    def _check_token_ids(self, token_ids) -> torch.Tensor:
+        """One new token per sequence: (batch,), or (batch, 1) as sliced off a (batch, n) tensor; as (batch, 1)."""
+        t = token_ids if isinstance(token_ids, torch.Tensor) else np.asarray(token_ids)
+        if t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1):
+            return self._check_ids(t.reshape(-1, 1), "token_ids")
+        raise ValueError(f"token_ids must hold one token per sequence, shape (batch,) or (batch, 1); "
+                         f"got shape {tuple(t.shape)}")
+
     def _check_room(self, start: int, n: int, limit: int | None = None, what: str = "") -> None:
         limit = self.config.n_positions if limit is None else limit
         if start + n > limit:
             where = what or f"the maximum length n_positions={self.config.n_positions} of this model"
             raise ValueError(f"sequence would reach {start + n} positions, past {where}")
 
-    def _check_cache(self, cache, batch: int, n: int) -> int:
+    def _check_cache_kind(self, cache) -> None:
         if not isinstance(cache, StaticKVCache) or len(cache) != self.config.n_layer:
             raise ValueError(f"cache must be a StaticKVCache of {self.config.n_layer} layers; "
                              f"use decoder.new_cache(batch)")
+        if cache.dtype != self.dtype or cache.device != self.device:
+            raise ValueError(f"the cache holds {cache.dtype} on {cache.device} but this decoder computes in "
+                             f"{self.dtype} on {self.device}; use decoder.new_cache(batch)")
+
+    def _check_cache(self, cache, batch: int, n: int) -> int:
+        self._check_cache_kind(cache)
         if batch > cache.max_batch:
             raise ValueError(f"a batch of {batch} sequences is larger than the batch of {cache.max_batch} "
                              f"this cache was built for")
@@ -214,6 +240,19 @@ class CachedDecoder:
         self._check_room(start, n)
         self._check_room(start, n, cache.max_positions, f"the cache's max_positions={cache.max_positions}")
         return start
+
+    def _check_cache_fits(self, cache, batch: int, n: int, total: int) -> None:
+        """Before generating into a given cache: will the whole run fit? (Otherwise it fails part-way.)"""
+        self._check_cache_kind(cache)
+        short = []
+        if cache.max_positions < total:
+            short.append(f"{total} positions (prompt {n} + {total - n} new tokens) but it has room for "
+                         f"{cache.max_positions}")
+        if cache.max_batch < batch:
+            short.append(f"a batch of {batch} sequences but it was built for {cache.max_batch}")
+        if short:
+            raise ValueError(f"the cache is too small for this generation: it needs {' and '.join(short)}; "
+                             f"use decoder.new_cache({batch}, {total})")
 
     # --- the computation --------------------------------------------------------------------------
     def _split_qkv(self, block: Block, x: torch.Tensor):
@@ -286,14 +325,14 @@ class CachedDecoder:
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> StaticKVCache:
         """An empty static cache for up to ``batch`` sequences of up to ``max_positions`` (default: the
         model's n_positions) positions, in this decoder's dtype and on its device."""
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        batch = positive_int("batch", batch)
         max_positions = self.config.n_positions if max_positions is None else max_positions
-        if not isinstance(max_positions, (int, np.integer)) or not 1 <= max_positions <= self.config.n_positions:
+        if isinstance(max_positions, bool) or not isinstance(max_positions, (int, np.integer)) or \
+                not 1 <= max_positions <= self.config.n_positions:
             raise ValueError(f"max_positions must be an int in [1, n_positions={self.config.n_positions}], "
                              f"got {max_positions!r}")
         c = self.config
-        return StaticKVCache(c.n_layer, int(batch), c.n_head, int(max_positions), c.head_dim, self.dtype, self.device)
+        return StaticKVCache(c.n_layer, batch, c.n_head, int(max_positions), c.head_dim, self.dtype, self.device)
 
     @torch.inference_mode()
     def prefill(self, ids, cache: StaticKVCache, last_only: bool = False) -> torch.Tensor:
@@ -306,11 +345,11 @@ class CachedDecoder:
 
     @torch.inference_mode()
     def decode_step(self, token_ids, cache: StaticKVCache) -> torch.Tensor:
-        """Feed one new token per sequence, token_ids (batch,); returns next-token logits (batch, vocab).
+        """Feed one new token per sequence, token_ids (batch,) or (batch, 1); returns next-token logits
+        (batch, vocab).
 
         Only this position's key and value are computed; the earlier ones are read from ``cache``."""
-        ids = self._check_ids(torch.as_tensor(np.asarray(token_ids)).reshape(-1, 1)
-                              if not isinstance(token_ids, torch.Tensor) else token_ids.reshape(-1, 1), "token_ids")
+        ids = self._check_token_ids(token_ids)
         return self._decode(ids[:, 0], cache).clone()
 
     def _decode(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -335,15 +374,21 @@ class CachedDecoder:
         storage (it is reset first); by default one is built for exactly n + max_new_tokens positions.
         """
         ids = self._check_ids(ids)
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise TypeError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"temperature must be a number ≥ 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        if top_k is not None:
+            top_k = positive_int("top_k", top_k)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r} (of type {type(seed).__name__})")
         batch, n = ids.shape
         total = n + int(max_new_tokens)
         self._check_room(0, total)
+        if use_cache and cache is not None:
+            self._check_cache_fits(cache, batch, n, total)
         out = torch.empty((batch, total), dtype=torch.int64, device=self.device)
         out[:, :n] = ids
         if max_new_tokens == 0:
@@ -351,7 +396,7 @@ class CachedDecoder:
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed) if seed is not None else generator.seed()
+            generator.manual_seed(int(seed)) if seed is not None else generator.seed()
         pick = lambda logits: _next_token(logits, temperature, top_k, generator)  # noqa: E731
 
         if not use_cache:

@@ -8,8 +8,13 @@ once plus the cached keys and values so far, so no step can be faster than those
 bandwidth, which is measured in the same run by copying a large tensor.
 
 ``--backend torch`` (the default) times ``qkv.torch_decoder.CachedDecoder``; ``--backend numpy`` times the
-NumPy reference ``qkv.reference.Decoder`` in float32. The function ``measure`` returns the same numbers as a
-dict (the book's chapter 6 calls it with the tiny preset).
+NumPy reference ``qkv.reference.Decoder`` in float32. ``--preset`` picks the model shape and may be given more
+than once, e.g. ``--preset tiny --preset gpt2-small`` for one table per shape in the same run. The function
+``measure`` returns the same numbers as a dict (the book's chapter 6 calls it with the small preset).
+
+With CUDA graphs (the default on a GPU) a decode step has fixed shapes, so it attends over every slot of the
+static cache, masking the ones not yet written: each step reads the whole cache, whatever its position. The
+bound then counts those bytes, and the table's title says so.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import numpy as np
 from qkv.bench._timing import best_time, copy_bandwidth, synchronizer
 from qkv.config import DecoderConfig
 
+DEFAULT_PRESET = "gpt2-small"
 DEFAULT_POSITIONS = (128, 512, 1024)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["torch", "numpy"], default="torch",
                         help="which of our decoders to time (default: torch)")
-    parser.add_argument("--preset", choices=["tiny", "small", "gpt2-small"], default="gpt2-small",
-                        help="model shape (default: gpt2-small, 124M parameters, random weights)")
+    parser.add_argument("--preset", choices=["tiny", "small", "gpt2-small"], action="append",
+                        help="model shape; repeat it for one table per shape (default: gpt2-small, 124M "
+                             "parameters, random weights)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default: 1)")
     parser.add_argument("--prompt", type=int, default=16, help="prompt length in tokens (default: 16)")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens to generate (default: 256)")
@@ -46,16 +53,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    presets = args.preset or [DEFAULT_PRESET]
+    settings = dict(backend=args.backend, batch=args.batch, prompt=args.prompt, new_tokens=args.new_tokens,
+                    uncached_tokens=args.uncached_tokens, dtype=args.dtype, repeats=args.repeats)
     try:
-        result = measure(
-            preset=args.preset, backend=args.backend, batch=args.batch, prompt=args.prompt,
-            new_tokens=args.new_tokens, uncached_tokens=args.uncached_tokens, device=args.device,
-            dtype=args.dtype, cuda_graph=not args.no_cuda_graph, repeats=args.repeats, hf=not args.no_hf,
-        )
+        for preset in presets:  # every preset's settings are checked before the first (slow) measurement
+            check_settings(preset, **settings)
+        for i, preset in enumerate(presets):
+            result = measure(preset=preset, device=args.device, cuda_graph=not args.no_cuda_graph,
+                             hf=not args.no_hf, **settings)
+            print(("\n" if i else "") + format_table(result), flush=True)
     except (ValueError, ImportError) as exc:
         print(f"qkv bench decode: {exc}", file=sys.stderr)
         return 2
-    print(format_table(result))
     return 0
 
 
@@ -73,6 +83,7 @@ class _TorchBackend:
                                                           dtype=dtype, cuda_graph=cuda_graph)
         self.device = str(self.decoder.device)
         self.element_size = self.decoder.wte.element_size()
+        self.uses_cuda_graph = self.decoder.uses_cuda_graph
         self._cache = None
 
     def generate(self, ids: np.ndarray, new_tokens: int, use_cache: bool) -> None:
@@ -85,7 +96,9 @@ class _TorchBackend:
             self.decoder.generate(ids, new_tokens, use_cache=False)
 
     def step_seconds(self, ids: np.ndarray, positions: list[int], repeats: int) -> dict[int, float]:
-        """Seconds of one decode step at each position p (the step that computes k_p, v_p)."""
+        """Seconds of one decode step at each position p (the step that computes k_p, v_p). With a CUDA
+        graph every step attends over all max(positions) slots of this cache (masked past p), so an early
+        position's time includes reading the whole cache."""
         cache = self.decoder.new_cache(ids.shape[0], max(positions))
         self.decoder.prefill(ids[:, : max(positions) - 1], cache)
         token = self.torch.as_tensor(ids[:, -1], device=self.decoder.device)
@@ -109,6 +122,7 @@ class _NumpyBackend:
         self.decoder = Decoder.from_gpt2_state_dict(state_dict, n_head=config.n_head, dtype=np.float32)
         self.device = "cpu"
         self.element_size = 4
+        self.uses_cuda_graph = False
 
     def generate(self, ids: np.ndarray, new_tokens: int, use_cache: bool) -> None:
         self.decoder.generate(ids, new_tokens, use_cache=use_cache)
@@ -165,32 +179,17 @@ def weight_bytes_per_step(config: DecoderConfig, batch: int, element_size: int) 
 
 
 def cache_bytes_read(config: DecoderConfig, batch: int, position: int, element_size: int) -> int:
-    """Bytes of keys and values the step at ``position`` reads: k_1…k_p and v_1…v_p in every layer."""
+    """Bytes of keys and values the step at ``position`` reads: k_1…k_p and v_1…v_p in every layer. (A step
+    replayed as a CUDA graph reads every slot of its cache: pass the cache's length as ``position``.)"""
     return 2 * config.n_layer * batch * config.n_embd * position * element_size
 
 
 # --- the measurement ------------------------------------------------------------------------------------
-def measure(preset: str = "gpt2-small", backend: str = "torch", batch: int = 1, prompt: int = 16,
-            new_tokens: int = 256, uncached_tokens: int = 32, device: str | None = None, dtype: str = "float32",
-            cuda_graph: bool = True, repeats: int = 2, hf: bool = True, positions=None, seed: int = 0) -> dict:
-    """Time generation and return the numbers ``qkv bench decode`` prints.
-
-    Keys of the returned dict:
-      ``preset``, ``backend``, ``device``, ``dtype``, ``batch``, ``prompt``, ``new_tokens``, ``uncached_tokens``,
-      ``n_params``: the run's settings and the model's parameter count;
-      ``cached_tokens_per_s``, ``uncached_tokens_per_s``: our decoder with and without its KV cache
-      (tokens = batch × new tokens, over the wall time of the whole ``generate`` call, prompt included);
-      ``hf_tokens_per_s``: Hugging Face ``generate`` with its cache (None when ``hf`` is False or transformers
-      is missing); ``ratio_vs_hf``: cached_tokens_per_s / hf_tokens_per_s (None without HF);
-      ``ratio_cached_vs_uncached``: cached over uncached tokens/s (their lengths differ; see uncached_tokens);
-      ``step_ms``: {position: milliseconds of one decode step at that position} for ``positions`` (default
-      128, 512, 1024, keeping those within the model's n_positions; a quarter, a half and all of n_positions
-      when none fit);
-      ``bandwidth_GBps``: measured memory bandwidth (large-tensor copy, read + write bytes over time);
-      ``bytes_per_token``: average bytes read per generated token (weights + cache so far);
-      ``weight_bytes``: bytes of weights read per step;
-      ``bound_tokens_per_s``: the bandwidth bound on cached tokens/s; ``bound_fraction``: cached / bound.
-    """
+def check_settings(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1, prompt: int = 16,
+                   new_tokens: int = 256, uncached_tokens: int = 32, dtype: str = "float32", repeats: int = 2,
+                   positions=None) -> tuple[DecoderConfig, list[int]]:
+    """The preset's shape and the decode-step positions to time, or a ValueError for settings that cannot run
+    (checked before anything is built, so a run over several presets fails fast)."""
     if backend not in ("torch", "numpy"):
         raise ValueError(f"backend must be 'torch' or 'numpy', got {backend!r}")
     config = DecoderConfig.preset(preset)
@@ -209,6 +208,34 @@ def measure(preset: str = "gpt2-small", backend: str = "torch", batch: int = 1, 
     positions = sorted(int(p) for p in positions)
     if positions[0] < 2 or positions[-1] > config.n_positions:
         raise ValueError(f"positions must lie in [2, n_positions={config.n_positions}], got {positions}")
+    return config, positions
+
+
+def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1, prompt: int = 16,
+            new_tokens: int = 256, uncached_tokens: int = 32, device: str | None = None, dtype: str = "float32",
+            cuda_graph: bool = True, repeats: int = 2, hf: bool = True, positions=None, seed: int = 0) -> dict:
+    """Time generation and return the numbers ``qkv bench decode`` prints.
+
+    Keys of the returned dict:
+      ``preset``, ``backend``, ``device``, ``dtype``, ``batch``, ``prompt``, ``new_tokens``, ``uncached_tokens``,
+      ``n_params``: the run's settings and the model's parameter count;
+      ``cached_tokens_per_s``, ``uncached_tokens_per_s``: our decoder with and without its KV cache
+      (tokens = batch × new tokens, over the wall time of the whole ``generate`` call, prompt included);
+      ``hf_tokens_per_s``: Hugging Face ``generate`` with its cache (None when ``hf`` is False or transformers
+      is missing); ``ratio_vs_hf``: cached_tokens_per_s / hf_tokens_per_s (None without HF);
+      ``ratio_cached_vs_uncached``: cached over uncached tokens/s (their lengths differ; see uncached_tokens);
+      ``step_ms``: {position: milliseconds of one decode step at that position} for ``positions`` (default
+      128, 512, 1024, keeping those within the model's n_positions; a quarter, a half and all of n_positions
+      when none fit);
+      ``bandwidth_GBps``: measured memory bandwidth (large-tensor copy, read + write bytes over time);
+      ``bytes_per_token``: average bytes read per generated token (weights + cache so far);
+      ``weight_bytes``: bytes of weights read per step;
+      ``bound_tokens_per_s``: the bandwidth bound on cached tokens/s; ``bound_fraction``: cached / bound;
+      ``cuda_graph``: whether decode steps replayed a CUDA graph (then each step reads every cache slot, and
+      ``bytes_per_token`` counts them all).
+    """
+    config, positions = check_settings(preset, backend, batch, prompt, new_tokens, uncached_tokens, dtype,
+                                       repeats, positions)
 
     from qkv.torch_decoder import pick_device
 
@@ -252,9 +279,11 @@ def measure(preset: str = "gpt2-small", backend: str = "torch", batch: int = 1, 
     steps = ours.step_seconds(ids, positions, repeats)
     bandwidth = copy_bandwidth(device)
 
-    # The bound: the prefill reads the weights once; the step at position p reads them plus p cached positions.
+    # The bound: the prefill reads the weights once; the step at position p reads them plus p cached positions,
+    # or, replayed as a CUDA graph, plus every slot of the prompt + new_tokens cache that generate used.
     weights = weight_bytes_per_step(config, batch, ours.element_size)
-    bytes_total = weights + sum(weights + cache_bytes_read(config, batch, p, ours.element_size)
+    slots_read = (lambda p: prompt + new_tokens) if ours.uses_cuda_graph else (lambda p: p)
+    bytes_total = weights + sum(weights + cache_bytes_read(config, batch, slots_read(p), ours.element_size)
                                 for p in range(prompt + 1, prompt + new_tokens))
     bound_s = bytes_total / bandwidth
     tokens = batch * new_tokens
@@ -274,30 +303,40 @@ def measure(preset: str = "gpt2-small", backend: str = "torch", batch: int = 1, 
         "weight_bytes": weights,
         "bound_tokens_per_s": tokens / bound_s,
         "bound_fraction": cached_tps / (tokens / bound_s),
+        "cuda_graph": ours.uses_cuda_graph,
     }
+
+
+def _number(x: float, decimals: int) -> str:
+    """``x`` right-aligned in 10 characters with ``decimals`` places, or 3 significant digits below 1, so that
+    a small number (the tiny preset reaches a tiny fraction of the bound) never prints as 0.0."""
+    return f"{x:10.3g}" if 0 < abs(x) < 1 else f"{x:10.{decimals}f}"
 
 
 def format_table(r: dict) -> str:
     """The result of ``measure`` as the table the command prints."""
     who = "torch CachedDecoder" if r["backend"] == "torch" else "NumPy Decoder"
     rows = [
-        (f"{who}, cached", f"{r['cached_tokens_per_s']:10.1f} tokens/s"),
-        (f"{who}, uncached ({r['uncached_tokens']} new tokens)", f"{r['uncached_tokens_per_s']:10.1f} tokens/s"),
+        (f"{who}, cached", f"{_number(r['cached_tokens_per_s'], 1)} tokens/s"),
+        (f"{who}, uncached ({r['uncached_tokens']} new tokens)", f"{_number(r['uncached_tokens_per_s'], 1)} tokens/s"),
     ]
     if r["hf_tokens_per_s"] is not None:
-        rows.append(("Hugging Face GPT-2 generate, cached", f"{r['hf_tokens_per_s']:10.1f} tokens/s"))
-        rows.append(("ratio ours cached / HF cached", f"{r['ratio_vs_hf']:10.2f} x"))
-    rows.append(("ratio ours cached / ours uncached", f"{r['ratio_cached_vs_uncached']:10.2f} x"))
+        rows.append(("Hugging Face GPT-2 generate, cached", f"{_number(r['hf_tokens_per_s'], 1)} tokens/s"))
+        rows.append(("ratio ours cached / HF cached", f"{_number(r['ratio_vs_hf'], 2)} x"))
+    rows.append(("ratio ours cached / ours uncached", f"{_number(r['ratio_cached_vs_uncached'], 2)} x"))
     for p, ms in r["step_ms"].items():
-        rows.append((f"decode step at position {p}", f"{ms:10.2f} ms"))
+        rows.append((f"decode step at position {p}", f"{_number(ms, 2)} ms"))
     rows += [
-        ("memory bandwidth (tensor copy)", f"{r['bandwidth_GBps']:10.1f} GB/s"),
-        ("bytes read per token (weights + cache)", f"{r['bytes_per_token'] / 1e6:10.1f} MB"),
-        ("bandwidth bound", f"{r['bound_tokens_per_s']:10.1f} tokens/s"),
-        ("fraction of the bound reached", f"{100 * r['bound_fraction']:10.1f} %"),
+        ("memory bandwidth (tensor copy)", f"{_number(r['bandwidth_GBps'], 1)} GB/s"),
+        ("bytes read per token (weights + cache)", f"{_number(r['bytes_per_token'] / 1e6, 1)} MB"),
+        ("bandwidth bound", f"{_number(r['bound_tokens_per_s'], 1)} tokens/s"),
+        ("fraction of the bound reached", f"{_number(100 * r['bound_fraction'], 1)} %"),
     ]
     title = (f"qkv bench decode: backend {r['backend']}, preset {r['preset']} ({r['n_params'] / 1e6:.3g}M "
              f"parameters), {r['device']}, {r['dtype']}, batch {r['batch']}, prompt {r['prompt']}, "
              f"{r['new_tokens']} new tokens, {os.cpu_count()} CPU cores")
+    if r.get("cuda_graph"):
+        title += ("; CUDA graph: each decode step attends over every cache slot (masked), so step times and "
+                  "the bound include reading the whole cache")
     width = max(len(k) for k, _ in rows)
     return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from qkv.config import positive_int  # noqa: F401  (re-exported: the reference's own integer check)
 
-def as_float_array(name: str, x) -> np.ndarray:
-    """``x`` as a floating-point array (integers become float64); rejects non-numeric input and NaN."""
+
+def as_float_array(name: str, x, finite: bool = False) -> np.ndarray:
+    """``x`` as a floating-point array (integers become float64); rejects non-numeric input and NaN, and with
+    ``finite`` also ±inf (an infinite query, key or value turns a weighted average into inf − inf = NaN)."""
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -19,8 +22,11 @@ def as_float_array(name: str, x) -> np.ndarray:
         raise TypeError(f"{name} must be an array of numbers, got dtype {arr.dtype}")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN")
+    ok = np.isfinite(arr).all() if finite else not np.isnan(arr).any()  # one pass over the data
+    if not ok:
+        if np.isnan(arr).any():
+            raise ValueError(f"{name} contains NaN")
+        raise ValueError(f"{name} contains {'+inf' if np.isposinf(arr).any() else '-inf'}; it must be finite")
     return arr
 
 

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, require_ndim, require_same_leading
+from qkv.reference._checks import as_float_array, positive_int, require_ndim, require_same_leading
 
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
     """exp(x) / Σ exp(x) along ``axis``, computed after subtracting the row maximum so that large scores do
-    not overflow; the shift does not change the result because it cancels between numerator and denominator."""
+    not overflow; the shift does not change the result because it cancels between numerator and denominator.
+
+    −inf is allowed (a masked score: its weight is 0); NaN, +inf and a row that is −inf everywhere raise."""
     x = as_float_array("x", x)
     if x.ndim == 0:
         raise ValueError("x must have at least one axis to normalise over; got a scalar")
+    if np.isposinf(x).any():  # exp(+inf − +inf) would be NaN
+        raise ValueError("softmax: x contains +inf; scores must be finite or -inf (a masked key)")
     top = np.max(x, axis=axis, keepdims=True)
     if np.isneginf(top).any():
         raise ValueError("softmax: a row of x is -inf everywhere (a mask that hides every key?); nothing to normalise")
@@ -62,10 +66,8 @@ def causal_mask(n: int, n_keys: int | None = None) -> np.ndarray:
     (one new query, i keys) ``causal_mask(1, i)`` lets the query see every key. Python indices count from 0:
     row r is the query at position n_keys − n + r + 1, column c is the key at position c + 1.
     """
-    n_keys = n if n_keys is None else n_keys
-    for name, value in (("n", n), ("n_keys", n_keys)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"causal_mask: {name} must be a positive int, got {value!r}")
+    n = positive_int("causal_mask: n", n)
+    n_keys = n if n_keys is None else positive_int("causal_mask: n_keys", n_keys)
     if n_keys < n:
         raise ValueError(f"causal_mask: n_keys={n_keys} is smaller than the number of queries n={n}")
     query_pos = np.arange(n_keys - n + 1, n_keys + 1)[:, None]  # positions counted from 1
@@ -79,6 +81,8 @@ def _as_additive_mask(mask, scores_shape: tuple[int, ...]) -> np.ndarray:
         mask = np.where(mask, 0.0, -np.inf)
     else:
         mask = as_float_array("mask", mask)
+    if np.isposinf(mask).any():
+        raise ValueError("mask contains +inf; an additive mask holds 0 (may attend) and -inf (hidden)")
     if mask.shape != scores_shape[-2:] and mask.shape != scores_shape:
         raise ValueError(
             f"mask has shape {mask.shape}; it must be (m, n) = {scores_shape[-2:]} (queries × keys) "
@@ -93,8 +97,8 @@ def attention_weights(q, k, mask=None) -> np.ndarray:
     q: (..., m, d) queries, k: (..., n, d) keys, mask: additive (0 / −∞) of shape (m, n) or (..., m, n), or
     boolean with True where a query may attend. Returns (..., m, n); each row sums to 1.
     """
-    q = as_float_array("q", q)
-    k = as_float_array("k", k)
+    q = as_float_array("q", q, finite=True)
+    k = as_float_array("k", k, finite=True)
     require_ndim("q", q, 2, "(..., m, d): one query per row")
     require_ndim("k", k, 2, "(..., n, d): one key per row")
     if q.shape[-1] != k.shape[-1]:
@@ -115,7 +119,7 @@ def attention(q, k, v, mask=None) -> np.ndarray:
 
     q: (..., m, d), k: (..., n, d), v: (..., n, d_v). Returns (..., m, d_v).
     """
-    v = as_float_array("v", v)
+    v = as_float_array("v", v, finite=True)
     require_ndim("v", v, 2, "(..., n, d_v): one value vector per row")
     k_arr = np.asarray(k)
     if k_arr.ndim >= 2 and v.shape[-2] != k_arr.shape[-2]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, require_ndim
+from qkv.reference._checks import as_float_array, positive_int, require_ndim
 
 _LAYOUT = "(..., tau, n_new, head_dim)"
 
@@ -61,9 +61,7 @@ class KVCache(_PositionStore):
 
     def __init__(self, max_positions: int | None = None) -> None:
         super().__init__()
-        if max_positions is not None and (not isinstance(max_positions, (int, np.integer)) or max_positions < 1):
-            raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
-        self.max_positions = max_positions
+        self.max_positions = None if max_positions is None else positive_int("max_positions", max_positions)
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
@@ -134,9 +132,7 @@ class WindowKVCache(_PositionStore):
 
     def __init__(self, n_c: int) -> None:
         super().__init__()
-        if not isinstance(n_c, (int, np.integer)) or n_c < 1:
-            raise ValueError(f"n_c (the window size) must be a positive int, got {n_c!r}")
-        self.n_c = int(n_c)
+        self.n_c = positive_int("n_c (the window size)", n_c)
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 

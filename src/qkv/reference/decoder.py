@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkv.config import DecoderConfig
-from qkv.gpt2 import PREFIX, check_state_dict, config_from_state_dict, layer_names
+from qkv.config import DecoderConfig, positive_int
+from qkv.gpt2 import PREFIX, layer_names, read_state_dict
 from qkv.reference.attention import attention, causal_mask
 from qkv.reference.cache import KVCache
 from qkv.reference.heads import merge_heads, split_heads
@@ -65,14 +65,15 @@ class Decoder:
         self.ln_f_g, self.ln_f_b = ln_f_g, ln_f_b
 
     @classmethod
-    def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64) -> "Decoder":
+    def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64, *,
+                             n_layer: int | None = None) -> "Decoder":
         """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to arrays.
 
-        τ = ``n_head`` cannot be read from the weights, so it is given. Missing or mis-shaped tensors are
-        all named in one ValueError. ``dtype`` float64 makes cached and uncached logits agree to ~1e-12.
+        τ = ``n_head`` cannot be read from the weights, so it is given; so may ``n_layer`` be, to catch a
+        missing last block. Every problem with the tensors is named in one ValueError (see
+        ``qkv.gpt2.read_state_dict``). ``dtype`` float64 makes cached and uncached logits agree to ~1e-12.
         """
-        config = config_from_state_dict(state_dict, n_head)
-        sd = check_state_dict(state_dict, config)
+        config, sd = read_state_dict(state_dict, n_head, n_layer)
 
         def get(name: str) -> np.ndarray:
             value = sd[name]
@@ -110,6 +111,14 @@ class Decoder:
                 f"[0, {self.config.vocab_size})"
             )
         return arr.astype(np.int64, copy=False)
+
+    def _check_token_ids(self, token_ids) -> np.ndarray:
+        """One new token per sequence: (batch,), or (batch, 1) as sliced off a (batch, n) array; as (batch, 1)."""
+        shape = np.shape(token_ids)
+        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+            return self._check_ids(np.reshape(token_ids, (-1, 1)), "token_ids")
+        raise ValueError(f"token_ids must hold one token per sequence, shape (batch,) or (batch, 1); "
+                         f"got shape {shape}")
 
     def _check_room(self, start: int, n: int) -> None:
         if start + n > self.config.n_positions:
@@ -155,8 +164,7 @@ class Decoder:
 
     def new_cache(self, batch: int = 1) -> list[KVCache]:
         """One empty KVCache per layer, sized for the model's maximum length."""
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        positive_int("batch", batch)
         return [KVCache(max_positions=self.config.n_positions) for _ in self.blocks]
 
     def _check_caches(self, caches, batch: int) -> int:
@@ -179,10 +187,11 @@ class Decoder:
         return self._run(ids, start, caches)
 
     def decode_step(self, token_ids, caches: list[KVCache]) -> np.ndarray:
-        """Feed one new token per sequence, token_ids (batch,); returns next-token logits (batch, vocab).
+        """Feed one new token per sequence, token_ids (batch,) or (batch, 1); returns next-token logits
+        (batch, vocab).
 
         Only this position's key and value are computed; the earlier ones come from ``caches``."""
-        ids = self._check_ids(np.asarray(token_ids).reshape(-1, 1), "token_ids")
+        ids = self._check_token_ids(token_ids)
         start = self._check_caches(caches, ids.shape[0])
         self._check_room(start, 1)
         return self._run(ids, start, caches)[:, -1, :]
@@ -194,8 +203,11 @@ class Decoder:
         "before" picture); with the cache each step computes them for the new token only.
         """
         ids = self._check_ids(ids)
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise TypeError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
         batch, n = ids.shape
         self._check_room(0, n + max_new_tokens)
         out = np.empty((batch, n + max_new_tokens), dtype=np.int64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, require_ndim
+from qkv.reference._checks import as_float_array, positive_int, require_ndim
 from qkv.reference.attention import attention
 
 
@@ -16,8 +16,7 @@ def split_heads(x, tau: int) -> np.ndarray:
     """(..., n, d) -> (..., τ, n, d/τ): head h gets columns (h−1)·d/τ to h·d/τ of every row."""
     x = as_float_array("x", x)
     require_ndim("x", x, 2, "(..., n, d)")
-    if not isinstance(tau, (int, np.integer)) or tau < 1:
-        raise ValueError(f"tau (the number of heads) must be a positive int, got {tau!r}")
+    tau = positive_int("tau (the number of heads)", tau)
     *lead, n, d = x.shape
     if d % tau:
         raise ValueError(f"the width d={d} of x (shape {x.shape}) is not divisible by tau={tau} heads")
@@ -43,6 +42,10 @@ def multi_head_attention(x, W_q, W_k, W_v, W_o, tau: int, mask=None) -> np.ndarr
     x = as_float_array("x", x)
     require_ndim("x", x, 2, "(..., n, d)")
     d = x.shape[-1]
+    tau = positive_int("tau (the number of heads)", tau)
+    if d % tau:
+        raise ValueError(f"tau={tau} heads do not divide the model width d={d} of x (shape {x.shape}); "
+                         "each head needs an equal slice of d/τ columns")
     for name, w in (("W_q", W_q), ("W_k", W_k), ("W_v", W_v), ("W_o", W_o)):
         if np.shape(w) != (d, d):
             raise ValueError(f"{name} must have shape (d, d) = {(d, d)} for x of width d={d}; got {np.shape(w)}")
