@@ -135,6 +135,13 @@ MISCONCEPTIONS = [
     ("04_cache_notation", "q1", "cache without the current token (off by one)", {"q1_answer": """
         def cache_after_third_token(tau):
             return {(j, h) for j in range(1, 3) for h in range(1, tau + 1)}"""}),
+    ("04_cache_notation", "q1", "calls the library's KVCache.pairs", {"q1_answer": """
+        from qkv.reference import KVCache
+        def cache_after_third_token(tau):
+            cache = KVCache()
+            for _ in range(3):
+                cache.update(np.zeros((tau, 1, 1)), np.zeros((tau, 1, 1)))
+            return cache.pairs()"""}),
     ("04_cache_notation", "q2", "chooses K_{<=2} (off by one)", {"q2_answer": 'notation_answer = "B"'}),
     ("04_cache_notation", "q3", "off-by-one cache length (i - 1 positions)", {"q3_answer": """
         def kv_projections(i, tau, use_cache):
@@ -146,6 +153,12 @@ MISCONCEPTIONS = [
             return tau * (1 if use_cache else i)
         def total_kv_projections(n, tau, use_cache):
             return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""}),
+    ("04_cache_notation", "q3", "calls the library's counts in qkv.memory", {"q3_answer": """
+        from qkv import memory
+        def kv_projections(i, tau, use_cache):
+            return 2 * memory.kv_projections(i, cached=use_cache, tau=tau)
+        def total_kv_projections(n, tau, use_cache):
+            return 2 * memory.total_kv_projections(n, cached=use_cache, tau=tau)"""}),
     ("05_cached_decoding", "q1", "attends before adding the new key (cache one short)", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
             q_i, k_i, v_i = x_i @ W_q, x_i @ W_k, x_i @ W_v
@@ -158,6 +171,14 @@ MISCONCEPTIONS = [
     ("05_cached_decoding", "q2", "window start not clipped at position 1", {"q2_answer": """
         def window(K, i, n_c):
             return np.asarray(K)[i - n_c:i]"""}),
+    ("05_cached_decoding", "q2", "keeps the window in the library's WindowKVCache", {"q2_answer": """
+        from qkv.reference import WindowKVCache
+        def window(K, i, n_c):
+            K = np.asarray(K, dtype=float)
+            cache = WindowKVCache(n_c)
+            for j in range(i):
+                cache.update(K[j][None, None, :], K[j][None, None, :])
+            return cache.keys[0]"""}),
     ("05_cached_decoding", "q3", "exponential instead of cumulative average", {"q3_answer": """
         def running_means(K):
             K = np.asarray(K, dtype=float)
@@ -167,6 +188,11 @@ MISCONCEPTIONS = [
                 mean = K[i] if i == 0 else (K[i] + mean) / 2
                 out[i] = mean
             return out"""}),
+    ("05_cached_decoding", "q3", "averages with the library's CumulativeAverageMemory", {"q3_answer": """
+        from qkv.reference import CumulativeAverageMemory
+        def running_means(K):
+            memory = CumulativeAverageMemory()
+            return np.stack([memory.update(k, k)[0] for k in np.asarray(K, dtype=float)])"""}),
     ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "B"'}),
 ]
 
@@ -208,6 +234,68 @@ def _edit(nb, gid, text):
     return nb
 
 
+# Reads hidden test code back in the kernel, in every way we know of, and tries to get it into the feedback:
+# the input history (In, _ih, %history), the source of the calling frames (a function a hidden test calls),
+# linecache, and an exception message. q2's function raises on purpose (0 of 4), q3's works (3 of 3).
+PEEK_Q2 = """
+import inspect, sys
+def weighted_average(values, weights):
+    raise ValueError(inspect.getsource(sys._getframe(2)))  # the test cell calling call_own, hidden part included
+"""
+PEEK_Q3 = """
+import inspect, linecache
+STOLEN = []
+def softmax(x):
+    frame = inspect.currentframe().f_back
+    while frame is not None:
+        try:
+            STOLEN.append(inspect.getsource(frame.f_code))
+        except (OSError, TypeError):
+            pass
+        frame = frame.f_back
+    x = np.asarray(x, dtype=float)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+"""
+PEEK_HISTORY = """
+print('\\n'.join(In))
+print(_ih)
+get_ipython().run_line_magic('history', '')
+import linecache
+print(repr(linecache.cache)[:20000])
+"""
+PEEK_END = """
+tests = [source for source in STOLEN if source.startswith("# Test")]
+print('\\n'.join(tests)[:20000])
+raise RuntimeError(repr(tests[-1])[-500:])
+"""
+
+
+def peeking_notebook() -> nbformat.NotebookNode:
+    nb = filled(BAD, {"q2_answer": PEEK_Q2, "q3_answer": PEEK_Q3})
+    after = next(k for k, c in enumerate(nb.cells) if _gid(c) == "q2_batched")
+    nb.cells.insert(after + 1, nbformat.v4.new_code_cell(PEEK_HISTORY.strip()))
+    nb.cells.append(nbformat.v4.new_code_cell(PEEK_END.strip()))
+    return nb
+
+
+def hidden_lines(name: str, min_chars: int = 10) -> list[str]:
+    """The lines of the hidden tests of ``name`` that no released notebook shows, whitespace removed."""
+    def squeeze(line: str) -> str:
+        return "".join(line.split())
+
+    public = "\n".join(squeeze(c.source) for other in ASSIGNMENTS
+                       for c in read_notebook(release_path(ROOT, other)).cells)
+    lines, inside = set(), False
+    for cell in read_notebook(source_path(ROOT, name)).cells:
+        for line in cell.source.splitlines():
+            inside = inside or "BEGIN HIDDEN TESTS" in line
+            if inside and len(squeeze(line)) >= min_chars and squeeze(line) not in public:
+                lines.add(squeeze(line))
+            inside = inside and "END HIDDEN TESTS" not in line
+    return sorted(lines)
+
+
 def bad_inputs(base: Path) -> dict[str, dict]:
     """Write the bad submissions under ``base``; return student -> expected {score, status, note, q}."""
     good = filled(BAD)
@@ -240,6 +328,7 @@ def bad_inputs(base: Path) -> dict[str, dict]:
         "wrong_type": (filled(BAD, {"q1_answer": "output = '4.0, 2.5'",
                                     "q2_answer": "def weighted_average(values, weights):\n    return 'the average'"}),
                        {"score": 3, "status": "graded", "note": None, "q": {"q1": 0, "q2": 0}}),
+        "peeks_at_tests": (peeking_notebook(), {"score": 6, "status": "graded", "note": None, "q": {"q2": 0, "q3": 3}}),
         "wrong_shape": (filled(BAD, {"q3_answer": "def softmax(x):\n    x = np.asarray(x, dtype=float)\n"
                                                   "    return np.exp(x).ravel() / np.exp(x).sum()"}),
                         {"score": 7, "status": "graded", "note": None, "q": {"q3": 0}}),

@@ -5,19 +5,31 @@ one learner per misconception, and the bad inputs. It is graded once with two wo
 the result, then re-grade parts of it to check one worker agrees and that re-running loses nothing.
 """
 
+import copy
 import csv
+import html
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from unittest import mock
 
+import nbformat
 import pytest
 
-from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, bad_inputs, filled, misconception_student, question_scores,
-                             read_csv, submit)
-from qkv.grading.course import ASSIGNMENTS, read_notebook, source_path
-from qkv.grading.grade import grade
+from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, bad_inputs, filled, hidden_lines, misconception_student,
+                             question_scores, read_csv, submit)
+from qkv import cli
+from qkv.grading import execute
+from qkv.grading.course import ASSIGNMENTS, dumps, read_notebook, source_path
+from qkv.grading.grade import GradebookWriter, _init_worker, _Shared, _warm_up, grade
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +50,13 @@ def batch(tmp_path_factory):
     expected_bad = bad_inputs(subs)
     (subs / "README.txt").write_text("a stray file at the top")
     out = tmp_path_factory.mktemp("graded")
-    results = grade(subs, out, ROOT, workers=2, timeout=TIMEOUT, progress=False)
+    temp = tmp_path_factory.mktemp("temp")  # the grader's scratch folders go here, to be checked afterwards
+    with mock.patch.object(tempfile, "tempdir", str(temp)):
+        results = grade(subs, out, ROOT, workers=2, timeout=TIMEOUT, progress=False)
     grades = {(r["student"], r["assignment"]): r for r in read_csv(out / "grades.csv")}
     report = read_csv(out / "report.csv")
     return {"subs": subs, "out": out, "results": results, "grades": grades, "report": report,
-            "questions": question_scores(out), "bad": expected_bad}
+            "questions": question_scores(out), "bad": expected_bad, "temp": temp}
 
 
 def _score(batch, student, name):
@@ -72,12 +86,24 @@ def test_misconception_loses_points_on_its_question_only(batch, k):
             assert s == m, f"{label}: lost points on {q} too"
 
 
-def test_library_call_policy_gives_zero_for_that_question(batch):
-    k = next(i for i, m in enumerate(MISCONCEPTIONS) if "library" in m[2])
-    per_q = batch["questions"][(misconception_student(k), MISCONCEPTIONS[k][0])]
-    assert per_q["q2"][0] == 0
-    record = json.loads((batch["out"] / "results" / misconception_student(k) / "01_weighted_average.json").read_text())
-    assert any("course library" in t["message"] for t in record["tests"] if t["question"] == "q2")
+LIBRARY_CALLS = [k for k, m in enumerate(MISCONCEPTIONS) if "library" in m[2]]
+
+
+def test_library_call_policy_covers_every_assignment_that_asks_for_a_library_function():
+    assert {MISCONCEPTIONS[k][:2] for k in LIBRARY_CALLS} == {
+        ("01_weighted_average", "q2"), ("04_cache_notation", "q1"), ("04_cache_notation", "q3"),
+        ("05_cached_decoding", "q2"), ("05_cached_decoding", "q3")}
+
+
+@pytest.mark.parametrize("k", LIBRARY_CALLS, ids=[MISCONCEPTIONS[k][2] for k in LIBRARY_CALLS])
+def test_library_call_policy_gives_zero_for_that_question(batch, k):
+    name, question, _, _ = MISCONCEPTIONS[k]
+    per_q = batch["questions"][(misconception_student(k), name)]
+    assert per_q[question][0] == 0
+    record = json.loads((batch["out"] / "results" / misconception_student(k) / f"{name}.json").read_text())
+    for t in record["tests"]:
+        if t["question"] == question:
+            assert "course library's own qkv." in t["message"], t
 
 
 def test_bad_inputs_get_their_score_and_a_reason(batch):
@@ -95,6 +121,40 @@ def test_bad_inputs_get_their_score_and_a_reason(batch):
 def test_ignored_files_are_listed(batch):
     ignored = " ".join(r["notes"] for r in batch["report"] if r["status"] == "ignored")
     assert "README.txt" in ignored and "scratch.txt" in ignored and "99_unknown" in ignored
+
+
+def _shown_text(path: Path) -> str:
+    """What a file under the output folder says, decoded: HTML unescaped, JSON and CSV strings unquoted."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".html":
+        return html.unescape(text)
+    if path.suffix == ".json":
+        def strings(x):
+            if isinstance(x, dict):
+                return [s for k, v in x.items() for s in [str(k), *strings(v)]]
+            if isinstance(x, list):
+                return [s for v in x for s in strings(v)]
+            return [str(x)]
+        return "\n".join(strings(json.loads(text)))
+    if path.suffix == ".csv":
+        return "\n".join(",".join(row) for row in csv.reader(text.splitlines()))
+    return text
+
+
+def test_no_hidden_test_code_in_any_output(batch):
+    # peeks_at_tests reads the hidden tests back from In, _ih, %history, linecache and the calling frames,
+    # prints them and raises them: what it got is removed everywhere
+    peeked = (batch["out"] / "feedback" / "peeks_at_tests" / f"{BAD}.html").read_text()
+    assert "[hidden test code removed]" in peeked
+    record = json.loads((batch["out"] / "results" / "peeks_at_tests" / f"{BAD}.json").read_text())
+    assert any("[hidden test code removed]" in t["message"] for t in record["tests"])
+    secret = {line for name in ASSIGNMENTS for line in hidden_lines(name)}
+    files = [p for p in batch["out"].rglob("*") if p.is_file() and p.suffix not in (".db", ".png")]
+    assert len(files) > 2 * len(batch["grades"])
+    for path in files:
+        shown = "".join(_shown_text(path).split())
+        leaked = [line for line in secret if line in shown]
+        assert not leaked, (path, leaked[:3])
 
 
 def test_every_submission_has_feedback_without_hidden_code(batch):
@@ -131,7 +191,10 @@ def test_one_worker_gives_the_same_grades(batch, tmp_path):
         shutil.copytree(batch["subs"] / student, subs / student)
     grade(subs, tmp_path / "out", ROOT, workers=1, timeout=TIMEOUT, progress=False)
     one = {(r["student"], r["assignment"]): r for r in read_csv(tmp_path / "out" / "grades.csv")}
-    assert one and all(one[key] == batch["grades"][key] for key in one)
+    assert len(one) == len(chosen) * len(ASSIGNMENTS)  # everyone is graded on every assignment anyone handed in
+    assert all(one[key] == batch["grades"][key] for key in one)
+    per_question = question_scores(tmp_path / "out")
+    assert per_question and all(per_question[key] == batch["questions"][key] for key in one)
 
 
 def test_rerun_keeps_everything_and_counts_nothing_twice(batch, tmp_path):
@@ -148,9 +211,13 @@ def test_rerun_keeps_everything_and_counts_nothing_twice(batch, tmp_path):
     for key, row in batch["grades"].items():
         if key != ("blank", "01_weighted_average"):
             assert rows[key] == row
-    # unchanged submissions were not executed again
+    # only the changed submission ran; blank's four unchanged ones were not executed again
+    assert results.executed == [("blank", "01_weighted_average")]
+    assert len(batch["results"].executed) == len(batch["grades"])  # the first run ran every one
     record = json.loads((out / "results" / "blank" / "02_qkv_roles.json").read_text())
     assert record == json.loads((batch["out"] / "results" / "blank" / "02_qkv_roles.json").read_text())
+    # a second run of the same folder runs nothing
+    assert grade(subs, out, ROOT, workers=1, timeout=TIMEOUT, progress=False).executed == []
 
 
 def test_cli_grade_writes_the_outputs(tmp_path):
@@ -163,3 +230,178 @@ def test_cli_grade_writes_the_outputs(tmp_path):
     with open(out / "grades.csv") as f:
         assert list(csv.reader(f)) == [["student", "assignment", "score", "max_score"],
                                        ["ada", "04_cache_notation", "7", "7"]]
+
+
+def test_grading_leaves_no_scratch_folders(batch):
+    assert not [p.name for p in batch["temp"].iterdir() if p.name.startswith("qkv-")]
+
+
+# ---- kernels: warm, cold, failing, stopped ----------------------------------------------------------------
+
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _process_in(folder: Path) -> int:
+    """The process whose working folder is ``folder`` (a kernel in its scratch folder)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(folder.resolve()):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise LookupError(f"no process works in {folder}")
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """Kernels get their scratch folders in here; no kernel is warm before or after the test."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    execute.shutdown_warm()
+    monkeypatch.setattr(execute, "SCRATCH_ROOT", str(folder))
+    yield folder
+    execute.shutdown_warm()
+
+
+def test_a_given_cwd_is_honoured_even_with_a_warm_kernel(scratch, tmp_path):
+    assert execute.prewarm() is None and execute._WARM is not None
+    here = tmp_path / "here"
+    here.mkdir()
+    nb = _notebook("import os; print(os.getcwd())")
+    run = execute.run_notebook(nb, cwd=str(here), prewarm=True)
+    assert run.cells[0].ok and nb.cells[0].outputs[0]["text"].strip() == str(here.resolve())
+    assert execute._WARM is not None and here.is_dir()  # the warm kernel waits for a notebook without a cwd
+
+
+def test_a_failing_prewarm_falls_back_to_a_cold_start(scratch, monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    real, calls = AsyncKernelManager.start_kernel, []
+
+    async def start_kernel(self, **kwargs):  # only the second start works: the notebook's own, cold one
+        calls.append(kwargs.get("cwd"))
+        if len(calls) != 2:
+            raise RuntimeError("no kernel for you")
+        return await real(self, **kwargs)
+
+    monkeypatch.setattr(AsyncKernelManager, "start_kernel", start_kernel)
+    failures = len(execute.WARM_FAILURES)
+    assert "no kernel for you" in execute.prewarm() and execute._WARM is None  # said, not raised
+    nb = _notebook("print(1 + 1)")
+    run = execute.run_notebook(nb, prewarm=True)  # starts cold, then fails to boot the next warm kernel
+    assert run.cells[0].ok and nb.cells[0].outputs[0]["text"] == "2\n"
+    assert len(calls) == 3 and len(execute.WARM_FAILURES) == failures + 2 and execute._WARM is None
+    assert list(scratch.iterdir()) == []  # the folders of the kernels that did not start are gone
+
+
+def test_a_kernel_that_never_answers_is_stopped_and_its_folder_removed(scratch, monkeypatch):
+    pids = []
+
+    async def no_answer(self):
+        pids.append(self.km.provisioner.pid)
+        raise RuntimeError("the kernel did not answer")
+
+    monkeypatch.setattr(execute._CappedClient, "async_start_new_kernel_client", no_answer)
+    with pytest.raises(RuntimeError, match="did not answer"):
+        execute.run_notebook(_notebook("1 + 1"))
+    assert pids and _gone(pids[0])
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_worker_told_to_stop_kills_its_kernels_and_removes_their_folders(tmp_path):
+    # what a pool does to the surviving workers when one of them dies
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=({}, str(scratch), True))
+    try:
+        assert pool.submit(_warm_up).result(timeout=120) is None
+        (folder,) = scratch.iterdir()
+        kernel = _process_in(folder)
+        worker = int(Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        os.kill(worker, signal.SIGTERM)
+        assert _gone(worker)
+        assert list(scratch.iterdir()) == []  # removed by the worker itself, before it went
+        assert _gone(kernel, seconds=0.5)  # killed by the worker, not a second later by its parent poller
+    finally:
+        pool.shutdown(wait=True)
+
+
+# ---- the gradebook -----------------------------------------------------------------------------------------
+
+def test_the_shared_gradebook_rolls_back_on_an_error(tmp_path):
+    from nbgrader.api import Student
+
+    writer = GradebookWriter(f"sqlite:///{tmp_path / 'gradebook.db'}", ROOT)
+    try:
+        with pytest.raises(ValueError):
+            with _Shared(writer.gb) as gb:
+                gb.db.add(Student(id="half_done"))
+                raise ValueError("went wrong half-way")
+        assert writer.gb.db.query(Student).count() == 0
+        with _Shared(writer.gb) as gb:
+            gb.db.add(Student(id="done"))
+        assert [s.id for s in writer.gb.db.query(Student)] == ["done"]
+    finally:
+        writer.close()
+
+
+def test_a_test_cell_added_after_grading_is_a_clear_error(tmp_path, capsys):
+    from nbgrader.api import Gradebook
+
+    name = "04_cache_notation"
+    course = tmp_path / "course"
+    shutil.copytree(ROOT / "solutions" / name, course / "solutions" / name)
+    shutil.copy(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    submit(subs, "ada", name, filled(name))
+    args = ["grade", str(subs), "--out", str(out), "--root", str(course), "--timeout", "20", "--no-progress"]
+    assert cli.main(args) == 0
+    before = (out / "grades.csv").read_text()
+
+    src = source_path(course, name)
+    nb = read_notebook(src)
+    extra = copy.deepcopy(nb.cells[-1])  # a second copy of the last test cell
+    extra.id = extra.metadata["nbgrader"]["grade_id"] = "q3_extra"
+    nb.cells.append(extra)
+    src.write_text(dumps(nb))
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert name in err and "test cell q3_extra was added" in err and "--out" in err
+    assert (out / "grades.csv").read_text() == before
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        assert gb.find_submission(name, "ada").score == 7
+        assert "q3_extra" not in {c.name for c in gb.find_notebook(name, name).grade_cells}
+
+    nb.cells = [c for c in nb.cells if c.metadata["nbgrader"]["grade_id"] not in ("q3_extra", "q3_total")]
+    src.write_text(dumps(nb))
+    assert cli.main(args) == 2
+    assert "test cell q3_total was removed" in capsys.readouterr().err
+
+
+def test_visible_tests_check_the_form_and_leave_the_answer_to_hidden_tests(batch):
+    # the off-by-one cache (positions 1 and 2 only) has the right form: the visible test passes it
+    k = next(i for i, m in enumerate(MISCONCEPTIONS) if m[2] == "cache without the current token (off by one)")
+    record = json.loads((batch["out"] / "results" / misconception_student(k) / "04_cache_notation.json").read_text())
+    passed = {t["id"]: t["passed"] for t in record["tests"]}
+    assert passed["q1_form"] and not passed["q1_hidden"]
+    message = next(t["message"] for t in record["tests"] if t["id"] == "q1_hidden")
+    assert "misses some pairs" in message and "chapter 4" in message

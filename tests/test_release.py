@@ -102,3 +102,39 @@ def test_points_in_headings_match_the_test_cells(name):
 def test_nbgrader_config_maps_source_and_release():
     text = (ROOT / "nbgrader_config.py").read_text()
     assert 'source_directory = "solutions"' in text and 'release_directory = "exercises"' in text
+
+
+def _messages(source: str) -> str:
+    """The text of every string in a cell's code (the messages its checks give), f-strings included."""
+    import ast
+
+    parts = [node.value for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    return " ".join(" ".join(parts).split())
+
+
+# Hints that gave the answer away (found by an audit): a message says what is wrong, never what is right.
+GIVEAWAYS = [
+    ("02_qkv_roles", "q1_translation", ["the query asks the question", "compared with, the values"]),
+    ("03_zeroed_values", "q3_number", ["scores are equal", "0.25", "1/4", "a quarter"]),
+    ("03_zeroed_values", "q3_function", ["equal scores", "plain average", "uniform"]),
+    ("04_cache_notation", "q1_hidden", ["from 1 to 3", "to tau", "1..3"]),
+    ("04_cache_notation", "q3_step", ["the new one included", "count keys and values, for every head", "2 *"]),
+]
+
+
+@pytest.mark.parametrize("name, gid, phrases", GIVEAWAYS, ids=[g[1] for g in GIVEAWAYS])
+def test_hints_do_not_give_the_answer_away(name, gid, phrases):
+    cell = next(c for c in read_notebook(source_path(ROOT, name)).cells
+                if c.metadata["nbgrader"].get("grade_id") == gid)
+    text = _messages(cell.source)
+    assert text, gid
+    for phrase in phrases:
+        assert phrase not in text, (gid, phrase)
+    assert "chapter" in text, f"{gid}: point the learner to the chapter that explains it"
+
+
+def test_the_visible_test_of_the_cache_set_checks_its_form_not_its_size():
+    released = read_notebook(release_path(ROOT, "04_cache_notation"))
+    form = next(c for c in released.cells if c.metadata["nbgrader"]["grade_id"] == "q1_form")
+    assert not re.search(r"len\(\s*pairs\s*\)\s*[=<>!]", form.source), form.source

@@ -10,6 +10,7 @@ visible tests only). Everything returned is plain JSON, so it can cross process 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
@@ -50,6 +51,91 @@ class Spec:
     def max_score(self) -> float:
         return sum(t["max_points"] for t in self.tests)
 
+    @functools.cached_property
+    def scrub(self) -> Scrubber:
+        return Scrubber(self.runnable, self.released)
+
+
+HIDDEN_REMOVED = "[hidden test code removed]"
+
+
+class Scrubber:
+    """Takes hidden test code out of text a learner will see: outputs, error messages, notes.
+
+    The hidden tests run in the learner's kernel, so code there can get at their source (a frame's code,
+    ``linecache``, ``inspect``) and print it or put it in an exception. Every line between the hidden-test
+    markers that the released notebook does not show anyway, and that is long enough to mean something, is
+    looked for in the text with whitespace ignored, also as ``repr()`` or JSON would escape it, and replaced
+    by ``HIDDEN_REMOVED``. (Code that encodes what it reads can still get it out; that is visible to an
+    instructor who reads the submission.)
+    """
+
+    MIN_CHARS = 8  # a hidden line shorter than this without whitespace (`))`, `else:`) says nothing
+
+    def __init__(self, runnable: nbformat.NotebookNode, released: nbformat.NotebookNode):
+        public = "\n".join(_compact(cell.source)[0] for cell in released.cells)  # shown anyway: left alone
+        hidden: set[str] = set()
+        for cell in runnable.cells:
+            if not cell.metadata.get("nbgrader", {}).get("grade"):
+                continue
+            inside = False
+            for line in cell.source.splitlines():
+                if "### BEGIN HIDDEN TESTS" in line:
+                    inside = True
+                if inside:
+                    hidden.add(line.strip())
+                if "### END HIDDEN TESTS" in line:
+                    inside = False
+        variants = set()
+        for line in hidden:
+            for form in (line, line.replace("\\", "\\\\").replace("'", "\\'"),
+                         line.replace("\\", "\\\\").replace('"', '\\"'),
+                         json.dumps(line)[1:-1], json.dumps(line, ensure_ascii=False)[1:-1]):
+                compact = _compact(form)[0]
+                if len(compact) >= self.MIN_CHARS and compact not in public:
+                    variants.add(compact)
+        self.lines = sorted(variants, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if not self.lines or not text:
+            return text
+        compact, where = _compact(text)
+        spans = []
+        for line in self.lines:
+            start = compact.find(line)
+            while start >= 0:
+                spans.append((where[start], where[start + len(line) - 1] + 1))
+                start = compact.find(line, start + 1)
+        if not spans:
+            return text
+        out, pos = [], 0
+        for begin, end in sorted(spans):
+            if begin >= pos and not (out and not text[pos:begin].strip()):
+                out += [text[pos:begin], HIDDEN_REMOVED]
+            pos = max(pos, end)  # spans that overlap, or only whitespace apart, get one marker
+        out.append(text[pos:])
+        return "".join(out)
+
+    def outputs(self, cell) -> None:
+        """Scrub every text a code cell's outputs hold, in place."""
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = self(str(out["text"]))
+            for key, value in out.get("data", {}).items():
+                if isinstance(value, str):
+                    out["data"][key] = self(value)
+            for key in ("ename", "evalue"):
+                if key in out:
+                    out[key] = self(str(out[key]))
+            if "traceback" in out:
+                out["traceback"] = [self(str(line)) for line in out["traceback"]]
+
+
+def _compact(text: str) -> tuple[str, list[int]]:
+    """``text`` without whitespace, and where each character kept was in ``text``."""
+    where = [k for k, c in enumerate(text) if not c.isspace()]
+    return "".join(text[k] for k in where), where
+
 
 def question_of(grade_id: str) -> str:
     return grade_id.split("_", 1)[0]
@@ -77,6 +163,7 @@ def load_spec(root: Path, name: str, hidden: bool = True) -> Spec:
 
 
 def empty_result(spec: Spec, status: str, reason: str) -> dict:
+    reason = spec.scrub(reason)
     tests = [dict(t, points=0.0, passed=False, message=reason) for t in spec.tests]
     return {"assignment": spec.name, "status": status, "notes": [reason], "tests": tests,
             "score": 0.0, "max_score": spec.max_score, "feedback": _feedback_page(spec, None, tests, [reason])}
@@ -107,6 +194,10 @@ def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: in
     nb = built.nb
     # The kernel runs in a scratch folder of its own: what the notebook writes stays out of the course.
     run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+    # Everything below ends up in feedback, the results record or the report: hidden test code is taken out.
+    scrub = spec.scrub
+    for cell in nb.cells:
+        scrub.outputs(cell)
     by_id = {c.get("id"): k for k, c in enumerate(nb.cells)}
     tests = []
     for t in spec.tests:
@@ -114,8 +205,9 @@ def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: in
         res = run.cells.get(k)
         passed = bool(res and res.ok)
         message = "" if passed else (f"{res.ename}: {res.evalue}" if res else "not run")
-        tests.append(dict(t, points=t["max_points"] if passed else 0.0, passed=passed, message=_short(message)))
-    notes = built.notes + run.notes
+        tests.append(dict(t, points=t["max_points"] if passed else 0.0, passed=passed,
+                          message=_short(scrub(message))))
+    notes = [scrub(n) for n in built.notes + run.notes]
     score = sum(t["points"] for t in tests)
     return {"assignment": spec.name, "status": "graded", "notes": notes, "tests": tests, "score": score,
             "max_score": spec.max_score, "feedback": _feedback_page(spec, nb, tests, notes)}

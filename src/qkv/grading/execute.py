@@ -5,7 +5,11 @@
   fresh one, the cells that ran before are replayed into it (their first outputs are kept), and execution
   goes on after the offending cell, so later questions are still graded; after ``max_restarts`` the
   remaining cells are marked as not run;
-* each cell's output is capped (``max_output_bytes``), so a print in an endless loop cannot exhaust memory.
+* each cell's output is capped (``max_output_bytes``), so a print in an endless loop cannot exhaust memory;
+* test cells (nbgrader ``grade`` cells) run outside the kernel's input history, so a learner's later cell
+  cannot print the hidden tests from ``In``, ``_ih`` or ``%history``;
+* every kernel is stopped and its scratch folder removed whatever happens, and ``kill_all_now`` does the
+  same at once for a grading process that is told to stop.
 
 The result says, for every code cell, whether it ran cleanly, and if not the error's name and message.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -76,47 +82,106 @@ def _error_of(cell) -> tuple[str, str] | None:
     return None
 
 
-_WARM: tuple | None = None  # (kernel manager, its scratch folder): a kernel booting for the next notebook
+_WARM: object | None = None  # a kernel manager whose kernel is booting for the next notebook
+_LIVE: dict[int, tuple] = {}  # id(km) -> (km, scratch folder) for every kernel started here and not stopped yet
 _LOOP: asyncio.AbstractEventLoop | None = None
+SCRATCH_ROOT: str | None = None  # where scratch folders are made (None: the system's temporary folder)
+WARM_FAILURES: list[str] = []  # why kernels could not be booted ahead of time (grading went on with cold starts)
 # Imported while a warm kernel boots, then the names are deleted: the learner's namespace starts empty,
 # but `import numpy` in the notebook costs nothing.
 _WARM_LINES = ["import numpy, qkv.reference, qkv.grading.testing", "del numpy, qkv"]
 
 
+def _is_test(cell) -> bool:
+    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("grade"))
+
+
 async def _launch(cwd: str | None):
-    """Start a kernel process (it boots in the background) in ``cwd``, or in a new scratch folder."""
+    """Start a kernel process (it boots in the background) in ``cwd``, or in a new scratch folder that is
+    removed when the kernel is stopped. Nothing is left behind if the start fails."""
     from jupyter_client.manager import AsyncKernelManager
 
-    scratch = cwd or tempfile.mkdtemp(prefix="qkv-kernel-")
+    scratch = cwd or tempfile.mkdtemp(prefix="qkv-kernel-", dir=SCRATCH_ROOT)
     km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    _LIVE[id(km)] = (km, None if cwd else scratch)
     extra = ["--HistoryManager.hist_file=:memory:"] + [f"--IPKernelApp.exec_lines={line}" for line in _WARM_LINES]
-    await km.start_kernel(extra_arguments=extra, cwd=scratch, stderr=subprocess.DEVNULL)
-    return km, scratch
+    try:
+        await km.start_kernel(extra_arguments=extra, cwd=scratch, stderr=subprocess.DEVNULL)
+    except BaseException:
+        await _stop(km)
+        raise
+    return km
+
+
+async def _stop(km) -> None:
+    """Shut a kernel down (it may be gone already) and remove its scratch folder."""
+    _, folder = _LIVE.pop(id(km), (km, None))
+    try:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    except Exception:  # a kernel already gone: nothing left to stop
+        pass
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _boot_warm() -> None:
+    """Start booting the kernel for the next notebook. A failure is written down, never raised: the next
+    notebook then starts its own kernel (a cold start), and grading goes on."""
+    global _WARM
+    if _WARM is not None:
+        return
+    try:
+        _WARM = await _launch(None)
+    except Exception as exc:
+        WARM_FAILURES.append(f"{type(exc).__name__}: {exc}")
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    global _LOOP
+    if _LOOP is None or _LOOP.is_closed():
+        _LOOP = asyncio.new_event_loop()  # one loop per process: the warm kernel's sockets live on it
+    return _LOOP
 
 
 def shutdown_warm() -> None:
     """Stop the kernel kept warm for a next notebook (called at exit, and when a batch is done)."""
     global _WARM
     if _WARM is not None and _LOOP is not None and not _LOOP.is_closed():
-        km, scratch = _WARM
-        _WARM = None
+        km, _WARM = _WARM, None
         try:
-            _LOOP.run_until_complete(km.shutdown_kernel(now=True))
+            _LOOP.run_until_complete(_stop(km))
         except Exception:
             pass
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 atexit.register(shutdown_warm)
 
 
-def prewarm() -> None:
-    """Start booting a kernel for the next notebook now (a worker calls this before its first job)."""
-    global _WARM, _LOOP
-    if _LOOP is None or _LOOP.is_closed():
-        _LOOP = asyncio.new_event_loop()
-    if _WARM is None:
-        _WARM = _LOOP.run_until_complete(_launch(None))
+def kill_all_now() -> None:
+    """Kill every kernel this process started (with whatever they started) and remove their scratch folders,
+    at once and without the event loop: for a grading process told to stop (SIGTERM) in the middle of a
+    notebook, when an orderly shutdown is not possible."""
+    global _WARM
+    for km, folder in list(_LIVE.values()):
+        pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+        if pgid and pgid != os.getpgid(0):
+            try:
+                os.killpg(pgid, signal.SIGKILL)  # a kernel runs in a session of its own
+            except OSError:
+                pass
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    _LIVE.clear()
+    _WARM = None
+
+
+def prewarm() -> str | None:
+    """Start booting a kernel for the next notebook now (a worker calls this before its first job).
+    Returns None, or why no kernel could be started (then notebooks start their own, as without pre-warm)."""
+    before = len(WARM_FAILURES)
+    _loop().run_until_complete(_boot_warm())
+    return WARM_FAILURES[-1] if len(WARM_FAILURES) > before else None
 
 
 async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_output_bytes: int,
@@ -124,6 +189,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
     client = _CappedClient(
         nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
         interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
+        coalesce_streams=True,
         error_on_timeout={"ename": "Timeout", "evalue": f"the cell ran longer than {timeout:g} s and was stopped"},
     )
     client.max_output_bytes = max_output_bytes
@@ -132,39 +198,54 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
     good: list[int] = []  # cells that ran without killing the kernel: replayed after a restart
     restarts = 0
 
-    scratch_dirs: list[str] = []
+    async def connect(km) -> None:
+        client.km = km
+        try:
+            await client.async_start_new_kernel_client()
+        except BaseException:  # nbclient may already have dropped the kernel: stop it here, whatever its state
+            client.km = client.kc = None
+            await _stop(km)
+            raise
 
     async def start() -> None:
         global _WARM
-        if _WARM is not None:
-            km, scratch = _WARM  # booted while the previous notebook ran
-            _WARM = None
-        else:
-            km, scratch = await _launch(cwd)
-        scratch_dirs.append(scratch)
-        client.km = km
-        await client.async_start_new_kernel_client()
+        warm, _WARM = (_WARM, None) if cwd is None else (None, _WARM)  # a warm kernel sits in a scratch folder
+        try:
+            await connect(warm or await _launch(cwd))
+        except Exception:
+            if warm is None:
+                raise
+            WARM_FAILURES.append("a kernel booted ahead of time did not answer")
+            await connect(await _launch(cwd))  # a cold start instead
         if prewarm:
-            _WARM = await _launch(None)
+            await _boot_warm()
 
     async def stop() -> None:
-        if client.km is not None:
+        km = client.km
+        if km is not None:
             try:
                 await client._async_cleanup_kernel()
             except Exception:  # a kernel already gone: nothing left to stop
                 pass
             client.km = client.kc = None
+            await _stop(km)
+
+    async def execute(k: int, cell) -> None:
+        # Test cells stay out of the kernel's input history (In, _ih, %history): code a learner runs later
+        # cannot read the hidden tests back from there. (Outputs are scrubbed as well: see core.py.)
+        await asyncio.wait_for(client.async_execute_cell(cell, k, store_history=not _is_test(cell)),
+                               timeout + 15)
 
     async def replay() -> None:
         for k in good:
             original = nb.cells[k]
             try:
-                await asyncio.wait_for(client.async_execute_cell(copy.deepcopy(original), k), timeout + 10)
+                await execute(k, copy.deepcopy(original))
             finally:
                 nb.cells[k] = original
 
-    await start()
     try:
+        await start()
         pos = 0
         while pos < len(code):
             k = code[pos]
@@ -172,7 +253,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             fatal = None
             client.last_reply = None
             try:
-                await asyncio.wait_for(client.async_execute_cell(cell, k), timeout + 15)
+                await execute(k, cell)
                 reply = client.last_reply or {}
                 status = reply.get("content", {}).get("status", "ok")
                 err = _error_of(nb.cells[k])
@@ -214,9 +295,6 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
                 break
     finally:
         await stop()
-        for folder in scratch_dirs:
-            if folder != cwd:
-                shutil.rmtree(folder, ignore_errors=True)
     for k in client.truncated:
         result.notes.append(f"cell {nb.cells[k].get('id')}: output longer than {max_output_bytes} bytes was truncated")
     return result
@@ -226,10 +304,8 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: flo
                  max_output_bytes: int = 100_000, prewarm: bool = False) -> RunResult:
     """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
 
-    ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards).
+    ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a kernel
+    kept warm is used only without one.
     ``prewarm``: leave a kernel booting for the next call, so that a batch never waits for a kernel to start.
     """
-    global _LOOP
-    if _LOOP is None or _LOOP.is_closed():
-        _LOOP = asyncio.new_event_loop()  # one loop per process: the warm kernel's sockets live on it
-    return _LOOP.run_until_complete(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))
+    return _loop().run_until_complete(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))

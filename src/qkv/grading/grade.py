@@ -6,7 +6,8 @@ Writes into --out DIR:
   questions.csv       student,assignment,question,score,max_score
   report.csv          every submission's status and what the grader noticed or repaired; ignored files
   report.png          the score distribution of every question
-  feedback/<student>/<assignment>.html   test results and messages (hidden test code is never shown)
+  feedback/<student>/<assignment>.html   test results and messages (hidden test code is never shown, not even
+                                         what a submission's own code reads of it and prints)
   results/<student>/<assignment>.json    the grader's record; a re-run skips submissions that did not change
 
 Workers (--workers N) are long-lived processes that only execute notebooks; this process alone writes the
@@ -23,7 +24,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -91,10 +95,25 @@ def submission_key(path: Path, fingerprint: str, timeout: float) -> str:
 _SPECS: dict = {}
 
 
-def _init_worker(specs: dict) -> None:
-    """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import."""
+def _init_worker(specs: dict, scratch: str | None = None, pooled: bool = False) -> None:
+    """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import.
+    Its kernels work in folders under ``scratch``. A pooled worker that is told to stop kills its kernels."""
+    from qkv.grading import execute
+
     _SPECS.update(specs)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    execute.SCRATCH_ROOT = scratch
+    if pooled:
+        signal.signal(signal.SIGTERM, _stopped)
+
+
+def _stopped(signum, frame) -> None:
+    """SIGTERM in a worker: the pool broke (another worker died) and is stopping every worker. Kill this one's
+    kernels, the warm one and a busy one, so that none outlives it, and go."""
+    from qkv.grading.execute import kill_all_now
+
+    kill_all_now()
+    os._exit(128 + signum)
 
 
 def _grade_job(job: tuple[str, str, str, float]) -> dict:
@@ -110,11 +129,15 @@ def _grade_job(job: tuple[str, str, str, float]) -> dict:
     return result
 
 
-def _warm_up() -> None:
-    """Boot a kernel in the worker before the first submission arrives."""
+def _warm_up() -> str | None:
+    """Boot a kernel in the worker before the first submission arrives. Returns None, or why that failed:
+    the worker then starts a kernel for each notebook (a cold start), and grading goes on."""
     from qkv.grading.execute import prewarm
 
-    prewarm()
+    try:
+        return prewarm()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 class Runner:
@@ -122,16 +145,37 @@ class Runner:
     the gradebook is opened, so that the workers boot while this process prepares everything else."""
 
     def __init__(self, specs: dict, workers: int):
+        from qkv.grading.execute import WARM_FAILURES
+
         self.specs, self.workers, self.pool = specs, workers, None
+        # Every kernel's scratch folder goes in here, removed as a whole at the end: also the folders of a
+        # worker that was killed before it could clean up.
+        self.scratch = tempfile.mkdtemp(prefix="qkv-grade-")
+        self.warm_ups: list = []  # the workers' first kernels, booted ahead of time
+        self.warm_failures_before = len(WARM_FAILURES)  # this process's own (one worker), from earlier runs
         if workers > 1:
             self.pool = self._new_pool()
 
     def _new_pool(self):
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.specs,))
-        for _ in range(self.workers):
-            pool.submit(_warm_up)
+                                   initializer=_init_worker, initargs=(self.specs, self.scratch, True))
+        self.warm_ups += [pool.submit(_warm_up) for _ in range(self.workers)]
         return pool
+
+    def warm_failures(self) -> list[str]:
+        """Why kernels could not be booted ahead of time (those notebooks started their own kernels)."""
+        from qkv.grading.execute import WARM_FAILURES
+
+        out = WARM_FAILURES[self.warm_failures_before:]  # this process's own (one worker)
+        for fut in self.warm_ups:
+            if fut.done() and not fut.cancelled():
+                try:
+                    why = fut.result()
+                except Exception as exc:  # the worker itself died: reported with its submissions
+                    why = None if isinstance(exc, BrokenProcessPool) else f"{type(exc).__name__}: {exc}"
+                if why:
+                    out.append(why)
+        return out
 
     def results(self, jobs: list, progress: bool):
         """Yield results as they come; if a worker process itself dies, its jobs are retried once in a fresh
@@ -143,7 +187,7 @@ class Runner:
         bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
         try:
             if self.pool is None:
-                _init_worker(self.specs)
+                _init_worker(self.specs, self.scratch)
                 for job in jobs:
                     yield _grade_job(job)
                     bar.update()
@@ -175,12 +219,20 @@ class Runner:
             bar.close()
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-        else:
-            from qkv.grading.execute import shutdown_warm
+        from qkv.grading import execute
 
-            shutdown_warm()
+        try:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            else:
+                execute.shutdown_warm()
+                execute.SCRATCH_ROOT = None
+            failures = self.warm_failures()
+            if failures:
+                print(f"qkv grade: {len(failures)} kernel(s) could not be started ahead of time, so notebooks "
+                      f"started their own (slower, same grades); first reason: {failures[0]}", file=sys.stderr)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 # ---- the gradebook (written by this process only) -------------------------------------------------------
@@ -211,8 +263,33 @@ class _Shared:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self._gb.db.commit()
+    def __exit__(self, exc_type, exc, tb):
+        # as nbgrader's own Gradebook: what went wrong half-way is not kept (SaveCells refusing a change included)
+        if exc_type is None:
+            self._gb.db.commit()
+        else:
+            self._gb.db.rollback()
+
+
+class GradebookMismatch(Exception):
+    """The gradebook holds submissions of an assignment whose cells were added or removed since."""
+
+
+def _cell_names(nb) -> dict[str, set[str]]:
+    """What nbgrader's SaveCells records of a notebook: its grade, solution, task and source cells."""
+    from nbgrader import utils
+
+    names: dict[str, set[str]] = {"test": set(), "answer": set(), "task": set(), "locked": set()}
+    for cell in nb.cells:
+        if not utils.is_grade(cell) and not utils.is_solution(cell) and not utils.is_locked(cell) \
+                and not utils.is_task(cell):
+            continue
+        gid = cell.metadata.nbgrader["grade_id"]
+        names["locked"].add(gid)
+        for kind, test in (("test", utils.is_grade), ("answer", utils.is_solution), ("task", utils.is_task)):
+            if test(cell):
+                names[kind].add(gid)
+    return names
 
 
 class GradebookWriter:
@@ -250,10 +327,28 @@ class GradebookWriter:
         try:
             with mock.patch.object(savecells, "Gradebook", lambda *a, **k: _Shared(self.gb)):
                 SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
-        except RuntimeError:
-            pass  # the notebook already has submissions and its cells did not change in a way nbgrader allows
+        except RuntimeError:  # nbgrader refuses to add or remove cells once there are submissions
+            self.gb.db.rollback()
+            raise GradebookMismatch(self._mismatch(name, nb)) from None
         self.gb.db.expire_all()
         self.ready.add(name)
+
+    def _mismatch(self, name: str, nb) -> str:
+        notebook = self.gb.find_notebook(name, name)
+        old = {"test": {c.name for c in notebook.grade_cells}, "answer": {c.name for c in notebook.solution_cells},
+               "task": {c.name for c in notebook.task_cells}, "locked": {c.name for c in notebook.source_cells}}
+        new = _cell_names(nb)
+        changes, named = [], set()
+        for kind in ("test", "answer", "task", "locked"):  # a test cell is locked too: name each cell once
+            for gid, what in [(g, "added") for g in sorted(new[kind] - old[kind])] + \
+                             [(g, "removed") for g in sorted(old[kind] - new[kind])]:
+                if gid not in named:
+                    named.add(gid)
+                    changes.append(f"{kind} cell {gid} was {what}")
+        changes = changes or ["its cells changed"]
+        return (f"assignment {name}: {'; '.join(changes)} in solutions/{name}/{name}.ipynb after the gradebook "
+                f"recorded submissions of it, and nbgrader cannot add or remove cells then. Nothing was graded; "
+                f"the gradebook keeps what it had. Undo the change, or grade into a new --out folder (or --db).")
 
     def record(self, result: dict) -> None:
         import warnings
@@ -348,10 +443,18 @@ def write_figure(out: Path, results: list[dict]) -> None:
 
 # ---- the command ----------------------------------------------------------------------------------------
 
+class Graded(list):
+    """Every result recorded in the output folder (this run's and earlier ones'), and in ``executed`` the
+    (student, assignment) of the submissions this run actually ran; the others had not changed."""
+
+    executed: list[tuple[str, str]]
+
+
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT,
-          db: str | None = None, only: list[str] | None = None, progress: bool = True) -> list[dict]:
+          db: str | None = None, only: list[str] | None = None, progress: bool = True) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
-    result recorded in ``out`` (this run's and earlier ones')."""
+    result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
+    gradebook cannot take the assignments as they are now."""
     from qkv.grading.core import load_spec, result_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -372,6 +475,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     keys = {(j[0], j[1]): key for j, key in todo}
     runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers) if todo else None
     writer = None
+    executed = []
     try:
         if runner is not None:
             writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
@@ -379,6 +483,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.prepare(name)
             for result in runner.results([j for j, _ in todo], progress):
                 student, name = result["student"], result["assignment"]
+                executed.append((student, name))
                 result["key"] = keys[(student, name)]
                 feedback = result.pop("feedback")
                 fb = out / "feedback" / student / f"{name}.html"
@@ -390,7 +495,8 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 tmp = record.with_suffix(".tmp")
                 tmp.write_text(result_json(result))
                 os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
-        results = load_results(out)
+        results = Graded(load_results(out))
+        results.executed = executed
         write_tables(out, results, ignored)
         write_figure(out, results)
     finally:
@@ -408,11 +514,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     root = find_root(args.root)
     out = Path(args.out)
-    results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout, db=args.db,
-                    only=args.assignment, progress=not args.no_progress)
+    try:
+        results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout, db=args.db,
+                        only=args.assignment, progress=not args.no_progress)
+    except GradebookMismatch as exc:
+        print(f"qkv grade: {exc}", file=sys.stderr)
+        return 2
     problems = [r for r in results if r["status"] != "graded" or r["notes"]]
-    print(f"graded {len(results)} submission(s) into {out}: grades.csv, questions.csv, report.csv, report.png, "
-          f"feedback/ ({len(problems)} with notes in report.csv)")
+    kept = len(results) - len(results.executed)
+    print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
+          f"the last run): grades.csv, questions.csv, report.csv, report.png, feedback/ "
+          f"({len(problems)} with notes in report.csv)")
     return 0
 
 

@@ -4,8 +4,9 @@ Every check raises ``AssertionError`` with a message meant for the learner. None
 expected value: a learner reads *what* is off (shape, a row, the axis, a range), never the right number.
 
 ``own_work`` implements the course's policy on the library: an exercise that asks you to write
-``weighted_average`` may not hand the work to ``qkv.reference.weighted_average`` (under any alias).
-It watches which functions run while your function runs and fails the check if a forbidden one does.
+``weighted_average`` may not hand the work to ``qkv.reference.weighted_average`` (under any alias), nor
+a window of keys to ``qkv.reference.WindowKVCache``. It watches which functions run while your function
+runs and fails the check if a forbidden one does.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def check_close(actual, expected, what: str, hint: str = "", atol: float = 1e-8,
 
 
 def check_pairs(actual, expected: set, what: str, hint: str = "") -> None:
-    """A set of (position, head) pairs: type and form first, then the count, then which pairs are off."""
+    """A set of (position, head) pairs: type and form first, then pairs that should not be there, then missing ones."""
     assert isinstance(actual, (set, frozenset)), f"{what} should be a Python set; got a {type(actual).__name__}"
     for item in actual:
         ok = isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, (int, np.integer)) for x in item)
@@ -76,8 +77,22 @@ def check_pairs(actual, expected: set, what: str, hint: str = "") -> None:
             f"{what} holds {len(extra)} pair(s) that should not be there (positions {positions}, heads {heads}). "
             + (hint or "Positions and heads count from 1.")
         )
-    missing = len(expected) - len(actual)
-    assert missing == 0, f"{what} misses {missing} pair(s): every stored position and every head must appear. " + hint
+    # how many are missing is not said: with the learner's own count, that would give the answer's size
+    assert len(actual) == len(expected), (
+        f"{what} misses some pairs: every stored position and every head must appear. " + hint)
+
+
+def library_name(fn) -> str:
+    """The name a learner would import ``fn`` by: ``qkv.reference.WindowKVCache.keys`` rather than the
+    module it is defined in (``qkv.reference.cache``). Properties are named by their getter."""
+    fn = getattr(fn, "fget", fn)
+    qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    module = getattr(fn, "__module__", None) or ""
+    top = qualname.split(".")[0]
+    parts = module.split(".")
+    while len(parts) > 1 and getattr(sys.modules.get(".".join(parts[:-1])), top, None) is not None:
+        parts.pop()  # the package above exports it too: use the shorter name
+    return f"{'.'.join(parts)}.{qualname}" if module else qualname
 
 
 @contextlib.contextmanager
@@ -85,17 +100,19 @@ def own_work(name: str, *forbidden):
     """Fail if any of the ``forbidden`` functions runs inside the block.
 
     The course's policy: when an exercise asks for a function, calling the library's implementation of
-    that same function (``qkv.reference.softmax`` for ``softmax``) earns no credit for that question.
-    Using *other* library functions is fine. Detection follows the code objects that run, so aliases,
-    wrappers and ``functools.partial`` are all caught; copying the library's source is not (and is visible
-    to an instructor who reads the submission).
+    that same function (``qkv.reference.softmax`` for ``softmax``, ``WindowKVCache`` for a window) earns no
+    credit for that question. Using *other* library functions is fine. Detection follows the code objects
+    that run, so aliases, wrappers and ``functools.partial`` are all caught; a property is forbidden by
+    passing it (its getter is watched); copying the library's source is not caught (and is visible to an
+    instructor who reads the submission).
     """
-    codes = {getattr(f, "__code__", None) for f in forbidden} - {None}
+    codes = {getattr(getattr(f, "fget", f), "__code__", None): library_name(f) for f in forbidden}
+    codes.pop(None, None)
     seen: list[str] = []
 
     def profiler(frame, event, arg):
         if event == "call" and frame.f_code in codes:
-            seen.append(frame.f_code.co_name)
+            seen.append(codes[frame.f_code])
 
     previous = sys.getprofile()
     sys.setprofile(profiler)
@@ -105,8 +122,8 @@ def own_work(name: str, *forbidden):
         sys.setprofile(previous)
     if seen:
         raise AssertionError(
-            f"{name} calls the course library's own {seen[0]} (qkv.reference), which is the function this "
-            f"question asks you to write. Write it yourself with NumPy; other helpers are fine."
+            f"{name} calls the course library's own {seen[0]}, which does what this question asks you to "
+            f"write. Write it yourself; other helpers are fine."
         )
 
 
@@ -115,8 +132,8 @@ def call_own(name: str, fn, *args, forbidden=(), **kwargs):
     assert callable(fn), f"{name} should be a function; got a {type(fn).__name__}"
     for f in forbidden:
         assert fn is not f, (
-            f"{name} is the course library's own function (qkv.reference), which is what this question asks "
-            f"you to write. Write it yourself with NumPy."
+            f"{name} is the course library's own {library_name(f)}, which is what this question asks you to "
+            f"write. Write it yourself."
         )
     with own_work(name, *forbidden):
         try:
