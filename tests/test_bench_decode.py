@@ -154,3 +154,14 @@ def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["bench", "decode", "--device", "cuda", "--no-hf", *TINY]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_default_new_tokens_fit_each_preset(capsys, monkeypatch):
+    """Without --new-tokens every preset generates 256 tokens, or as many as its positions leave after the
+    prompt: `--preset tiny --preset gpt2-small` runs as the issue's one-run comparison asks."""
+    seen = {}
+    monkeypatch.setattr(decode, "measure", lambda **kw: seen.setdefault(kw["preset"], kw["new_tokens"]) and _result(**kw))
+    assert cli.main(["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "tiny", "--preset", "gpt2-small"]) == 0
+    assert seen == {"tiny": 64 - 16, "gpt2-small": 256}
+    assert cli.main(["bench", "decode", "--no-hf", "--prompt", "64", "--preset", "tiny"]) == 2
+    assert "exceed the tiny model's n_positions=64" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from qkv.config import DecoderConfig
 
 DEFAULT_PRESET = "gpt2-small"
 DEFAULT_POSITIONS = (128, 512, 1024)
+DEFAULT_NEW_TOKENS = 256
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "parameters, random weights)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default: 1)")
     parser.add_argument("--prompt", type=int, default=16, help="prompt length in tokens (default: 16)")
-    parser.add_argument("--new-tokens", type=int, default=256, help="tokens to generate (default: 256)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help=f"tokens to generate (default: {DEFAULT_NEW_TOKENS}, or as many as a smaller preset's "
+                             "positions leave after the prompt)")
     parser.add_argument("--uncached-tokens", type=int, default=32,
                         help="tokens the uncached decoder generates (it is slow; default: 32)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA if present)")
@@ -54,14 +57,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     presets = args.preset or [DEFAULT_PRESET]
-    settings = dict(backend=args.backend, batch=args.batch, prompt=args.prompt, new_tokens=args.new_tokens,
+    settings = dict(backend=args.backend, batch=args.batch, prompt=args.prompt,
                     uncached_tokens=args.uncached_tokens, dtype=args.dtype, repeats=args.repeats)
+
+    def new_tokens(preset: str) -> int:
+        """--new-tokens as given; by default 256, fewer where a small preset has fewer positions."""
+        if args.new_tokens is not None:
+            return args.new_tokens
+        room = DecoderConfig.preset(preset).n_positions - args.prompt
+        return min(DEFAULT_NEW_TOKENS, room) if room >= 1 else DEFAULT_NEW_TOKENS  # none: check_settings says so
+
     try:
         for preset in presets:  # every preset's settings are checked before the first (slow) measurement
-            check_settings(preset, **settings)
+            check_settings(preset, new_tokens=new_tokens(preset), **settings)
         for i, preset in enumerate(presets):
             result = measure(preset=preset, device=args.device, cuda_graph=not args.no_cuda_graph,
-                             hf=not args.no_hf, **settings)
+                             hf=not args.no_hf, new_tokens=new_tokens(preset), **settings)
             print(("\n" if i else "") + format_table(result), flush=True)
     except (ValueError, ImportError) as exc:
         print(f"qkv bench decode: {exc}", file=sys.stderr)
