@@ -320,6 +320,9 @@ def bad_inputs(base: Path) -> dict[str, dict]:
                              {"score": 7, "status": "graded", "note": "ran longer than", "q": {"q3": 0}}),
         "os_exit": (filled(BAD, {"q1_answer": "import os\nos._exit(1)"}),
                     {"score": 7, "status": "graded", "note": "kernel died", "q": {"q1": 0}}),
+        # kills the process that runs its kernel (a grading worker), whichever one it lands in, every time
+        "kills_grader": (filled(BAD, {"q1_answer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"}),
+                         {"score": 0, "status": "error", "note": "killed the grading process"}),
         "segfault": (filled(BAD, {"q3_answer": "import ctypes\nctypes.string_at(0)"}),
                      {"score": 7, "status": "graded", "note": "kernel died", "q": {"q3": 0}}),
         "huge_output": (filled(BAD, {"q1_answer": solution_sources(BAD)["q1_answer"] + "\nprint('x' * 30_000_000)\n"

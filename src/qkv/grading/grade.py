@@ -116,11 +116,22 @@ def _stopped(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+def _started_marker(scratch: str, job: tuple) -> Path:
+    """The file a worker writes as it starts ``job``: after a worker dies, it tells the jobs that were running
+    (suspects) from those still queued (innocent: they only fell with the pool)."""
+    return Path(scratch) / "started" / hashlib.sha256(repr(job[:2]).encode()).hexdigest()[:24]
+
+
 def _grade_job(job: tuple[str, str, str, float]) -> dict:
+    from qkv.grading import execute
     from qkv.grading.core import empty_result, grade_file
 
     student, name, path, timeout = job
     spec = _SPECS[name]
+    if execute.SCRATCH_ROOT is not None:
+        marker = _started_marker(execute.SCRATCH_ROOT, job)
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
     try:
         result = grade_file(path, spec, timeout=timeout, prewarm=True)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
@@ -141,20 +152,18 @@ def _warm_up() -> str | None:
 
 
 class Runner:
-    """Grades jobs in this process (one worker) or in a pool of long-lived worker processes. Created before
-    the gradebook is opened, so that the workers boot while this process prepares everything else."""
+    """Grades jobs in a pool of long-lived worker processes (one or more). Even one worker is a process of
+    its own: a notebook that kills its kernel's parent then kills a worker, never the process that owns the
+    gradebook. Created before the gradebook is opened, so that the workers boot while this process prepares
+    everything else."""
 
     def __init__(self, specs: dict, workers: int):
-        from qkv.grading.execute import WARM_FAILURES
-
-        self.specs, self.workers, self.pool = specs, workers, None
+        self.specs, self.workers = specs, workers
         # Every kernel's scratch folder goes in here, removed as a whole at the end: also the folders of a
         # worker that was killed before it could clean up.
         self.scratch = tempfile.mkdtemp(prefix="qkv-grade-")
         self.warm_ups: list = []  # the workers' first kernels, booted ahead of time
-        self.warm_failures_before = len(WARM_FAILURES)  # this process's own (one worker), from earlier runs
-        if workers > 1:
-            self.pool = self._new_pool()
+        self.pool = self._new_pool()
 
     def _new_pool(self):
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -162,11 +171,13 @@ class Runner:
         self.warm_ups += [pool.submit(_warm_up) for _ in range(self.workers)]
         return pool
 
+    def _replace_pool(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+
     def warm_failures(self) -> list[str]:
         """Why kernels could not be booted ahead of time (those notebooks started their own kernels)."""
-        from qkv.grading.execute import WARM_FAILURES
-
-        out = WARM_FAILURES[self.warm_failures_before:]  # this process's own (one worker)
+        out = []
         for fut in self.warm_ups:
             if fut.done() and not fut.cancelled():
                 try:
@@ -178,55 +189,53 @@ class Runner:
         return out
 
     def results(self, jobs: list, progress: bool):
-        """Yield results as they come; if a worker process itself dies, its jobs are retried once in a fresh
-        pool, then given 0 with a reason."""
+        """Yield results as they come. A worker that dies (a notebook killed its kernel's parent, or memory ran
+        out) breaks the whole pool, and every unfinished job fails with it. Those that had not started are
+        graded again in a fresh pool; those that had (at most one per worker) are graded again one at a time,
+        so that one which kills its worker again is known to be the cause: it gets 0 and a reason."""
         from tqdm import tqdm
 
         from qkv.grading.core import empty_result
 
         bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
         try:
-            if self.pool is None:
-                _init_worker(self.specs, self.scratch)
-                for job in jobs:
-                    yield _grade_job(job)
-                    bar.update()
-                return
-            pending = list(jobs)
-            for attempt in range(2):
-                if attempt:
-                    self.pool.shutdown(wait=False, cancel_futures=True)
-                    self.pool = self._new_pool()
+            pending, suspects = list(jobs), []
+            while pending:
                 futures = {self.pool.submit(_grade_job, job): job for job in pending}
-                failed = []
+                pending = []
                 for fut in as_completed(futures):
                     try:
                         result = fut.result()
                     except BrokenProcessPool:
-                        failed.append(futures[fut])
+                        job = futures[fut]
+                        (suspects if _started_marker(self.scratch, job).exists() else pending).append(job)
                         continue
                     yield result
                     bar.update()
-                if not failed:
-                    return
-                pending = failed
-            for student, name, _, _ in pending:
-                result = empty_result(self.specs[name], "error", "a grading process died twice on this submission")
-                result["student"] = student
-                bar.update()
+                if pending or suspects:
+                    self._replace_pool()
+                if pending and len(pending) == len(futures):  # the pool broke before any job started
+                    suspects += pending
+                    pending = []
+            for job in suspects:  # alone in the pool: if the pool breaks now, this job broke it
+                _started_marker(self.scratch, job).unlink(missing_ok=True)
+                try:
+                    result = self.pool.submit(_grade_job, job).result()
+                except BrokenProcessPool:
+                    student, name, _, _ = job
+                    result = empty_result(self.specs[name], "error",
+                                          "grading this notebook killed the grading process, twice (does it kill "
+                                          "its parent process, or use up the memory?)")
+                    result["student"] = student
+                    self._replace_pool()
                 yield result
+                bar.update()
         finally:
             bar.close()
 
     def close(self) -> None:
-        from qkv.grading import execute
-
         try:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
-            else:
-                execute.shutdown_warm()
-                execute.SCRATCH_ROOT = None
+            self.pool.shutdown(wait=True)
             failures = self.warm_failures()
             if failures:
                 print(f"qkv grade: {len(failures)} kernel(s) could not be started ahead of time, so notebooks "
