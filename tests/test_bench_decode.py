@@ -139,13 +139,20 @@ def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatc
     monkeypatch.setattr(decode._TorchBackend, "__init__", graphed_init)
     graphed = decode.measure(**kw)
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
-    cfg, steps = DecoderConfig.tiny(), range(5, 10)  # the decode steps after a 4-token prompt, of 10 positions
-    w = decode.weight_bytes_per_step(cfg, 1, 4)
-    assert eager["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, p, 4)
-                                                                 for p in steps))
-    assert graphed["bytes_per_token"] * 6 == pytest.approx(w + sum(w + decode.cache_bytes_read(cfg, 1, 10, 4)
-                                                                   for _ in steps))
+    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, False))
+    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, True))
     assert "each decode step attends over every cache slot" in decode.format_table(graphed).splitlines()[0]
+
+
+def expected_bytes_per_token(cfg, prompt: int, new_tokens: int, graphed: bool, element_size: int = 4) -> float:
+    """Bytes one generated token reads, batch 1: the prefill reads the weights; each decode step (positions
+    prompt+1 … prompt+new_tokens-1) reads them again plus the cache so far, or with a CUDA graph the whole
+    cache of prompt + new_tokens slots. (test_torch_gpu.py checks the GPU run against this too.)"""
+    w = decode.weight_bytes_per_step(cfg, 1, element_size)
+    total = prompt + new_tokens
+    steps = range(prompt + 1, total)
+    return (w + sum(w + decode.cache_bytes_read(cfg, 1, total if graphed else p, element_size) for p in steps)) \
+        / new_tokens
 
 
 def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):
