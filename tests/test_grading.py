@@ -329,7 +329,7 @@ def test_a_worker_told_to_stop_kills_its_kernels_and_removes_their_folders(tmp_p
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=({}, str(scratch), True))
+                               initargs=({}, str(scratch)))
     try:
         assert pool.submit(_warm_up).result(timeout=120) is None
         (folder,) = scratch.iterdir()

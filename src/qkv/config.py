@@ -22,6 +22,15 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value) -> int:
+    """``value`` as a Python int ≥ 0 (a count that may be zero, like ``max_new_tokens``), else an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     vocab_size: int = 50257

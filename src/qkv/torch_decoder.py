@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qkv.config import DecoderConfig, positive_int
+from qkv.config import DecoderConfig, non_negative_int, positive_int
 from qkv.gpt2 import PREFIX, layer_names, read_state_dict
 from qkv.torch_cache import LayerKVCache, StaticKVCache
 
@@ -374,10 +374,7 @@ class CachedDecoder:
         storage (it is reset first); by default one is built for exactly n + max_new_tokens positions.
         """
         ids = self._check_ids(ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-            raise TypeError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        max_new_tokens = non_negative_int("max_new_tokens", max_new_tokens)
         if not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"temperature must be a number ≥ 0, got {temperature!r}")
         if top_k is not None:
@@ -385,7 +382,7 @@ class CachedDecoder:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an int or None, got {seed!r} (of type {type(seed).__name__})")
         batch, n = ids.shape
-        total = n + int(max_new_tokens)
+        total = n + max_new_tokens
         self._check_room(0, total)
         if use_cache and cache is not None:
             self._check_cache_fits(cache, batch, n, total)

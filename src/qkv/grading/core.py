@@ -21,7 +21,8 @@ from pathlib import Path
 import nbformat
 
 from qkv.grading.assemble import assemble
-from qkv.grading.course import instructor_notebook, read_notebook, release_notebook, release_path, source_path
+from qkv.grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
+                               split_hidden)
 from qkv.grading.execute import run_notebook
 
 GRADER_VERSION = "1"
@@ -78,14 +79,7 @@ class Scrubber:
         for cell in runnable.cells:
             if not cell.metadata.get("nbgrader", {}).get("grade"):
                 continue
-            inside = False
-            for line in cell.source.splitlines():
-                if "### BEGIN HIDDEN TESTS" in line:
-                    inside = True
-                if inside:
-                    hidden.add(line.strip())
-                if "### END HIDDEN TESTS" in line:
-                    inside = False
+            hidden.update(line.strip() for line in split_hidden(cell.source)[1])
         variants = set()
         for line in hidden:
             for form in (line, line.replace("\\", "\\\\").replace("'", "\\'"),

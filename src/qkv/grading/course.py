@@ -61,16 +61,21 @@ def _preprocess(nb, steps):
     return nb
 
 
-def _strip_hidden(source: str) -> str:
-    out, hidden = [], False
+def split_hidden(source: str) -> tuple[list[str], list[str]]:
+    """A test cell's lines as (visible, hidden): hidden are those between nbgrader's hidden-test markers,
+    the marker lines included."""
+    visible, hidden, inside = [], [], False
     for line in source.splitlines():
         if "### BEGIN HIDDEN TESTS" in line:
-            hidden = True
-        elif "### END HIDDEN TESTS" in line:
-            hidden = False
-        elif not hidden:
-            out.append(line)
-    return "\n".join(out)
+            inside = True
+        (hidden if inside else visible).append(line)
+        if "### END HIDDEN TESTS" in line:
+            inside = False
+    return visible, hidden
+
+
+def _strip_hidden(source: str) -> str:
+    return "\n".join(split_hidden(source)[0])
 
 
 def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:

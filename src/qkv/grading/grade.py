@@ -95,16 +95,15 @@ def submission_key(path: Path, fingerprint: str, timeout: float) -> str:
 _SPECS: dict = {}
 
 
-def _init_worker(specs: dict, scratch: str | None = None, pooled: bool = False) -> None:
+def _init_worker(specs: dict, scratch: str) -> None:
     """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import.
-    Its kernels work in folders under ``scratch``. A pooled worker that is told to stop kills its kernels."""
+    Its kernels work in folders under ``scratch``. A worker that is told to stop kills its kernels."""
     from qkv.grading import execute
 
     _SPECS.update(specs)
     os.environ.setdefault("MPLBACKEND", "Agg")
     execute.SCRATCH_ROOT = scratch
-    if pooled:
-        signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)
 
 
 def _stopped(signum, frame) -> None:
@@ -167,7 +166,7 @@ class Runner:
 
     def _new_pool(self):
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.specs, self.scratch, True))
+                                   initializer=_init_worker, initargs=(self.specs, self.scratch))
         self.warm_ups += [pool.submit(_warm_up) for _ in range(self.workers)]
         return pool
 

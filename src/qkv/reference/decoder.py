@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkv.config import DecoderConfig, positive_int
+from qkv.config import DecoderConfig, non_negative_int, positive_int
 from qkv.gpt2 import PREFIX, layer_names, read_state_dict
 from qkv.reference.attention import attention, causal_mask
 from qkv.reference.cache import KVCache
@@ -203,11 +203,7 @@ class Decoder:
         "before" picture); with the cache each step computes them for the new token only.
         """
         ids = self._check_ids(ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-            raise TypeError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        max_new_tokens = int(max_new_tokens)
+        max_new_tokens = non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
         self._check_room(0, n + max_new_tokens)
         out = np.empty((batch, n + max_new_tokens), dtype=np.int64)
