@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from qkv.grading.course import ASSIGNMENTS, find_root
+from qkv_grading.course import ASSIGNMENTS, find_root
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -98,7 +98,7 @@ _SPECS: dict = {}
 def _init_worker(specs: dict, scratch: str) -> None:
     """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import.
     Its kernels work in folders under ``scratch``. A worker that is told to stop kills its kernels."""
-    from qkv.grading import execute
+    from qkv_grading import execute
 
     _SPECS.update(specs)
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -109,7 +109,7 @@ def _init_worker(specs: dict, scratch: str) -> None:
 def _stopped(signum, frame) -> None:
     """SIGTERM in a worker: the pool broke (another worker died) and is stopping every worker. Kill this one's
     kernels, the warm one and a busy one, so that none outlives it, and go."""
-    from qkv.grading.execute import kill_all_now
+    from qkv_grading.execute import kill_all_now
 
     kill_all_now()
     os._exit(128 + signum)
@@ -121,9 +121,10 @@ def _started_marker(scratch: str, job: tuple) -> Path:
     return Path(scratch) / "started" / hashlib.sha256(repr(job[:2]).encode()).hexdigest()[:24]
 
 
-def _grade_job(job: tuple[str, str, str, float]) -> dict:
-    from qkv.grading import execute
-    from qkv.grading.core import empty_result, grade_file
+def _grade_job(job: tuple[str, str, str, float]):
+    """In a worker: run one submission in a kernel. Returns (student, KernelRun): data, never a grade."""
+    from qkv_grading import execute
+    from qkv_grading.core import KernelRun, run_file
 
     student, name, path, timeout = job
     spec = _SPECS[name]
@@ -132,17 +133,16 @@ def _grade_job(job: tuple[str, str, str, float]) -> dict:
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
     try:
-        result = grade_file(path, spec, timeout=timeout, prewarm=True)
+        run = run_file(path, spec, timeout=timeout, prewarm=True)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
-        result = empty_result(spec, "error", f"the grader failed on this submission: {type(exc).__name__}: {exc}")
-    result["student"] = student
-    return result
+        run = KernelRun(name, "error", notes=[f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
+    return student, run
 
 
 def _warm_up() -> str | None:
     """Boot a kernel in the worker before the first submission arrives. Returns None, or why that failed:
     the worker then starts a kernel for each notebook (a cold start), and grading goes on."""
-    from qkv.grading.execute import prewarm
+    from qkv_grading.execute import prewarm
 
     try:
         return prewarm()
@@ -194,7 +194,13 @@ class Runner:
         so that one which kills its worker again is known to be the cause: it gets 0 and a reason."""
         from tqdm import tqdm
 
-        from qkv.grading.core import empty_result
+        from qkv_grading.core import empty_result, judge_run
+
+        def judged(done) -> dict:  # points are awarded here, in the process that owns the gradebook
+            student, run = done
+            result = judge_run(run, self.specs[run.assignment])
+            result["student"] = student
+            return result
 
         bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
         try:
@@ -204,7 +210,7 @@ class Runner:
                 pending = []
                 for fut in as_completed(futures):
                     try:
-                        result = fut.result()
+                        result = judged(fut.result())
                     except BrokenProcessPool:
                         job = futures[fut]
                         (suspects if _started_marker(self.scratch, job).exists() else pending).append(job)
@@ -219,7 +225,7 @@ class Runner:
             for job in suspects:  # alone in the pool: if the pool breaks now, this job broke it
                 _started_marker(self.scratch, job).unlink(missing_ok=True)
                 try:
-                    result = self.pool.submit(_grade_job, job).result()
+                    result = judged(self.pool.submit(_grade_job, job).result())
                 except BrokenProcessPool:
                     student, name, _, _ = job
                     result = empty_result(self.specs[name], "error",
@@ -321,7 +327,7 @@ class GradebookWriter:
     def prepare(self, name: str) -> None:
         from nbgrader.preprocessors import SaveCells
 
-        from qkv.grading.course import instructor_notebook, read_notebook, source_path
+        from qkv_grading.course import instructor_notebook, read_notebook, source_path
 
         if name in self.ready:
             return
@@ -394,7 +400,7 @@ def load_results(out: Path) -> list[dict]:
 
 
 def write_tables(out: Path, results: list[dict], ignored: list[str]) -> None:
-    from qkv.grading.core import questions
+    from qkv_grading.core import questions
 
     with open(out / "grades.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -424,7 +430,7 @@ def write_figure(out: Path, results: list[dict]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from qkv.grading.core import questions
+    from qkv_grading.core import questions
 
     names = [a for a in ASSIGNMENTS if any(r["assignment"] == a for r in results)]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4), squeeze=False,
@@ -463,7 +469,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now."""
-    from qkv.grading.core import load_spec, result_json
+    from qkv_grading.core import load_spec, result_json
 
     out.mkdir(parents=True, exist_ok=True)
     jobs, ignored = discover(submissions, only)

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from qkv.grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, read_notebook,
+from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, read_notebook,
                                 release_notebook, source_path)
 
 

@@ -3,18 +3,15 @@
 Every check raises ``AssertionError`` with a message meant for the learner. None of them prints the
 expected value: a learner reads *what* is off (shape, a row, the axis, a range), never the right number.
 
-``own_work`` implements the course's policy on the library: an exercise that asks you to write
-``weighted_average`` may not hand the work to ``qkv.reference.weighted_average`` (under any alias), nor
-a window of keys to ``qkv.reference.WindowKVCache``. It watches which functions run while your function
-runs and fails the check if a forbidden one does.
+When an instructor grades, these checks run in the grader's own process on what the learner's code
+returned (see ``qkv_grading.probe``); in a learner's notebook they run in the kernel, on the same data.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
 import numpy as np
+
+from qkv_grading.wire import Opaque
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -38,6 +35,8 @@ def normalise_letter(answer) -> str:
 def as_array(actual, what: str) -> np.ndarray:
     """``actual`` as a float array, or an assertion that says it is not numbers."""
     assert actual is not None, f"{what} returned None: did you forget a `return`?"
+    if isinstance(actual, Opaque):
+        raise AssertionError(f"{what} should be an array of numbers; got {actual.type_name}")
     try:
         arr = np.asarray(actual, dtype=float)
     except (TypeError, ValueError):
@@ -80,67 +79,3 @@ def check_pairs(actual, expected: set, what: str, hint: str = "") -> None:
     # how many are missing is not said: with the learner's own count, that would give the answer's size
     assert len(actual) == len(expected), (
         f"{what} misses some pairs: every stored position and every head must appear. " + hint)
-
-
-def library_name(fn) -> str:
-    """The name a learner would import ``fn`` by: ``qkv.reference.WindowKVCache.keys`` rather than the
-    module it is defined in (``qkv.reference.cache``). Properties are named by their getter."""
-    fn = getattr(fn, "fget", fn)
-    qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
-    module = getattr(fn, "__module__", None) or ""
-    top = qualname.split(".")[0]
-    parts = module.split(".")
-    while len(parts) > 1 and getattr(sys.modules.get(".".join(parts[:-1])), top, None) is not None:
-        parts.pop()  # the package above exports it too: use the shorter name
-    return f"{'.'.join(parts)}.{qualname}" if module else qualname
-
-
-@contextlib.contextmanager
-def own_work(name: str, *forbidden):
-    """Fail if any of the ``forbidden`` functions runs inside the block.
-
-    The course's policy: when an exercise asks for a function, calling the library's implementation of
-    that same function (``qkv.reference.softmax`` for ``softmax``, ``WindowKVCache`` for a window) earns no
-    credit for that question. Using *other* library functions is fine. Detection follows the code objects
-    that run, so aliases, wrappers and ``functools.partial`` are all caught; a property is forbidden by
-    passing it (its getter is watched); copying the library's source is not caught (and is visible to an
-    instructor who reads the submission).
-    """
-    codes = {getattr(getattr(f, "fget", f), "__code__", None): library_name(f) for f in forbidden}
-    codes.pop(None, None)
-    seen: list[str] = []
-
-    def profiler(frame, event, arg):
-        if event == "call" and frame.f_code in codes:
-            seen.append(codes[frame.f_code])
-
-    previous = sys.getprofile()
-    sys.setprofile(profiler)
-    try:
-        yield
-    finally:
-        sys.setprofile(previous)
-    if seen:
-        raise AssertionError(
-            f"{name} calls the course library's own {seen[0]}, which does what this question asks you to "
-            f"write. Write it yourself; other helpers are fine."
-        )
-
-
-def call_own(name: str, fn, *args, forbidden=(), **kwargs):
-    """Call the learner's ``fn`` under ``own_work``; turn any exception into a readable assertion."""
-    assert callable(fn), f"{name} should be a function; got a {type(fn).__name__}"
-    for f in forbidden:
-        assert fn is not f, (
-            f"{name} is the course library's own {library_name(f)}, which is what this question asks you to "
-            f"write. Write it yourself."
-        )
-    with own_work(name, *forbidden):
-        try:
-            return fn(*args, **kwargs)
-        except AssertionError:
-            raise
-        except NotImplementedError:
-            raise AssertionError(f"{name} is not written yet (it raises NotImplementedError)") from None
-        except Exception as exc:
-            raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from None

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qkv.grading.course import ASSIGNMENTS, find_root
+from qkv_grading.course import ASSIGNMENTS, find_root
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def bench(root: Path, students: int, workers: int, names: list[str], work: Path)
     n = students * len(names)
 
     t_nbgrader = sum(_run(nbgrader + ["autograde", name, "--force"], course) for name in names)
-    t_qkv = _run([sys.executable, "-m", "qkv.cli", "grade", str(subs), "--out", str(work / "qkv_out"),
+    t_qkv = _run([sys.executable, "-m", "qkv_grading.cli", "grade", str(subs), "--out", str(work / "qkv_out"),
                   "--workers", str(workers), "--no-progress", "--root", str(root)], root)
 
     with open(work / "qkv_out" / "grades.csv") as f:

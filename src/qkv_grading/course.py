@@ -31,7 +31,7 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "nbgrader_config.py").is_file() and (folder / SOURCE_DIR).is_dir():
             return folder
-    package_root = Path(__file__).resolve().parents[3]  # src/qkv/grading/course.py -> repository
+    package_root = Path(__file__).resolve().parents[2]  # src/qkv_grading/course.py -> repository
     if (package_root / SOURCE_DIR).is_dir():
         return package_root
     raise FileNotFoundError(f"no course repository (nbgrader_config.py and {SOURCE_DIR}/) at or above {here}")

@@ -15,17 +15,19 @@ import hashlib
 import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
-from qkv.grading.assemble import assemble
-from qkv.grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
+from qkv_grading import probe
+from qkv_grading.assemble import assemble
+from qkv_grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
                                split_hidden)
-from qkv.grading.execute import run_notebook
+from qkv_grading.execute import run_notebook
+from qkv_grading.judge import Judge
 
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"
 MAX_NOTEBOOK_BYTES = 50_000_000
 
 
@@ -55,6 +57,14 @@ class Spec:
     @functools.cached_property
     def scrub(self) -> Scrubber:
         return Scrubber(self.runnable, self.released)
+
+    @functools.cached_property
+    def judge(self) -> Judge:
+        """Built where the points are awarded (never in a worker, never in a kernel)."""
+        return Judge(self.name, self.runnable)
+
+    def __getstate__(self):  # sent to workers: the data, without the judge's namespace of live objects
+        return {k: v for k, v in self.__dict__.items() if k not in ("judge", "scrub")}
 
 
 HIDDEN_REMOVED = "[hidden test code removed]"
@@ -163,48 +173,124 @@ def empty_result(spec: Spec, status: str, reason: str) -> dict:
             "score": 0.0, "max_score": spec.max_score, "feedback": _feedback_page(spec, None, tests, [reason])}
 
 
-def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
-               prewarm: bool = False) -> dict:
-    """Grade the notebook at ``path`` (which may be missing, not JSON, or damaged) against ``spec``."""
-    path = Path(path)
+@dataclass
+class KernelRun:
+    """What one submission's run in a kernel produced, for the judge: plain data and the executed notebook.
+
+    ``records``: test cell id -> the text its probe part sent back (None: nothing came back);
+    ``errors``: test cell id -> how the kernel failed on it (a timeout, a crash), when it did."""
+
+    assignment: str
+    status: str
+    nb: nbformat.NotebookNode | None = None
+    records: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode:
+    """The submitted notebook, or a ``KernelRun`` that says why there is none to run."""
     if not path.is_file():
         others = sorted(p.name for p in path.parent.glob("*.ipynb")) if path.parent.is_dir() else []
         hint = f" (found instead: {', '.join(others)})" if others else ""
-        return empty_result(spec, "missing", f"no notebook {path.name} in the submission{hint}")
+        return KernelRun(spec.name, "missing", notes=[f"no notebook {path.name} in the submission{hint}"])
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        return empty_result(spec, "rejected", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB")
-    raw = path.read_bytes()
+        return KernelRun(spec.name, "rejected",
+                         notes=[f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB"])
     try:
-        submission = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        submission = nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
         if not isinstance(submission.get("cells"), list):
             raise ValueError("no list of cells")
     except Exception as exc:
-        return empty_result(spec, "unreadable", f"{path.name} is not a readable notebook ({type(exc).__name__})")
-    return grade_notebook(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+        return KernelRun(spec.name, "unreadable",
+                         notes=[f"{path.name} is not a readable notebook ({type(exc).__name__})"])
+    return submission
 
 
-def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3, prewarm: bool = False) -> dict:
+def _harness(source: str) -> str:
+    """The code a test cell is replaced by in the learner's kernel: its probe part, nothing else."""
+    probe_part, _ = probe.split(source)
+    return (f"__import__('qkv_grading.probe', fromlist=['probe']).run_probe_part({probe_part!r}, "
+            f"globals())")
+
+
+def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+                  prewarm: bool = False) -> KernelRun:
+    """Run the learner's answers and the probe parts of the tests in a (sandboxed) kernel. Nothing here
+    decides a point: the kernel's results come back as data for ``judge_run``."""
     built = assemble(submission, spec.released, spec.runnable)
     nb = built.nb
-    # The kernel runs in a scratch folder of its own: what the notebook writes stays out of the course.
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
-    # Everything below ends up in feedback, the results record or the report: hidden test code is taken out.
-    scrub = spec.scrub
+    tests = {t["id"] for t in spec.tests}
+
+    def test_id(cell):
+        info = cell.get("metadata", {}).get("nbgrader", {})
+        return info.get("grade_id") if info.get("grade") and info.get("grade_id") in tests else None
+
     for cell in nb.cells:
+        if test_id(cell):
+            cell.source = _harness(cell.source)
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+    out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
+    for k, cell in enumerate(nb.cells):
+        gid = test_id(cell)
+        if gid is None:
+            continue
+        kept, text = [], None
+        for o in cell.get("outputs", []):
+            data = o.get("data", {}) if o.get("output_type") == "display_data" else {}
+            if probe.MIME in data:
+                text = data[probe.MIME] if isinstance(data[probe.MIME], str) else None
+            else:
+                kept.append(o)
+        cell.outputs = kept
+        out.records[gid] = text
+        res = run.cells.get(k)
+        if res is not None and not res.ok and res.ename in ("Timeout", "KernelDied", "NotRun"):
+            out.errors[gid] = f"{res.ename}: {res.evalue}"
+        elif res is None:
+            out.errors[gid] = "not run"
+    return out
+
+
+def judge_run(run: KernelRun, spec: Spec) -> dict:
+    """Award the points for a kernel's run, here, outside the kernel; hidden test code is scrubbed from
+    everything a learner will see."""
+    if run.nb is None:
+        return empty_result(spec, run.status, "; ".join(run.notes))
+    scrub = spec.scrub
+    for cell in run.nb.cells:
         scrub.outputs(cell)
-    by_id = {c.get("id"): k for k, c in enumerate(nb.cells)}
     tests = []
     for t in spec.tests:
-        k = by_id.get(t["id"])
-        res = run.cells.get(k)
-        passed = bool(res and res.ok)
-        message = "" if passed else (f"{res.ename}: {res.evalue}" if res else "not run")
-        tests.append(dict(t, points=t["max_points"] if passed else 0.0, passed=passed,
-                          message=_short(scrub(message))))
-    notes = [scrub(n) for n in built.notes + run.notes]
+        kernel_error = run.errors.get(t["id"], "")
+        verdict = spec.judge.verdict(t["id"], run.records.get(t["id"]), kernel_error)
+        message = verdict.message
+        if not verdict.passed and kernel_error and message == probe.NOT_BACK:
+            message = kernel_error
+        tests.append(dict(t, points=t["max_points"] if verdict.passed else 0.0, passed=verdict.passed,
+                          message="" if verdict.passed else _short(scrub(message))))
+    notes = [scrub(n) for n in run.notes]
     score = sum(t["points"] for t in tests)
-    return {"assignment": spec.name, "status": "graded", "notes": notes, "tests": tests, "score": score,
-            "max_score": spec.max_score, "feedback": _feedback_page(spec, nb, tests, notes)}
+    return {"assignment": spec.name, "status": run.status, "notes": notes, "tests": tests, "score": score,
+            "max_score": spec.max_score, "feedback": _feedback_page(spec, run.nb, tests, notes)}
+
+
+def run_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+             prewarm: bool = False) -> KernelRun:
+    """Read the notebook at ``path`` (which may be missing, not JSON, or damaged) and run it."""
+    submission = read_submission(Path(path), spec)
+    if isinstance(submission, KernelRun):
+        return submission
+    return run_in_kernel(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+
+
+def grade_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3) -> dict:
+    """Run and judge one notebook in this process (the workers of ``qkv grade`` split the two)."""
+    return judge_run(run_file(path, spec, timeout=timeout, max_restarts=max_restarts), spec)
+
+
+def grade_notebook(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3) -> dict:
+    return judge_run(run_in_kernel(submission, spec, timeout=timeout, max_restarts=max_restarts), spec)
 
 
 def _short(message: str, limit: int = 600) -> str:
@@ -254,7 +340,7 @@ def _outputs_html(cell) -> str:
 def _feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
     """HTML feedback: the learner's code and outputs, and for each test its visible code, result and
     message. Hidden test code is never shown: test cells are shown as released."""
-    released_src = {c.get("id"): c.source for c in spec.released.cells}
+    released_src = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in spec.released.cells}
     by_test = {t["id"]: t for t in tests}
     score = sum(t["points"] for t in tests)
     rows = "".join(f"<tr><td>{_esc(q)}</td><td>{s:g} / {m:g}</td></tr>"
@@ -266,7 +352,8 @@ def _feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
                     + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
     if nb is not None:
         for cell in nb.cells:
-            cid = cell.get("id")
+            info = cell.get("metadata", {}).get("nbgrader", {})
+            cid = info.get("grade_id") if info.get("grade") else None
             if cid in by_test:
                 t = by_test[cid]
                 cls, verdict = ("pass", "passed") if t["passed"] else ("fail", "failed")

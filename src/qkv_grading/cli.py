@@ -12,13 +12,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "release": ("qkv.grading.release", "regenerate exercises/ from solutions/ (or --check they agree)"),
-    "check": ("qkv.grading.check", "a learner's self-check of one exercise notebook"),
-    "grade": ("qkv.grading.grade", "autograde a folder of submissions into a gradebook and CSVs"),
+    "release": ("qkv_grading.release", "regenerate exercises/ from solutions/ (or --check they agree)"),
+    "check": ("qkv_grading.check", "a learner's self-check of one exercise notebook"),
+    "grade": ("qkv_grading.grade", "autograde a folder of submissions into a gradebook and CSVs"),
 }
 BENCHES = {
-    "decode": ("qkv.bench.decode", "tokens/s of cached vs uncached decoding, beside Hugging Face GPT-2"),
-    "grade": ("qkv.bench.grade", "seconds per notebook of qkv grade vs plain nbgrader autograde"),
+    "decode": ("qkv_bench.decode", "tokens/s of cached vs uncached decoding, beside Hugging Face GPT-2"),
+    "grade": ("qkv_bench.grade", "seconds per notebook of qkv grade vs plain nbgrader autograde"),
 }
 
 

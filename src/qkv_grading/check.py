@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv.grading.course import ASSIGNMENTS, find_root
+from qkv_grading.course import ASSIGNMENTS, find_root
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def _root(args, path: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from qkv.grading.core import grade_notebook, load_spec
+    from qkv_grading.core import grade_notebook, load_spec
 
     path = Path(args.notebook)
     try:

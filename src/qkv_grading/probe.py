@@ -1,0 +1,207 @@
+"""What a test cell asks of the learner's code, and how the answer reaches the grader as data.
+
+A test cell of an exercise has two parts, split by the line ``CHECKS_MARK``::
+
+    # Test: the seed's worked example                       <- the probe part: runs in the learner's kernel
+    got = probe.call("weighted_average", values, weights)   <- calls the learner's code, keeps what it returns
+    # ---- checks (when graded, these run in the grader, outside your kernel) ----
+    check_close(got, [3.8, 2.5], "weighted_average(values, weights)")   <- the checks part
+
+In a learner's own notebook (and in ``qkv check``) the whole cell runs in their kernel, top to bottom.
+When an instructor grades, only the probe part runs in the learner's (sandboxed) kernel: each ``probe``
+call there records what the learner's code returned, and the records leave the kernel as plain data
+(``qkv_grading.wire``). The grader then runs the *whole* cell in its own process, where each ``probe`` call
+replays the next record instead of calling anything, and the checks compare it with expected values
+computed there. Nothing the kernel runs can change the checks, the expected values or the comparison.
+
+Learner names appear only as strings (``probe.call("name", ...)``, ``probe.value("name")``) or inside a
+function passed to ``probe.run``: the grader's process never has the learner's functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+
+from qkv_grading import wire
+
+CHECKS_MARK = "# ---- checks"
+MIME = "application/vnd.qkv.records+json"
+NOT_BACK = ("this result never came back from your notebook (the cell stopped before it, or its output "
+            "was changed)")
+
+_MODE: contextvars.ContextVar = contextvars.ContextVar("qkv_probe_mode", default=None)
+
+
+class _Recording(list):
+    """Kernel side, when graded: every probe's outcome, in order, as ("ok", value) or ("fail", message)."""
+
+
+class _Replay:
+    """Grader side: the records a kernel sent, handed out in the order the probes ask for them."""
+
+    def __init__(self, records: list):
+        self.records, self.next = list(records), 0
+
+    def take(self):
+        if self.next >= len(self.records):
+            raise AssertionError(NOT_BACK)
+        kind, body = self.records[self.next]
+        self.next += 1
+        if kind == "fail":
+            raise AssertionError(str(body))
+        return body
+
+
+def split(source: str) -> tuple[str, str]:
+    """A test cell's (probe part, checks part). A cell without the mark is all checks."""
+    lines = source.splitlines(keepends=True)
+    for k, line in enumerate(lines):
+        if line.lstrip().startswith(CHECKS_MARK):
+            return "".join(lines[:k]), "".join(lines[k:])
+    return "", source
+
+
+# ---- the policy on the course library ----------------------------------------------------------------
+
+def library_name(fn) -> str:
+    """The name a learner would import ``fn`` by: ``qkv.reference.WindowKVCache.keys`` rather than the
+    module it is defined in. Properties are named by their getter."""
+    fn = getattr(fn, "fget", fn)
+    qualname = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    module = getattr(fn, "__module__", None) or ""
+    top = qualname.split(".")[0]
+    parts = module.split(".")
+    while len(parts) > 1 and getattr(sys.modules.get(".".join(parts[:-1])), top, None) is not None:
+        parts.pop()  # the package above exports it too: use the shorter name
+    return f"{'.'.join(parts)}.{qualname}" if module else qualname
+
+
+@contextlib.contextmanager
+def own_work(name: str, forbidden):
+    """Fail if one of the ``forbidden`` library functions runs inside the block.
+
+    The course's policy: an exercise that asks for a function earns nothing for handing the work to the
+    library's own version of it. Detection follows the code objects that run, so aliases and wrappers
+    are caught. It runs in the learner's kernel, so a determined learner can hide such a call; that
+    only hides a policy breach, it never turns a wrong answer into a right one.
+    """
+    codes = {getattr(getattr(f, "fget", f), "__code__", None): library_name(f) for f in forbidden}
+    codes.pop(None, None)
+    seen: list[str] = []
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            seen.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profiler if codes else previous)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+    if seen:
+        raise AssertionError(
+            f"{name} calls the course library's own {seen[0]}, which does what this question asks you to "
+            f"write. Write it yourself; other helpers are fine.")
+
+
+# ---- the three kinds of probe ------------------------------------------------------------------------
+
+def _live(name: str, thunk, forbidden):
+    """Run ``thunk`` (the learner's code) and return its result as the grader will see it."""
+    try:
+        with own_work(name, forbidden):
+            result = thunk()
+    except AssertionError:
+        raise
+    except NotImplementedError:
+        raise AssertionError(f"{name} is not written yet (it raises NotImplementedError)") from None
+    except NameError as exc:
+        raise AssertionError(f"{exc}: run the cell that defines it first") from None
+    except Exception as exc:
+        raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from None
+    return wire.loads(wire.dumps(result))  # exactly what the grader receives
+
+
+def _probe(name: str, thunk, forbidden=()):
+    mode = _MODE.get()
+    if isinstance(mode, _Replay):
+        return mode.take()
+    try:
+        value = _live(name, thunk, forbidden)
+    except AssertionError as exc:
+        if isinstance(mode, _Recording):
+            mode.append(("fail", str(exc)))
+        raise
+    if isinstance(mode, _Recording):
+        mode.append(("ok", value))
+    return value
+
+
+def _learner(name: str, namespace: dict):
+    if name not in namespace:
+        raise NameError(f"{name} is not defined")
+    return namespace[name]
+
+
+def call(name: str, *args, forbidden=(), **kwargs):
+    """What the learner's function ``name`` returns for these arguments."""
+    namespace = sys._getframe(1).f_globals  # the test cell's: the learner's namespace in a kernel
+
+    def thunk():
+        fn = _learner(name, namespace)
+        if not callable(fn):
+            raise AssertionError(f"{name} should be a function; got a {type(fn).__name__}")
+        return fn(*args, **kwargs)
+    return _probe(name, thunk, forbidden)
+
+
+def value(name: str):
+    """The learner's variable ``name``."""
+    namespace = sys._getframe(1).f_globals
+    return _probe(name, lambda: _learner(name, namespace))
+
+
+def run(label: str, fn, *args, forbidden=()):
+    """What ``fn`` (a function written in the test cell, which calls the learner's code) returns."""
+    return _probe(label, lambda: fn(*args), forbidden)
+
+
+# ---- the kernel's side of grading, and the grader's ------------------------------------------------------
+
+def run_probe_part(source: str, namespace: dict) -> None:
+    """Kernel side, when graded: run a test cell's probe part and send its records out as data."""
+    from IPython.display import display
+
+    records = _Recording()
+    token = _MODE.set(records)
+    try:
+        exec(compile(source, "<test>", "exec"), namespace)
+    finally:
+        _MODE.reset(token)
+        display({MIME: wire.dumps(list(records))}, raw=True)
+
+
+def decode_records(text: str) -> list:
+    """Grader side: a kernel's records, checked to be a list of ("ok", value) or ("fail", str)."""
+    records = wire.loads(text)
+    if not isinstance(records, list):
+        raise wire.WireError("records are not a list")
+    for rec in records:
+        if not (isinstance(rec, tuple) and len(rec) == 2 and rec[0] in ("ok", "fail")):
+            raise wire.WireError("a record is not (kind, value)")
+        if rec[0] == "fail" and not isinstance(rec[1], str):
+            raise wire.WireError("a failure without a message")
+    return records
+
+
+@contextlib.contextmanager
+def replaying(records: list):
+    """Grader side: inside the block, probes hand out ``records`` instead of calling anything."""
+    token = _MODE.set(_Replay(records))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
