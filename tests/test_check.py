@@ -7,7 +7,7 @@ import pytest
 
 from grading_helpers import ROOT, filled, write_nb
 from qkv import cli
-from qkv.grading.course import ASSIGNMENTS, read_notebook, release_path, source_path
+from qkv_grading.course import ASSIGNMENTS, read_notebook, release_path, source_path
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ import pytest
 from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, bad_inputs, filled, hidden_lines, misconception_student,
                              question_scores, read_csv, submit)
 from qkv import cli
-from qkv.grading import execute
-from qkv.grading.course import ASSIGNMENTS, dumps, read_notebook, source_path
-from qkv.grading.grade import GradebookWriter, _init_worker, _Shared, _warm_up, grade
+from qkv_grading import execute
+from qkv_grading.course import ASSIGNMENTS, dumps, read_notebook, source_path
+from qkv_grading.grade import GradebookWriter, _init_worker, _Shared, _warm_up, grade
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def test_cli_grade_writes_the_outputs(tmp_path):
     subs = tmp_path / "subs"
     submit(subs, "ada", "04_cache_notation", filled("04_cache_notation"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "qkv.cli", "grade", str(subs), "--out", str(out), "--workers", "1",
+    proc = subprocess.run([sys.executable, "-m", "qkv_grading.cli", "grade", str(subs), "--out", str(out), "--workers", "1",
                            "--timeout", "20", "--no-progress"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "grades.csv") as f:

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from qkv.grading import release
-from qkv.grading.course import ASSIGNMENTS, dumps, read_notebook, release_notebook, release_path, source_path
+from qkv_grading import release
+from qkv_grading.course import ASSIGNMENTS, dumps, read_notebook, release_notebook, release_path, source_path
 from grading_helpers import ROOT
 
 

@@ -30,6 +30,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from qkv_grading import sandbox
+
 from qkv_grading.probe import MIME as RECORDS_MIME
 from qkv_grading.wire import MAX_BYTES as MAX_RECORD_BYTES
 
@@ -89,6 +91,41 @@ def _error_of(cell) -> tuple[str, str] | None:
     return None
 
 
+class _SandboxedKernelManager:
+    """Made on first use (jupyter_client is imported lazily): see ``_manager``."""
+
+
+def _manager(scratch: str, sandboxed: bool):
+    """A kernel manager for a kernel working in ``scratch``. Sandboxed: the kernel runs under bubblewrap
+    (``qkv_grading.sandbox``), talks over Unix sockets in ``scratch`` (it has no network), and is
+    interrupted by a message, since a signal would reach bwrap rather than the kernel."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if not sandboxed:
+        return AsyncKernelManager(kernel_name=KERNEL_NAME)
+
+    class SandboxedKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            prefix = sandbox.command(scratch)  # gives the scratch folder to the kernel's own user
+            owner = os.stat(scratch)
+            os.chown(self.connection_file, owner.st_uid, owner.st_gid)  # written 0600 by the grader
+            return prefix + super().format_kernel_cmd(extra_arguments)
+
+    km = SandboxedKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=os.path.join(scratch, "kernel"))
+    km.connection_file = os.path.join(scratch, "kernel.json")
+    km.kernel_spec.interrupt_mode = "message"
+    return km
+
+
+SANDBOX = True  # changed only through configure()
+
+
+def configure(scratch_root: str | None, sandboxed: bool) -> None:
+    """Where this process's kernels make their scratch folders, and whether they run sandboxed."""
+    global SCRATCH_ROOT, SANDBOX
+    SCRATCH_ROOT, SANDBOX = scratch_root, sandboxed
+
+
 _WARM: object | None = None  # a kernel manager whose kernel is booting for the next notebook
 _LIVE: dict[int, tuple] = {}  # id(km) -> (km, scratch folder) for every kernel started here and not stopped yet
 _LOOP: asyncio.AbstractEventLoop | None = None
@@ -106,14 +143,13 @@ def _is_test(cell) -> bool:
 async def _launch(cwd: str | None):
     """Start a kernel process (it boots in the background) in ``cwd``, or in a new scratch folder that is
     removed when the kernel is stopped. Nothing is left behind if the start fails."""
-    from jupyter_client.manager import AsyncKernelManager
-
     scratch = cwd or tempfile.mkdtemp(prefix="qkv-kernel-", dir=SCRATCH_ROOT)
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    km = _manager(scratch, SANDBOX and cwd is None)
     _LIVE[id(km)] = (km, None if cwd else scratch)
     extra = ["--HistoryManager.hist_file=:memory:"] + [f"--IPKernelApp.exec_lines={line}" for line in _WARM_LINES]
     try:
-        await km.start_kernel(extra_arguments=extra, cwd=scratch, stderr=subprocess.DEVNULL)
+        await km.start_kernel(extra_arguments=extra, cwd=scratch, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     except BaseException:
         await _stop(km)
         raise

@@ -32,7 +32,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from qkv_grading import sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
+from qkv_grading.judge import InstructorError
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -48,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="grade only this assignment (repeatable; default: every assignment submitted)")
     parser.add_argument("--root", default=None, help="the course repository (default: found from the working directory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run kernels without bubblewrap (unsafe with untrusted submissions; the report says so)")
 
 
 # ---- finding the work ---------------------------------------------------------------------------------
@@ -95,14 +99,14 @@ def submission_key(path: Path, fingerprint: str, timeout: float) -> str:
 _SPECS: dict = {}
 
 
-def _init_worker(specs: dict, scratch: str) -> None:
+def _init_worker(specs: dict, scratch: str, sandboxed: bool) -> None:
     """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import.
     Its kernels work in folders under ``scratch``. A worker that is told to stop kills its kernels."""
     from qkv_grading import execute
 
     _SPECS.update(specs)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    execute.SCRATCH_ROOT = scratch
+    execute.configure(scratch, sandboxed)
     signal.signal(signal.SIGTERM, _stopped)
 
 
@@ -156,8 +160,8 @@ class Runner:
     gradebook. Created before the gradebook is opened, so that the workers boot while this process prepares
     everything else."""
 
-    def __init__(self, specs: dict, workers: int):
-        self.specs, self.workers = specs, workers
+    def __init__(self, specs: dict, workers: int, sandboxed: bool = True):
+        self.specs, self.workers, self.sandboxed = specs, workers, sandboxed
         # Every kernel's scratch folder goes in here, removed as a whole at the end: also the folders of a
         # worker that was killed before it could clean up.
         self.scratch = tempfile.mkdtemp(prefix="qkv-grade-")
@@ -166,7 +170,7 @@ class Runner:
 
     def _new_pool(self):
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.specs, self.scratch))
+                                   initializer=_init_worker, initargs=(self.specs, self.scratch, self.sandboxed))
         self.warm_ups += [pool.submit(_warm_up) for _ in range(self.workers)]
         return pool
 
@@ -251,38 +255,24 @@ class Runner:
 
 # ---- the gradebook (written by this process only) -------------------------------------------------------
 
-def _alembic_head() -> str:
-    """The newest revision of nbgrader's database schema (what `alembic heads` prints), read in-process."""
-    import nbgrader
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
+def _save_cells_into(gb):
+    """nbgrader's own SaveCells, recording into the writer's open gradebook rather than a second connection
+    of its own (a subclass: nbgrader itself is left as it is)."""
+    from nbgrader.preprocessors import SaveCells
+    from nbgrader.preprocessors.base import NbGraderPreprocessor
 
-    cfg = Config()
-    cfg.set_main_option("script_location", os.path.join(os.path.dirname(nbgrader.__file__), "alembic"))
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    class SaveCellsInto(SaveCells):
+        def preprocess(self, nb, resources):
+            self.notebook_id = resources["nbgrader"]["notebook"]
+            self.assignment_id = resources["nbgrader"]["assignment"]
+            self.new_grade_cells, self.new_solution_cells = {}, {}
+            self.new_task_cells, self.new_source_cells = {}, {}
+            self.gradebook = gb
+            nb, resources = NbGraderPreprocessor.preprocess(self, nb, resources)
+            self._create_notebook(nb)
+            return nb, resources
 
-
-_alembic_head.qkv_in_process = True
-
-
-class _Shared:
-    """The writer's open gradebook, handed to nbgrader's SaveCells instead of a second connection."""
-
-    def __init__(self, gb):
-        self._gb = gb
-
-    def __getattr__(self, name):
-        return getattr(self._gb, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        # as nbgrader's own Gradebook: what went wrong half-way is not kept (SaveCells refusing a change included)
-        if exc_type is None:
-            self._gb.db.commit()
-        else:
-            self._gb.db.rollback()
+    return SaveCellsInto()
 
 
 class GradebookMismatch(Exception):
@@ -310,23 +300,16 @@ class GradebookWriter:
     def __init__(self, url: str, root: Path):
         from nbgrader.api import Gradebook
 
-        # nbgrader runs the `alembic` command of its own environment to stamp a new gradebook: a subprocess of
-        # several seconds. Reading the same revision in this process gives the same answer in a tenth of that.
+        # nbgrader runs the `alembic` command of its own environment to stamp a new gradebook
         bindir = os.path.dirname(sys.executable)
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-        import nbgrader.api
-
-        if not getattr(nbgrader.api.get_alembic_version, "qkv_in_process", False):
-            nbgrader.api.get_alembic_version = _alembic_head
         self.url = url
         self.gb = Gradebook(url, course_id="qkv-course")
         self.root = root
         self.ready: set[str] = set()
 
     def prepare(self, name: str) -> None:
-        from nbgrader.preprocessors import SaveCells
-
         from qkv_grading.course import instructor_notebook, read_notebook, source_path
 
         if name in self.ready:
@@ -334,13 +317,10 @@ class GradebookWriter:
         self.gb.update_or_create_assignment(name)
         self.gb.db.commit()
         nb = instructor_notebook(read_notebook(source_path(self.root, name)))
-        from unittest import mock
-
-        import nbgrader.preprocessors.savecells as savecells
-
         try:
-            with mock.patch.object(savecells, "Gradebook", lambda *a, **k: _Shared(self.gb)):
-                SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
+            _save_cells_into(self.gb).preprocess(
+                nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
+            self.gb.db.commit()
         except RuntimeError:  # nbgrader refuses to add or remove cells once there are submissions
             self.gb.db.rollback()
             raise GradebookMismatch(self._mismatch(name, nb)) from None
@@ -399,7 +379,7 @@ def load_results(out: Path) -> list[dict]:
     return sorted(results, key=lambda r: (r["student"], r["assignment"]))
 
 
-def write_tables(out: Path, results: list[dict], ignored: list[str]) -> None:
+def write_tables(out: Path, results: list[dict], ignored: list[str], notices: list[str] = ()) -> None:
     from qkv_grading.core import questions
 
     with open(out / "grades.csv", "w", newline="") as f:
@@ -421,6 +401,8 @@ def write_tables(out: Path, results: list[dict], ignored: list[str]) -> None:
                         "; ".join(r["notes"])])
         for path in ignored:
             w.writerow(["", "", "", "", "ignored", path])
+        for notice in notices:
+            w.writerow(["", "", "", "", "no sandbox", notice])
 
 
 def write_figure(out: Path, results: list[dict]) -> None:
@@ -464,7 +446,8 @@ class Graded(list):
     executed: list[tuple[str, str]]
 
 
-def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT,
+def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
+          sandboxed: bool = True,
           db: str | None = None, only: list[str] | None = None, progress: bool = True) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
@@ -475,6 +458,8 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     jobs, ignored = discover(submissions, only)
     names = [a for a in ASSIGNMENTS if a in {j[1] for j in jobs}]
     specs = {name: load_spec(root, name, hidden=True) for name in names}
+    for spec in specs.values():
+        spec.judge  # built before anything runs: an instructor's set-up cell that fails here stops the run
     todo = []
     for student, name, path in jobs:
         key = submission_key(path, specs[name].fingerprint, timeout)
@@ -487,7 +472,9 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 pass
         todo.append(((student, name, str(path), timeout), key))
     keys = {(j[0], j[1]): key for j, key in todo}
-    runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers) if todo else None
+    if sandboxed:
+        sandbox.require()
+    runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers, sandboxed) if todo else None
     writer = None
     executed = []
     try:
@@ -511,7 +498,9 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
         results = Graded(load_results(out))
         results.executed = executed
-        write_tables(out, results, ignored)
+        notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
+                                        "grader's user can, solutions/ included"]
+        write_tables(out, results, ignored, notices)
         write_figure(out, results)
     finally:
         if writer is not None:
@@ -529,9 +518,10 @@ def main(args: argparse.Namespace) -> int:
     root = find_root(args.root)
     out = Path(args.out)
     try:
-        results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout, db=args.db,
+        results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout,
+                        sandboxed=not args.no_sandbox, db=args.db,
                         only=args.assignment, progress=not args.no_progress)
-    except GradebookMismatch as exc:
+    except (GradebookMismatch, sandbox.SandboxMissing, InstructorError) as exc:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2
     problems = [r for r in results if r["status"] != "graded" or r["notes"]]
