@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv.grading.course import ASSIGNMENTS, read_notebook, release_path, source_path
+from qkv_grading.course import ASSIGNMENTS, read_notebook, release_path, source_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,16 +68,20 @@ def question_scores(out: Path) -> dict[tuple[str, str], dict[str, tuple[float, f
 
 
 # ---- plausible wrong answers: (assignment, question, label, {answer cell: its text}) --------------------
+# Each must score less than full on its question and full on every other one. A label with "library" in it
+# marks a call to the course library's own version of what the question asks for (scored 0 by policy).
+
+_Q1 = "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights = np.array([0.2, 0.7, 0.1])\n"
+_Q2_KEYS_VALUES = """
+        def kv_projections(i, tau, use_cache):
+            return {body}
+        def total_kv_projections(n, tau, use_cache):
+            return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""
 
 MISCONCEPTIONS = [
-    ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": """
-        values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])
-        weights = np.array([0.2, 0.7, 0.1])
-        output = (weights[:, None] * values).sum(axis=1)"""}),
-    ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": """
-        values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])
-        weights = np.array([0.2, 0.7, 0.1])
-        output = values.mean(axis=0)"""}),
+    ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": _Q1 + "output = (weights[:, None] * values).sum(axis=1)"}),
+    ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": _Q1 + "output = values.mean(axis=0)"}),
+    ("01_weighted_average", "q1", "pairs the weights with the items in reverse order", {"q1_answer": _Q1 + "output = weights[::-1] @ values"}),
     ("01_weighted_average", "q2", "weights applied along the wrong axis", {"q2_answer": """
         def weighted_average(values, weights):
             values, weights = np.asarray(values), np.asarray(weights)
@@ -85,6 +89,10 @@ MISCONCEPTIONS = [
     ("01_weighted_average", "q2", "matrix product that only works in 2-D", {"q2_answer": """
         def weighted_average(values, weights):
             return np.asarray(weights) @ np.asarray(values)"""}),
+    ("01_weighted_average", "q2", "divides the weighted sum by the number of items", {"q2_answer": """
+        def weighted_average(values, weights):
+            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+            return (weights[..., :, None] * values).sum(axis=-2) / values.shape[-2]"""}),
     ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
         from qkv.reference import weighted_average as _library_average
         def weighted_average(values, weights):
@@ -98,14 +106,38 @@ MISCONCEPTIONS = [
             x = np.asarray(x, dtype=float)
             e = np.exp(x - x.max(axis=0, keepdims=True))
             return e / e.sum(axis=0, keepdims=True)"""}),
+    ("01_weighted_average", "q3", "subtracts the row minimum instead of the maximum", {"q3_answer": """
+        def softmax(x):
+            x = np.asarray(x, dtype=float)
+            e = np.exp(x - x.min(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)"""}),
+    ("01_weighted_average", "q3", "subtracts the row mean instead of the maximum", {"q3_answer": """
+        def softmax(x):
+            x = np.asarray(x, dtype=float)
+            e = np.exp(x - x.mean(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)"""}),
+    ("01_weighted_average", "q3", "subtracts one maximum for the whole array", {"q3_answer": """
+        def softmax(x):
+            x = np.asarray(x, dtype=float)
+            e = np.exp(x - x.max())
+            return e / e.sum(axis=-1, keepdims=True)"""}),
     ("02_qkv_roles", "q1", "keys and values swapped in the translation scenario", {"q1_answer": """
         translation_answer = "D"
         document_answer = "C" """}),
-    ("02_qkv_roles", "q2", "mask reversed, as in the textbook's prose", {"q2_answer": """
+    ("02_qkv_roles", "q1", "query and key swapped in the document scenario", {"q1_answer": """
+        translation_answer = "B"
+        document_answer = "A" """}),
+    ("02_qkv_roles", "q2", "mask reversed (a query sees the later positions)", {"q2_answer": """
         def causal_mask(n):
             i = np.arange(1, n + 1)[:, None]
             j = np.arange(1, n + 1)[None, :]
             return np.where(j >= i, 0.0, -np.inf)"""}),
+    ("02_qkv_roles", "q2", "a position may not see itself", {"q2_answer": """
+        def causal_mask(n):
+            return np.where(np.tri(n, k=-1) == 1, 0.0, -np.inf)"""}),
+    ("02_qkv_roles", "q2", "a 0/1 mask instead of an additive 0/-inf one", {"q2_answer": """
+        def causal_mask(n):
+            return np.tril(np.ones((n, n)))"""}),
     ("02_qkv_roles", "q3", "softmax without the 1/sqrt(d) scaling", {"q3_answer": """
         from qkv.reference import softmax
         def attention(q, k, v, mask=None):
@@ -121,13 +153,46 @@ MISCONCEPTIONS = [
             if mask is not None:
                 scores = scores + mask
             return softmax(scores, axis=-1) @ v"""}),
+    ("02_qkv_roles", "q3", "own softmax without the maximum (unstable for large scores)", {"q3_answer": """
+        def attention(q, k, v, mask=None):
+            q, k, v = np.asarray(q, dtype=float), np.asarray(k, dtype=float), np.asarray(v, dtype=float)
+            scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+            if mask is not None:
+                scores = scores + mask
+            e = np.exp(scores)
+            return e / e.sum(axis=-1, keepdims=True) @ v"""}),
+    ("02_qkv_roles", "q3", "mask applied after the softmax", {"q3_answer": """
+        from qkv.reference import softmax
+        def attention(q, k, v, mask=None):
+            q, k, v = np.asarray(q, dtype=float), np.asarray(k, dtype=float), np.asarray(v, dtype=float)
+            w = softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1]), axis=-1)
+            if mask is not None:
+                w = w * (mask == 0)
+            return w @ v"""}),
     ("03_zeroed_values", "q1", "believes the weights vanish too", {"q1_answer": """
         def zeroed_value_experiment(Q, K, V):
             return attention(Q, K, np.zeros_like(V)), np.zeros((len(Q), len(K)))"""}),
+    ("03_zeroed_values", "q1", "believes the weights become uniform", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V):
+            return attention(Q, K, np.zeros_like(V)), np.full((len(Q), len(K)), 1 / len(K))"""}),
+    ("03_zeroed_values", "q1", "believes the output passes the values through", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V):
+            return attention(Q, K, V), attention_weights(Q, K)"""}),
     ("03_zeroed_values", "q2", "believes the weights become uniform", {"q2_answer": 'zeroed_values_answer = "A"'}),
+    ("03_zeroed_values", "q2", "believes the output equals the input (confuses attention with the residual)",
+     {"q2_answer": 'zeroed_values_answer = "C"'}),
     ("03_zeroed_values", "q3", "believes zeroed keys zero the output", {"q3_answer": """
         def zeroed_key_experiment(Q, K, V):
             return np.zeros((len(Q), np.shape(V)[1])), attention_weights(Q, np.zeros_like(K))
+        weight_of_key_2 = 0.25"""}),
+    ("03_zeroed_values", "q3", "believes a zero key gets zero weight", {"q3_answer": """
+        def zeroed_key_experiment(Q, K, V):
+            K_zero = np.zeros_like(K)
+            return attention(Q, K_zero, V), attention_weights(Q, K_zero)
+        weight_of_key_2 = 0.0"""}),
+    ("03_zeroed_values", "q3", "zeroes the keys for the weights only, not for the output", {"q3_answer": """
+        def zeroed_key_experiment(Q, K, V):
+            return attention(Q, K, V), attention_weights(Q, np.zeros_like(K))
         weight_of_key_2 = 0.25"""}),
     ("04_cache_notation", "q1", "positions and heads counted from 0", {"q1_answer": """
         def cache_after_third_token(tau):
@@ -135,6 +200,9 @@ MISCONCEPTIONS = [
     ("04_cache_notation", "q1", "cache without the current token (off by one)", {"q1_answer": """
         def cache_after_third_token(tau):
             return {(j, h) for j in range(1, 3) for h in range(1, tau + 1)}"""}),
+    ("04_cache_notation", "q1", "only the newest token's pairs", {"q1_answer": """
+        def cache_after_third_token(tau):
+            return {(3, h) for h in range(1, tau + 1)}"""}),
     ("04_cache_notation", "q1", "calls the library's KVCache.pairs", {"q1_answer": """
         from qkv.reference import KVCache
         def cache_after_third_token(tau):
@@ -142,17 +210,14 @@ MISCONCEPTIONS = [
             for _ in range(3):
                 cache.update(np.zeros((tau, 1, 1)), np.zeros((tau, 1, 1)))
             return cache.pairs()"""}),
-    ("04_cache_notation", "q2", "chooses K_{<=2} (off by one)", {"q2_answer": 'notation_answer = "B"'}),
-    ("04_cache_notation", "q3", "off-by-one cache length (i - 1 positions)", {"q3_answer": """
-        def kv_projections(i, tau, use_cache):
-            return 2 * tau * (1 if use_cache else i - 1)
-        def total_kv_projections(n, tau, use_cache):
-            return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""}),
-    ("04_cache_notation", "q3", "counts keys but not values", {"q3_answer": """
-        def kv_projections(i, tau, use_cache):
-            return tau * (1 if use_cache else i)
-        def total_kv_projections(n, tau, use_cache):
-            return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""}),
+    ("04_cache_notation", "q2", "chooses K_{<=2} (positions counted from 0)", {"q2_answer": 'notation_answer = "B"'}),
+    ("04_cache_notation", "q2", "only the newest pair is stored", {"q2_answer": 'notation_answer = "A"'}),
+    ("04_cache_notation", "q3", "off-by-one cache length (i - 1 positions)",
+     {"q3_answer": _Q2_KEYS_VALUES.format(body="2 * tau * (1 if use_cache else i - 1)")}),
+    ("04_cache_notation", "q3", "counts keys but not values",
+     {"q3_answer": _Q2_KEYS_VALUES.format(body="tau * (1 if use_cache else i)")}),
+    ("04_cache_notation", "q3", "forgets that every head projects its own",
+     {"q3_answer": _Q2_KEYS_VALUES.format(body="2 * (1 if use_cache else i)")}),
     ("04_cache_notation", "q3", "calls the library's counts in qkv.memory", {"q3_answer": """
         from qkv import memory
         def kv_projections(i, tau, use_cache):
@@ -168,9 +233,30 @@ MISCONCEPTIONS = [
             out = attention(q_i[None, None, :], cache.keys, cache.values)[0, 0]
             cache.update(k_i[None, None, :], v_i[None, None, :])
             return out"""}),
+    ("05_cached_decoding", "q1", "caches the inputs x and recomputes every key and value", {"q1_answer": """
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            X_seen, _ = cache.update(x_i[None, None, :], x_i[None, None, :])  # (1, i, d): x_1 .. x_i
+            K, V = X_seen @ W_k, X_seen @ W_v
+            return attention((x_i @ W_q)[None, None, :], K, V)[0, 0]"""}),
+    ("05_cached_decoding", "q1", "keeps the past inputs in a list and recomputes the prefix", {"q1_answer": """
+        PAST = []
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            if cache.length == 0:
+                PAST.clear()
+            PAST.append(x_i)
+            X_seen = np.stack(PAST)
+            K, V = X_seen @ W_k, X_seen @ W_v  # every key and value again
+            cache.update(K[-1][None, None, :], V[-1][None, None, :])
+            return attention((x_i @ W_q)[None, None, :], K[None], V[None])[0, 0]"""}),
     ("05_cached_decoding", "q2", "window start not clipped at position 1", {"q2_answer": """
         def window(K, i, n_c):
             return np.asarray(K)[i - n_c:i]"""}),
+    ("05_cached_decoding", "q2", "window one position too early (leaves out k_i)", {"q2_answer": """
+        def window(K, i, n_c):
+            return np.asarray(K)[max(0, i - n_c - 1):i - 1]"""}),
+    ("05_cached_decoding", "q2", "positions counted from 0 (window one too late)", {"q2_answer": """
+        def window(K, i, n_c):
+            return np.asarray(K)[max(0, i - n_c + 1):i + 1]"""}),
     ("05_cached_decoding", "q2", "keeps the window in the library's WindowKVCache", {"q2_answer": """
         from qkv.reference import WindowKVCache
         def window(K, i, n_c):
@@ -188,17 +274,94 @@ MISCONCEPTIONS = [
                 mean = K[i] if i == 0 else (K[i] + mean) / 2
                 out[i] = mean
             return out"""}),
+    ("05_cached_decoding", "q3", "divides by the total length in every row", {"q3_answer": """
+        def running_means(K):
+            K = np.asarray(K, dtype=float)
+            return np.cumsum(K, axis=0) / len(K)"""}),
     ("05_cached_decoding", "q3", "averages with the library's CumulativeAverageMemory", {"q3_answer": """
         from qkv.reference import CumulativeAverageMemory
         def running_means(K):
             memory = CumulativeAverageMemory()
             return np.stack([memory.update(k, k)[0] for k in np.asarray(K, dtype=float)])"""}),
     ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "B"'}),
+    ("05_cached_decoding", "q4", "believes only the last average matters", {"q4_answer": 'step_10_answer = "A"'}),
+]
+
+# ---- valid answers written differently from the solution: each must get full marks -------------------
+
+ALTERNATIVES = [
+    ("01_weighted_average", "q1", "sum of products in a loop", {"q1_answer": _Q1 + "output = sum(w * v for w, v in zip(weights, values))"}),
+    ("01_weighted_average", "q2", "einsum over the item axis", {"q2_answer": """
+        def weighted_average(values, weights):
+            return np.einsum("...n,...nd->...d", np.asarray(weights, dtype=float), np.asarray(values, dtype=float))"""}),
+    ("01_weighted_average", "q3", "log-sum-exp with the row maximum", {"q3_answer": """
+        def softmax(x):
+            x = np.asarray(x, dtype=float)
+            shifted = x - np.amax(x, axis=-1, keepdims=True)
+            return np.exp(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))"""}),
+    ("02_qkv_roles", "q1", "letters in lower case with spaces", {"q1_answer": """
+        translation_answer = " b"
+        document_answer = "c " """}),
+    ("02_qkv_roles", "q2", "np.triu of a matrix of -inf", {"q2_answer": """
+        def causal_mask(n):
+            return np.triu(np.full((n, n), -np.inf), k=1)"""}),
+    ("02_qkv_roles", "q3", "einsum and an own stable softmax", {"q3_answer": """
+        def attention(q, k, v, mask=None):
+            q, k, v = (np.asarray(a, dtype=float) for a in (q, k, v))
+            scores = np.einsum("...md,...nd->...mn", q, k) / np.sqrt(q.shape[-1])
+            if mask is not None:
+                scores = scores + mask
+            e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            return np.einsum("...mn,...nd->...md", e / e.sum(axis=-1, keepdims=True), v)"""}),
+    ("03_zeroed_values", "q1", "weights by hand, output from zero values", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V):
+            scores = Q @ K.T / np.sqrt(Q.shape[-1])
+            e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            weights = e / e.sum(axis=-1, keepdims=True)
+            return weights @ np.zeros(np.shape(V)), weights"""}),
+    ("03_zeroed_values", "q2", "letter in lower case", {"q2_answer": 'zeroed_values_answer = "b"'}),
+    ("03_zeroed_values", "q3", "uniform weights written directly, a fraction", {"q3_answer": """
+        def zeroed_key_experiment(Q, K, V):
+            m, n = len(Q), len(K)
+            weights = np.full((m, n), 1.0 / n)
+            return weights @ V, weights
+        weight_of_key_2 = 1 / 4"""}),
+    ("04_cache_notation", "q1", "itertools.product", {"q1_answer": """
+        import itertools
+        def cache_after_third_token(tau):
+            return set(itertools.product(range(1, 4), range(1, tau + 1)))"""}),
+    ("04_cache_notation", "q2", "letter with spaces", {"q2_answer": 'notation_answer = " C "'}),
+    ("04_cache_notation", "q3", "closed forms", {"q3_answer": """
+        def kv_projections(i, tau, use_cache):
+            return 2 * tau if use_cache else 2 * tau * i
+        def total_kv_projections(n, tau, use_cache):
+            return 2 * tau * n if use_cache else tau * n * (n + 1)"""}),
+    ("05_cached_decoding", "q1", "copies the matrices and uses np.dot and the returned (K, V)", {"q1_answer": """
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            W_q, W_k, W_v = (np.array(W, dtype=float) for W in (W_q, W_k, W_v))
+            k_i, v_i = np.dot(x_i, W_k), np.dot(x_i, W_v)
+            K, V = cache.update(k_i.reshape(1, 1, -1), v_i.reshape(1, 1, -1))
+            scores = K[0] @ np.dot(x_i, W_q) / np.sqrt(len(x_i))
+            w = np.exp(scores - scores.max())
+            return (w / w.sum()) @ V[0]"""}),
+    ("05_cached_decoding", "q2", "list of rows by position", {"q2_answer": """
+        def window(K, i, n_c):
+            K = np.asarray(K)
+            return np.stack([K[j - 1] for j in range(max(1, i - n_c + 1), i + 1)])"""}),
+    ("05_cached_decoding", "q3", "cumulative sums", {"q3_answer": """
+        def running_means(K):
+            K = np.asarray(K, dtype=float)
+            return np.cumsum(K, axis=0) / np.arange(1, len(K) + 1)[:, None]"""}),
+    ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "c"'}),
 ]
 
 
 def misconception_student(index: int) -> str:
     return f"wrong{index:02d}"
+
+
+def alternative_student(index: int) -> str:
+    return f"valid{index:02d}"
 
 
 # ---- bad inputs, all on assignment 01 (10 points: q1 3, q2 4, q3 3) -------------------------------------
