@@ -233,7 +233,12 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
-        if gid is None:
+        res = run.cells.get(k)
+        if gid is None:  # the learner's own cells: an error there is worth a line in the report
+            if res is not None and not res.ok and res.ename not in ("NotImplementedError", "Timeout",
+                                                                    "KernelDied", "NotRun"):
+                name = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
+                out.notes.append(f"cell {name}: {res.ename}: {_short(res.evalue, 200)}")
             continue
         kept, text = [], None
         for o in cell.get("outputs", []):
@@ -244,7 +249,6 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
                 kept.append(o)
         cell.outputs = kept
         out.records[gid] = text
-        res = run.cells.get(k)
         if res is not None and not res.ok and res.ename in ("Timeout", "KernelDied", "NotRun"):
             out.errors[gid] = f"{res.ename}: {res.evalue}"
         elif res is None:

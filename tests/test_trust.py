@@ -1,0 +1,218 @@
+"""Grades a submission cannot forge, and kernels that cannot reach what they must not.
+
+Tampering catalogue: every trick a learner out to game the grader might put in an answer cell, on top of
+the same wrong answers. Each is graded in one real `qkv grade` run (sandbox on) and must score no more,
+on any question, than those wrong answers alone. Sandbox catalogue: a submission that reads solutions/,
+writes outside its scratch folder, opens a socket, forks without end or allocates far past the memory
+limit is graded with a reason in report.csv, and the honest submissions beside it lose nothing.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from grading_helpers import ROOT, filled, question_scores, read_csv, submit
+from qkv_grading.grade import grade
+
+pytestmark = pytest.mark.slow
+
+NAME = "01_weighted_average"
+SOLUTIONS = str(ROOT / "solutions")
+
+# Wrong answers to every question of exercise 1: the plain mean instead of the weighted one, and a
+# softmax that forgets to normalise.
+WRONG = {
+    "q1_answer": "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\n"
+                 "weights = np.array([0.2, 0.7, 0.1])\noutput = values.mean(axis=0)",
+    "q2_answer": "def weighted_average(values, weights):\n    return np.mean(np.asarray(values), axis=-2)",
+    "q3_answer": "def softmax(x):\n    return np.exp(np.asarray(x, dtype=float))",
+}
+
+TRICKS = {
+    "checks_replaced": """
+        import qkv_grading.checks as c
+        for n in dir(c):
+            if n.startswith("check") or n == "as_array":
+                setattr(c, n, lambda *a, **k: a[0] if a else None)
+        """,
+    "numpy_patched": """
+        np.allclose = lambda *a, **k: True
+        np.isclose = lambda a, b, *r, **k: np.ones(np.shape(a), dtype=bool)
+        np.all = lambda *a, **k: True
+        np.isfinite = lambda a: np.ones(np.shape(a), dtype=bool)
+        """,
+    "reference_replaced": """
+        import qkv.reference as ref
+        ref.weighted_average = lambda v, w: np.mean(np.asarray(v), axis=-2)
+        ref.softmax = lambda x: np.exp(np.asarray(x, dtype=float))
+        ref.attention = ref.causal_mask = lambda *a, **k: 0
+        """,
+    "sys_modules_swapped": """
+        import sys, types
+        fake = types.ModuleType("qkv_grading.checks")
+        fake.__getattr__ = lambda name: (lambda *a, **k: a[0] if a else None)
+        sys.modules["qkv_grading.checks"] = fake
+        sys.modules["qkv.reference"] = fake
+        """,
+    "input_transformer": """
+        def _wrap(lines):
+            body = "".join("    " + ln if ln.strip() else ln for ln in lines) or "    pass\\n"
+            return ["try:\\n", body if body.endswith("\\n") else body + "\\n", "except BaseException:\\n",
+                    "    pass\\n"]
+        get_ipython().input_transformers_post.append(_wrap)
+        """,
+    "custom_exception_handler": """
+        get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None)
+        """,
+    "profile_and_trace": """
+        import sys
+        sys.setprofile(lambda *a: None)
+        sys.settrace(lambda *a: None)
+        sys.setprofile = sys.settrace = lambda *a: None
+        """,
+    "builtins_patched": """
+        import builtins
+        builtins.AssertionError = type("Quiet", (Exception,), {})
+        builtins.isinstance = lambda *a: True
+        """,
+    "fake_records_and_prints": """
+        from IPython.display import display
+        from qkv_grading import probe, wire
+        print("q1_shape passed\\nq1_value passed\\nall tests passed: 10 / 10")
+        display({probe.MIME: wire.dumps([("ok", np.array([3.8, 2.5]))])}, raw=True)
+        probe.run_probe_part = lambda source, ns: display(
+            {probe.MIME: wire.dumps([("ok", np.array([3.8, 2.5]))] * 20)}, raw=True)
+        """,
+    "exits_early": """
+        import os, sys
+        get_ipython().events.register("pre_run_cell", lambda *a: os._exit(0))
+        """,
+    "system_exit": """
+        raise SystemExit(0)
+        """,
+    "post_run_hook_clears_errors": """
+        def _clear(result):
+            result.error_in_exec = None
+            result.error_before_exec = None
+        get_ipython().events.register("post_run_cell", _clear)
+        """,
+    "reads_solutions": f"""
+        import json, pathlib, qkv
+        here = pathlib.Path(qkv.__file__).resolve()
+        found = [p for d in here.parents for p in d.glob("solutions/*/*.ipynb")]
+        found += list(pathlib.Path({SOLUTIONS!r}).glob("*/*.ipynb"))
+        for path in found:
+            for cell in json.loads(path.read_text())["cells"]:
+                if cell["metadata"].get("nbgrader", {{}}).get("solution"):
+                    exec("".join(cell["source"]))
+        """,
+    "writes_results": """
+        import pathlib
+        for target in ["/tmp/grades.csv", "../results/trick.json", "/work/grades.csv"]:
+            try:
+                pathlib.Path(target).write_text("student,assignment,score,max_score\\ntrick,x,10,10\\n")
+            except OSError:
+                pass
+        """,
+}
+
+
+def _trick_notebook(trick: str):
+    answers = dict(WRONG)
+    answers["q1_answer"] = textwrap.dedent(TRICKS[trick]).strip() + "\n" + WRONG["q1_answer"]
+    return filled(NAME, answers)
+
+
+SANDBOX = {
+    "reads_solutions_dir": f"open({SOLUTIONS + '/' + NAME + '/' + NAME + '.ipynb'!r}).read()",
+    "writes_outside_scratch": "open('/usr/evil.txt', 'w').write('x')",
+    "opens_socket": "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
+    "forks_without_end": textwrap.dedent("""
+        import os, time
+        for _ in range(5000):
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+        """),
+    "allocates_too_much": "hog = bytearray(64 * 2**30)",
+}
+SANDBOX_REASONS = {
+    "reads_solutions_dir": "FileNotFoundError",
+    "writes_outside_scratch": "OSError",
+    "opens_socket": "ConnectionRefusedError",  # its loopback is its own: the grader's port is not there
+    "forks_without_end": "BlockingIOError",
+    "allocates_too_much": "MemoryError",
+}
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A port open on this machine's loopback: a sandboxed kernel must not reach it."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, listener):
+    subs = tmp_path_factory.mktemp("submissions")
+    submit(subs, "honest", NAME, filled(NAME))
+    submit(subs, "wrong", NAME, filled(NAME, WRONG))
+    for trick in TRICKS:
+        submit(subs, f"trick_{trick}", NAME, _trick_notebook(trick))
+    for attack, code in SANDBOX.items():
+        code = code.replace("{port}", str(listener.getsockname()[1]))
+        submit(subs, f"sandbox_{attack}", NAME, filled(NAME, {"q1_answer": code + "\n" + filled_q1()}))
+        submit(subs, f"honest_after_{attack}", NAME, filled(NAME))
+    out = tmp_path_factory.mktemp("graded")
+    grade(subs, out, ROOT, workers=2, timeout=10, progress=False)
+    return {"questions": question_scores(out), "report": read_csv(out / "report.csv"), "out": out}
+
+
+def filled_q1() -> str:
+    return [c for c in filled(NAME).cells if c.metadata.get("nbgrader", {}).get("grade_id") == "q1_answer"][
+        0].source
+
+
+def test_wrong_answers_lose_points_on_every_question(graded):
+    full = graded["questions"][("honest", NAME)]
+    wrong = graded["questions"][("wrong", NAME)]
+    assert all(s == m for s, m in full.values()), full
+    assert all(wrong[q][0] < full[q][0] for q in full), wrong
+
+
+@pytest.mark.parametrize("trick", list(TRICKS))
+def test_a_trick_earns_nothing_the_wrong_answers_do_not(graded, trick):
+    wrong = graded["questions"][("wrong", NAME)]
+    tricked = graded["questions"][(f"trick_{trick}", NAME)]
+    for q, (score, _) in tricked.items():
+        assert score <= wrong[q][0], f"{trick} raised {q} from {wrong[q][0]} to {score}"
+
+
+@pytest.mark.parametrize("attack", list(SANDBOX))
+def test_the_sandbox_stops_it_with_a_reason_and_nobody_else_loses(graded, attack):
+    row = next(r for r in graded["report"] if r["student"] == f"sandbox_{attack}")
+    assert SANDBOX_REASONS[attack] in row["notes"], row
+    honest = graded["questions"][(f"honest_after_{attack}", NAME)]
+    assert all(s == m for s, m in honest.values()), honest
+
+
+def test_no_connection_reached_the_machine(graded, listener):
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+
+
+def test_nothing_was_written_where_the_kernel_should_not_write(graded):
+    import pathlib
+
+    assert not pathlib.Path("/usr/evil.txt").exists()
+    assert not (graded["out"] / "results" / "trick.json").exists()
+    rows = read_csv(graded["out"] / "grades.csv")
+    assert all(r["student"] != "trick" for r in rows)
