@@ -104,9 +104,10 @@ TRICKS = {
         found = [p for d in here.parents for p in d.glob("solutions/*/*.ipynb")]
         found += list(pathlib.Path({SOLUTIONS!r}).glob("*/*.ipynb"))
         for path in found:
-            for cell in json.loads(path.read_text())["cells"]:
-                if cell["metadata"].get("nbgrader", {{}}).get("solution"):
-                    exec("".join(cell["source"]))
+            if path.name.startswith("01_"):
+                for cell in json.loads(path.read_text())["cells"]:
+                    if cell["metadata"].get("nbgrader", {{}}).get("solution"):
+                        exec("".join(cell["source"]), globals())
         """,
     "writes_results": """
         import pathlib
@@ -119,9 +120,16 @@ TRICKS = {
 }
 
 
+LAST = {"reads_solutions"}  # after the learner's own (wrong) definitions, which it would replace
+
+
 def _trick_notebook(trick: str):
     answers = dict(WRONG)
-    answers["q1_answer"] = textwrap.dedent(TRICKS[trick]).strip() + "\n" + WRONG["q1_answer"]
+    code = textwrap.dedent(TRICKS[trick]).strip()
+    if trick in LAST:
+        answers["q3_answer"] = WRONG["q3_answer"] + "\n" + code
+    else:
+        answers["q1_answer"] = code + "\n" + WRONG["q1_answer"]
     return filled(NAME, answers)
 
 
@@ -136,7 +144,7 @@ SANDBOX = {
                 time.sleep(30)
                 os._exit(0)
         """),
-    "allocates_too_much": "hog = bytearray(64 * 2**30)",
+    "allocates_too_much": "hog = np.empty(6 * 2**30, dtype=np.uint8)  # fine unsandboxed: never touched",
 }
 SANDBOX_REASONS = {
     "reads_solutions_dir": "FileNotFoundError",
