@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from qkv import cli
+from qkv_grading import cli
 
 
 def _modules_loaded_by(code: str) -> set[str]:
@@ -25,7 +25,7 @@ def test_help_lists_every_command(capsys):
 
 def test_help_does_not_import_torch_or_nbgrader():
     loaded = _modules_loaded_by(
-        "from qkv import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass")
+        "from qkv_grading import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass")
     assert "torch" not in loaded and "nbgrader" not in loaded
 
 

@@ -8,6 +8,8 @@ the check helpers, NumPy and ``qkv.reference`` are this process's own, which no 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +68,8 @@ class Judge:
         except wire.WireError as exc:
             return Verdict(False, f"what your notebook sent back for this test is not plain data ({exc})")
         namespace = self._namespace()
-        try:
-            with probe.replaying(records):
+        try:  # what a test prints here ("checked when graded", say) is for a learner's notebook, not the grader's
+            with probe.replaying(records), contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(self.tests[grade_id], f"<test {grade_id}>", "exec"), namespace)
         except AssertionError as exc:
             return Verdict(False, str(exc) or "a check failed")
