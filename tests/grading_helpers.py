@@ -72,7 +72,7 @@ def question_scores(out: Path) -> dict[tuple[str, str], dict[str, tuple[float, f
 # marks a call to the course library's own version of what the question asks for (scored 0 by policy).
 
 _Q1 = "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights = np.array([0.2, 0.7, 0.1])\n"
-_Q2_KEYS_VALUES = """
+_KV_COUNTS = """
         def kv_projections(i, tau, use_cache):
             return {body}
         def total_kv_projections(n, tau, use_cache):
@@ -213,11 +213,11 @@ MISCONCEPTIONS = [
     ("04_cache_notation", "q2", "chooses K_{<=2} (positions counted from 0)", {"q2_answer": 'notation_answer = "B"'}),
     ("04_cache_notation", "q2", "only the newest pair is stored", {"q2_answer": 'notation_answer = "A"'}),
     ("04_cache_notation", "q3", "off-by-one cache length (i - 1 positions)",
-     {"q3_answer": _Q2_KEYS_VALUES.format(body="2 * tau * (1 if use_cache else i - 1)")}),
+     {"q3_answer": _KV_COUNTS.format(body="2 * tau * (1 if use_cache else i - 1)")}),
     ("04_cache_notation", "q3", "counts keys but not values",
-     {"q3_answer": _Q2_KEYS_VALUES.format(body="tau * (1 if use_cache else i)")}),
+     {"q3_answer": _KV_COUNTS.format(body="tau * (1 if use_cache else i)")}),
     ("04_cache_notation", "q3", "forgets that every head projects its own",
-     {"q3_answer": _Q2_KEYS_VALUES.format(body="2 * (1 if use_cache else i)")}),
+     {"q3_answer": _KV_COUNTS.format(body="2 * (1 if use_cache else i)")}),
     ("04_cache_notation", "q3", "calls the library's counts in qkv.memory", {"q3_answer": """
         from qkv import memory
         def kv_projections(i, tau, use_cache):
@@ -246,6 +246,23 @@ MISCONCEPTIONS = [
             PAST.append(x_i)
             X_seen = np.stack(PAST)
             K, V = X_seen @ W_k, X_seen @ W_v  # every key and value again
+            cache.update(K[-1][None, None, :], V[-1][None, None, :])
+            return attention((x_i @ W_q)[None, None, :], K[None], V[None])[0, 0]"""}),
+    # the same two, with the matrices copied first, so the counting W_k and W_v see nothing: the cache's
+    # contents, caches filled beforehand and two caches used in turn must still catch them
+    ("05_cached_decoding", "q1", "caches the inputs x, matrices copied (unseen by the counter)", {"q1_answer": """
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            W_q, W_k, W_v = (np.array(W) for W in (W_q, W_k, W_v))
+            X_seen, _ = cache.update(x_i[None, None, :], x_i[None, None, :])
+            return attention((x_i @ W_q)[None, None, :], X_seen @ W_k, X_seen @ W_v)[0, 0]"""}),
+    ("05_cached_decoding", "q1", "past inputs in a list, matrices copied (unseen by the counter)", {"q1_answer": """
+        PAST = []
+        def decode_step(x_i, cache, W_q, W_k, W_v):
+            W_q, W_k, W_v = (np.array(W) for W in (W_q, W_k, W_v))
+            if cache.length == 0:
+                PAST.clear()
+            PAST.append(x_i)
+            K, V = np.stack(PAST) @ W_k, np.stack(PAST) @ W_v
             cache.update(K[-1][None, None, :], V[-1][None, None, :])
             return attention((x_i @ W_q)[None, None, :], K[None], V[None])[0, 0]"""}),
     ("05_cached_decoding", "q2", "window start not clipped at position 1", {"q2_answer": """
