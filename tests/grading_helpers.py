@@ -418,9 +418,13 @@ def _edit(nb, gid, text):
 # the input history (In, _ih, %history), the source of the calling frames (a function a hidden test calls),
 # linecache, and an exception message. q2's function raises on purpose (0 of 4), q3's works (3 of 3).
 PEEK_Q2 = """
-import inspect, sys
+import sys
 def weighted_average(values, weights):
-    raise ValueError(inspect.getsource(sys._getframe(2)))  # the test cell calling call_own, hidden part included
+    frame, seen = sys._getframe(1), []
+    while frame is not None:  # the probe part the grader's harness runs, hidden lines included
+        seen.append(str(frame.f_locals.get("source", "")))
+        frame = frame.f_back
+    raise ValueError("\\n".join(seen))
 """
 PEEK_Q3 = """
 import inspect, linecache
@@ -501,8 +505,9 @@ def bad_inputs(base: Path) -> dict[str, dict]:
         "os_exit": (filled(BAD, {"q1_answer": "import os\nos._exit(1)"}),
                     {"score": 7, "status": "graded", "note": "kernel died", "q": {"q1": 0}}),
         # kills the process that runs its kernel (a grading worker), whichever one it lands in, every time
+        # in the sandbox its parent is the sandbox's own init, which ignores it: the grader is out of reach
         "kills_grader": (filled(BAD, {"q1_answer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"}),
-                         {"score": 0, "status": "error", "note": "killed the grading process"}),
+                         {"score": 7, "status": "graded", "note": None, "q": {"q1": 0}}),
         "segfault": (filled(BAD, {"q3_answer": "import ctypes\nctypes.string_at(0)"}),
                      {"score": 7, "status": "graded", "note": "kernel died", "q": {"q3": 0}}),
         "huge_output": (filled(BAD, {"q1_answer": solution_sources(BAD)["q1_answer"] + "\nprint('x' * 30_000_000)\n"
