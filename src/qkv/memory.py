@@ -1,21 +1,21 @@
-"""What a KV cache costs: its size in bytes, the work it saves, and heads that share keys and values
-(chapters 4–5).
+"""What a KV cache costs: its size in bytes, the work it saves, heads that share keys
+and values, and bounded memories built from averages (chapters 4–5).
 
-A cache stores, for every layer ℓ, every key/value head and every position it holds, one key and one value
-vector of head_dim numbers. So its size is
+A cache stores, for every layer ℓ, every key/value head and every position it holds,
+one key and one value vector of head_dim numbers. So its size is
 
     bytes = 2 · n_layer · n_kv_heads · positions_held · head_dim · bytes_per_number · batch
 
 and the four caches of chapter 5 differ only in two factors:
 
-===============  ======================  =================================================
-cache            n_kv_heads              positions_held after step i
-===============  ======================  =================================================
-full             τ                       i                       (§2.3.2)
-window of n_c    τ                       min(i, n_c)             (§2.3.3.1, eq. 2.52–2.53)
-multi-query      1                       i                       (§2.3.4, eq. 2.71–2.72)
-grouped-query    g groups (g divides τ)  i                       (§2.3.4, eq. 2.73)
-===============  ======================  =================================================
+===============  ======================  ===========================  ==========
+cache            n_kv_heads              positions_held after step i  textbook
+===============  ======================  ===========================  ==========
+full             τ                       i                            §2.3.2
+window of n_c    τ                       min(i, n_c)                  §2.3.3.1
+multi-query      1                       i                            §2.3.4
+grouped-query    g groups (g divides τ)  i                            §2.3.4
+===============  ======================  ===========================  ==========
 
 Positions count from 1, as in the course.
 """
@@ -63,11 +63,15 @@ def positions_held(kind: str, i: int, n_c: int | None = None) -> int:
     return int(i)
 
 
-def cache_bytes(kind: str, i: int, *, n_layer: int, tau: int, head_dim: int, bytes_per_number: int = 4,
-                batch: int = 1, n_c: int | None = None, groups: int | None = None) -> int:
-    """Bytes a cache of ``kind`` holds after step i (see the table in the module docstring)."""
-    return (2 * _positive_int("n_layer", n_layer) * kv_heads(kind, tau, groups) * positions_held(kind, i, n_c)
-            * _positive_int("head_dim", head_dim) * _positive_int("bytes_per_number", bytes_per_number)
+def cache_bytes(kind: str, i: int, *, n_layer: int, tau: int, head_dim: int,
+                bytes_per_number: int = 4, batch: int = 1, n_c: int | None = None,
+                groups: int | None = None) -> int:
+    """Bytes a cache of ``kind`` holds after step i (see the module docstring)."""
+    return (2 * _positive_int("n_layer", n_layer)
+            * kv_heads(kind, tau, groups)
+            * positions_held(kind, i, n_c)
+            * _positive_int("head_dim", head_dim)
+            * _positive_int("bytes_per_number", bytes_per_number)
             * _positive_int("batch", batch))
 
 
@@ -170,9 +174,10 @@ def windowed_next_logits(decoder, ids, n_c: int) -> np.ndarray:
 
 
 def grouped_query_attention(q, k, v, mask=None) -> np.ndarray:
-    """Attention where τ query heads share g key/value heads: query head h reads key/value head
-    ⌈h·g/τ⌉ (heads counted from 1), i.e. each run of τ/g consecutive query heads forms one group.
-    g = τ is ordinary multi-head attention, g = 1 is multi-query attention (§2.3.4, eq. 2.71–2.73).
+    """Attention where τ query heads share g key/value heads: query head h reads
+    key/value head γ(h) = ⌈h·g/τ⌉ (heads counted from 1), i.e. each run of τ/g
+    consecutive query heads forms one group. g = τ is ordinary multi-head attention,
+    g = 1 is multi-query attention (§2.3.4, eq. 2.71–2.73).
 
     q: (..., τ, m, d_h); k, v: (..., g, n, d_h). Returns (..., τ, m, d_h).
     """
@@ -185,8 +190,9 @@ def grouped_query_attention(q, k, v, mask=None) -> np.ndarray:
     if v.shape[-3] != g:
         raise ValueError(f"k has {g} heads but v has {v.shape[-3]}; they must match")
     if tau % g:
-        raise ValueError(f"the {g} key/value heads must divide the {tau} query heads evenly")
-    # Python indices count from 0: query head h (0-based) reads key/value head h // (τ/g).
-    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, d_h): each shared head copied for its group
+        raise ValueError(
+            f"the {g} key/value heads must divide the {tau} query heads evenly")
+    # Python counts from 0: query head h (0-based) reads key/value head h // (τ/g).
+    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, d_h): a copy for each head
     v = np.repeat(v, tau // g, axis=-3)
     return attention(q, k, v, mask)
