@@ -66,7 +66,7 @@ def test_chapter_is_a_myst_notebook_that_shows_the_package_source(chapter):
 
 # The textbook places of each chapter's formulas (COURSE.md's chapter table): each must be cited.
 CITATIONS = {
-    "01_weighted_average": ["§2.1.1", "eq. 2.40"],
+    "01_weighted_average": ["§2.1.1"],
     "02_queries_keys_values": ["§2.1.1", "eq. 2.6"],
     "03_masked_multihead": ["§2.1.1", "eq. 2.6", "2.11"],
     "04_kv_cache": ["§2.3.2", "§5.1", "eq. 5.7"],

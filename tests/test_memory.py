@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from qkv.memory import (cache_bytes, grouped_query_attention, kv_heads, kv_projections, positions_held,
-                        total_kv_projections)
-from qkv.reference import KVCache, WindowKVCache, attention, causal_mask
+from qkv.config import DecoderConfig
+from qkv.gpt2 import random_state_dict
+from qkv.memory import (cache_bytes, crossover_positions, gpt2_parameter_count, grouped_query_attention,
+                        kv_heads, kv_projections, llama_parameter_count, positions_held, segment_averages,
+                        total_kv_projections, window_plus_average, windowed_next_logits)
+from qkv.reference import Decoder, KVCache, WindowKVCache, attention, causal_mask
 
 
 def _fill(cache, steps, tau=4, head_dim=8, batch=2):
@@ -51,11 +54,95 @@ def test_bad_arguments_are_rejected():
         positions_held("window", 3)
 
 
-def test_projection_counts():
-    assert [kv_projections(i, cached=False) for i in (1, 2, 3)] == [1, 2, 3]
-    assert [kv_projections(i, cached=True, tau=4, n_layer=2) for i in (1, 50)] == [8, 8]
-    assert total_kv_projections(10, cached=False) == sum(range(1, 11)) == 55
-    assert total_kv_projections(10, cached=True, tau=3) == 30
+def test_projection_counts_keys_plus_values():
+    # one projection per key and one per value, as exercise 4 counts them
+    assert [kv_projections(i, cached=False) for i in (1, 2, 3)] == [2, 4, 6]
+    assert [kv_projections(i, cached=True, tau=4, n_layer=2) for i in (1, 50)] == [16, 16]
+    assert total_kv_projections(10, cached=False) == 2 * sum(range(1, 11)) == 110
+    assert total_kv_projections(10, cached=True, tau=3) == 60
+    for n in (1, 7):
+        for cached in (True, False):
+            steps = sum(kv_projections(i, cached=cached, tau=2, n_layer=3) for i in range(1, n + 1))
+            assert total_kv_projections(n, cached=cached, tau=2, n_layer=3) == steps
+
+
+def test_projection_counts_match_what_a_decoder_caches():
+    # a cached step adds exactly kv_projections(i, cached=True) / 2 key vectors (and as many values)
+    config = DecoderConfig.tiny()
+    decoder = Decoder.from_gpt2_state_dict(random_state_dict(config), n_head=config.n_head)
+    caches = decoder.new_cache()
+    decoder.prefill(np.array([[1, 2, 3]]), caches)
+    before = sum(c.keys.size + c.values.size for c in caches) // config.head_dim
+    decoder.decode_step(np.array([4]), caches)
+    after = sum(c.keys.size + c.values.size for c in caches) // config.head_dim
+    assert after - before == kv_projections(4, cached=True, n_layer=config.n_layer, tau=config.n_head)
+
+
+def test_parameter_counts():
+    config = DecoderConfig.tiny()
+    state = random_state_dict(config)
+    tied = sum(a.size for name, a in state.items() if "lm_head" not in name)
+    assert gpt2_parameter_count(config) == tied
+    assert gpt2_parameter_count(DecoderConfig.gpt2_small()) == 124_439_808
+    # Llama-3-8B: 32 layers, width 4096, 32 query heads, 8 key/value heads, MLP 14336, vocab 128256
+    assert llama_parameter_count(vocab_size=128_256, d=4096, n_layer=32, tau=32, n_kv_heads=8,
+                                 d_ff=14_336) == 8_030_261_248
+
+
+def test_crossover_is_where_the_cache_first_holds_the_weights():
+    shape = dict(n_layer=12, head_dim=64, bytes_per_number=4)
+    weights = 4 * gpt2_parameter_count(DecoderConfig.gpt2_small())
+    n = crossover_positions(weights, n_kv_heads=12, **shape)
+    assert cache_bytes("full", n, tau=12, **shape) >= weights > cache_bytes("full", n - 1, tau=12, **shape)
+    assert n == 6752
+    assert crossover_positions(100, n_layer=1, n_kv_heads=1, head_dim=1, bytes_per_number=2) == 25
+
+
+def test_an_average_alone_returns_its_value_whatever_the_query():
+    rng = np.random.default_rng(3)
+    k, v = rng.standard_normal((20, 4)), rng.standard_normal((20, 4))
+    k_bar, v_bar = k.mean(axis=0, keepdims=True), v.mean(axis=0, keepdims=True)
+    out = attention(rng.standard_normal((5, 4)), k_bar, v_bar)
+    np.testing.assert_allclose(out, np.repeat(v_bar, 5, axis=0), atol=1e-12)
+
+
+def test_window_plus_average():
+    rng = np.random.default_rng(4)
+    k, v = rng.standard_normal((10, 3)), rng.standard_normal((10, 3))
+    K, V = window_plus_average(k, v, n_c=4)
+    assert K.shape == V.shape == (5, 3)
+    np.testing.assert_allclose(K[0], k[:6].mean(axis=0))
+    np.testing.assert_allclose(V[0], v[:6].mean(axis=0))
+    np.testing.assert_array_equal(K[1:], k[6:])
+    np.testing.assert_array_equal(V[1:], v[6:])
+    K, V = window_plus_average(k[:3], v[:3], n_c=4)
+    np.testing.assert_array_equal(K, k[:3])
+
+
+def test_segment_averages():
+    x = np.arange(14.0).reshape(7, 2)
+    np.testing.assert_allclose(segment_averages(x, 3), [[2, 3], [8, 9], [12, 13]])
+    np.testing.assert_allclose(segment_averages(x, 1), x)
+    with pytest.raises(ValueError):
+        segment_averages(x, 0)
+
+
+def test_windowed_decoding_reaches_n_layer_times_window_minus_one_back():
+    config = DecoderConfig.tiny()                       # 2 layers
+    decoder = Decoder.from_gpt2_state_dict(random_state_dict(config, std=0.3), n_head=config.n_head)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, config.vocab_size, size=(1, 20))
+    # a window wider than the text is the full cache
+    np.testing.assert_allclose(windowed_next_logits(decoder, ids, n_c=20), decoder.forward(ids)[:, -1],
+                               atol=1e-10)
+    n_c, i = 3, 20
+    reach = config.n_layer * (n_c - 1)                  # positions i−reach … i can matter
+    base = windowed_next_logits(decoder, ids, n_c)
+    for position in range(1, i + 1):
+        changed = ids.copy()
+        changed[0, position - 1] = (ids[0, position - 1] + 1) % config.vocab_size
+        differs = not np.allclose(windowed_next_logits(decoder, changed, n_c), base, atol=1e-12)
+        assert differs == (position >= i - reach), position
 
 
 def test_grouped_query_attention_equals_multi_head_with_copied_heads():
