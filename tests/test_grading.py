@@ -29,8 +29,9 @@ from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, bad_inputs, filled, hidd
 from qkv_grading import cli
 from qkv_grading import execute
 from qkv_grading.course import ASSIGNMENTS, dumps, read_notebook, source_path
-from qkv_grading.core import load_spec
-from qkv_grading.grade import GradebookWriter, _init_worker, _warm_up, grade
+from qkv_grading.spec import load_spec
+from qkv_grading.grade import grade
+from qkv_grading.workers import _init_worker, _warm_up
 
 pytestmark = pytest.mark.slow
 

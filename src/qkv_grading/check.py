@@ -48,7 +48,9 @@ def _root(args, path: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from qkv_grading.core import grade_notebook, load_spec
+    from qkv_grading.judge import judge_run
+    from qkv_grading.run import run_in_kernel
+    from qkv_grading.spec import load_spec
 
     path = Path(args.notebook)
     try:
@@ -64,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"qkv check: cannot tell which exercise {path.name} is; pass --assignment NAME", file=sys.stderr)
         return 2
     spec = load_spec(_root(args, path), name, hidden=False)
-    result = grade_notebook(nb, spec, timeout=args.timeout)
+    result = judge_run(run_in_kernel(nb, spec, timeout=args.timeout), spec)
     info = {c.get("id"): c.metadata.get("qkv", {}) for c in spec.released.cells}
 
     print(f"{name}: checking {path}")

@@ -1,0 +1,119 @@
+"""nbgrader's gradebook, written by the grading process alone: one automatic score per test cell."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def _save_cells_into(gb):
+    """nbgrader's own SaveCells, recording into the writer's open gradebook rather than a second connection
+    of its own (a subclass: nbgrader itself is left as it is)."""
+    from nbgrader.preprocessors import SaveCells
+    from nbgrader.preprocessors.base import NbGraderPreprocessor
+
+    class SaveCellsInto(SaveCells):
+        def preprocess(self, nb, resources):
+            self.notebook_id = resources["nbgrader"]["notebook"]
+            self.assignment_id = resources["nbgrader"]["assignment"]
+            self.new_grade_cells, self.new_solution_cells = {}, {}
+            self.new_task_cells, self.new_source_cells = {}, {}
+            self.gradebook = gb
+            nb, resources = NbGraderPreprocessor.preprocess(self, nb, resources)
+            self._create_notebook(nb)
+            return nb, resources
+
+    return SaveCellsInto()
+
+
+class GradebookMismatch(Exception):
+    """The gradebook holds submissions of an assignment whose cells were added or removed since."""
+
+
+def _cell_names(nb) -> dict[str, set[str]]:
+    """What nbgrader's SaveCells records of a notebook: its grade, solution, task and source cells."""
+    from nbgrader import utils
+
+    names: dict[str, set[str]] = {"test": set(), "answer": set(), "task": set(), "locked": set()}
+    for cell in nb.cells:
+        if not utils.is_grade(cell) and not utils.is_solution(cell) and not utils.is_locked(cell) \
+                and not utils.is_task(cell):
+            continue
+        gid = cell.metadata.nbgrader["grade_id"]
+        names["locked"].add(gid)
+        for kind, test in (("test", utils.is_grade), ("answer", utils.is_solution), ("task", utils.is_task)):
+            if test(cell):
+                names[kind].add(gid)
+    return names
+
+
+class GradebookWriter:
+    def __init__(self, url: str, root: Path):
+        from nbgrader.api import Gradebook
+
+        # nbgrader runs the `alembic` command of its own environment to stamp a new gradebook
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        self.url = url
+        self.gb = Gradebook(url, course_id="qkv-course")
+        self.root = root
+        self.ready: set[str] = set()
+
+    def prepare(self, name: str) -> None:
+        from qkv_grading.course import instructor_notebook, read_notebook, source_path
+
+        if name in self.ready:
+            return
+        self.gb.update_or_create_assignment(name)
+        self.gb.db.commit()
+        nb = instructor_notebook(read_notebook(source_path(self.root, name)))
+        try:
+            _save_cells_into(self.gb).preprocess(
+                nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
+            self.gb.db.commit()
+        except RuntimeError:  # nbgrader refuses to add or remove cells once there are submissions
+            self.gb.db.rollback()
+            raise GradebookMismatch(self._mismatch(name, nb)) from None
+        self.gb.db.expire_all()
+        self.ready.add(name)
+
+    def _mismatch(self, name: str, nb) -> str:
+        notebook = self.gb.find_notebook(name, name)
+        old = {"test": {c.name for c in notebook.grade_cells}, "answer": {c.name for c in notebook.solution_cells},
+               "task": {c.name for c in notebook.task_cells}, "locked": {c.name for c in notebook.source_cells}}
+        new = _cell_names(nb)
+        changes, named = [], set()
+        for kind in ("test", "answer", "task", "locked"):  # a test cell is locked too: name each cell once
+            for gid, what in [(g, "added") for g in sorted(new[kind] - old[kind])] + \
+                             [(g, "removed") for g in sorted(old[kind] - new[kind])]:
+                if gid not in named:
+                    named.add(gid)
+                    changes.append(f"{kind} cell {gid} was {what}")
+        changes = changes or ["its cells changed"]
+        return (f"assignment {name}: {'; '.join(changes)} in solutions/{name}/{name}.ipynb after the gradebook "
+                f"recorded submissions of it, and nbgrader cannot add or remove cells then. Nothing was graded; "
+                f"the gradebook keeps what it had. Undo the change, or grade into a new --out folder (or --db).")
+
+    def record(self, result: dict) -> None:
+        import warnings
+
+        from nbgrader.api import MissingEntry
+
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's add_submission, harmless
+
+        name, student = result["assignment"], result["student"]
+        self.prepare(name)
+        self.gb.update_or_create_student(student)
+        try:
+            self.gb.find_submission(name, student)
+        except MissingEntry:
+            self.gb.add_submission(name, student)
+        for t in result["tests"]:
+            grade = self.gb.find_grade(t["id"], name, name, student)
+            grade.auto_score = t["points"]  # overwritten, never added: a re-run cannot double-count
+        self.gb.db.commit()
+
+    def close(self) -> None:
+        self.gb.close()

@@ -1,0 +1,112 @@
+"""Running one submission: read it, rebuild it around the instructor's cells, and run the learner's answers
+and the probe parts of the tests in a (sandboxed) kernel. Nothing here decides a point: what the kernel
+returns travels on, as data, to ``qkv_grading.judge``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from qkv_grading import probe
+from qkv_grading.assemble import assemble
+from qkv_grading.execute import run_notebook
+from qkv_grading.results import short
+from qkv_grading.spec import Spec
+
+
+MAX_NOTEBOOK_BYTES = 50_000_000
+
+
+@dataclass
+class KernelRun:
+    """What one submission's run in a kernel produced, for the judge: plain data and the executed notebook.
+
+    ``records``: test cell id -> the text its probe part sent back (None: nothing came back);
+    ``errors``: test cell id -> how the kernel failed on it (a timeout, a crash), when it did."""
+
+    assignment: str
+    status: str
+    nb: nbformat.NotebookNode | None = None
+    records: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode:
+    """The submitted notebook, or a ``KernelRun`` that says why there is none to run."""
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("*.ipynb")) if path.parent.is_dir() else []
+        hint = f" (found instead: {', '.join(others)})" if others else ""
+        return KernelRun(spec.name, "missing", notes=[f"no notebook {path.name} in the submission{hint}"])
+    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+        return KernelRun(spec.name, "rejected",
+                         notes=[f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB"])
+    try:
+        submission = nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
+        if not isinstance(submission.get("cells"), list):
+            raise ValueError("no list of cells")
+    except Exception as exc:
+        return KernelRun(spec.name, "unreadable",
+                         notes=[f"{path.name} is not a readable notebook ({type(exc).__name__})"])
+    return submission
+
+
+def _harness(source: str) -> str:
+    """The code a test cell is replaced by in the learner's kernel: its probe part, nothing else."""
+    probe_part, _ = probe.split(source)
+    return (f"__import__('qkv_grading.probe', fromlist=['probe']).run_probe_part({probe_part!r}, "
+            f"globals())")
+
+
+def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+                  prewarm: bool = False) -> KernelRun:
+    """Run the learner's answers and the probe parts of the tests in a (sandboxed) kernel. Nothing here
+    decides a point: the kernel's results come back as data for ``judge_run``."""
+    built = assemble(submission, spec.released, spec.runnable)
+    nb = built.nb
+    tests = {t["id"] for t in spec.tests}
+
+    def test_id(cell):
+        info = cell.get("metadata", {}).get("nbgrader", {})
+        return info.get("grade_id") if info.get("grade") and info.get("grade_id") in tests else None
+
+    for cell in nb.cells:
+        if test_id(cell):
+            cell.source = _harness(cell.source)
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+    out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
+    for k, cell in enumerate(nb.cells):
+        gid = test_id(cell)
+        res = run.cells.get(k)
+        if gid is None:  # the learner's own cells: an error there is worth a line in the report
+            if res is not None and not res.ok and res.ename not in ("NotImplementedError", "Timeout",
+                                                                    "KernelDied", "NotRun"):
+                name = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
+                out.notes.append(f"cell {name}: {res.ename}: {short(res.evalue, 200)}")
+            continue
+        kept, text = [], None
+        for o in cell.get("outputs", []):
+            data = o.get("data", {}) if o.get("output_type") == "display_data" else {}
+            if probe.MIME in data:
+                text = data[probe.MIME] if isinstance(data[probe.MIME], str) else None
+            else:
+                kept.append(o)
+        cell.outputs = kept
+        out.records[gid] = text
+        if res is not None and not res.ok and res.ename in ("Timeout", "KernelDied", "NotRun"):
+            out.errors[gid] = f"{res.ename}: {res.evalue}"
+        elif res is None:
+            out.errors[gid] = "not run"
+    return out
+
+
+def run_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+             prewarm: bool = False) -> KernelRun:
+    """Read the notebook at ``path`` (which may be missing, not JSON, or damaged) and run it."""
+    submission = read_submission(Path(path), spec)
+    if isinstance(submission, KernelRun):
+        return submission
+    return run_in_kernel(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
