@@ -11,7 +11,7 @@ from qkv.bench import decode
 from qkv.config import DecoderConfig
 from qkv.gpt2 import expected_shapes
 
-TINY = ["--preset", "tiny", "--new-tokens", "8", "--uncached-tokens", "4", "--prompt", "6", "--repeats", "1"]
+TINY = ["--preset", "toy", "--new-tokens", "8", "--uncached-tokens", "4", "--prompt", "6", "--repeats", "1"]
 ROW = re.compile(r"^  (.+?)\s{2,}(-?[\d.]+(?:e[+-]?\d+)?|nan|inf)\s+(tokens/s|x|ms|GB/s|MB|%)$")
 
 
@@ -29,7 +29,7 @@ def _rows(text: str) -> dict[str, float]:
 def test_cli_prints_ratios_and_positive_finite_numbers(capsys, backend):
     assert cli.main(["bench", "decode", "--backend", backend, *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"qkv bench decode: backend {backend}, preset tiny")
+    assert out.startswith(f"qkv bench decode: backend {backend}, preset toy")
     rows = _rows(out)
     who = "torch CachedDecoder" if backend == "torch" else "NumPy Decoder"
     for name in (f"{who}, cached", f"{who}, uncached (4 new tokens)", "Hugging Face GPT-2 generate, cached",
@@ -44,7 +44,7 @@ def test_cli_prints_ratios_and_positive_finite_numbers(capsys, backend):
 
 
 def test_measure_returns_documented_keys_without_hf():
-    r = decode.measure(preset="tiny", backend="torch", prompt=4, new_tokens=6, uncached_tokens=3, repeats=1,
+    r = decode.measure(preset="toy", backend="torch", prompt=4, new_tokens=6, uncached_tokens=3, repeats=1,
                        hf=False, positions=[8, 40], device="cpu")
     assert r["hf_tokens_per_s"] is None and r["ratio_vs_hf"] is None
     assert list(r["step_ms"]) == [8, 40] and all(ms > 0 for ms in r["step_ms"].values())
@@ -53,25 +53,25 @@ def test_measure_returns_documented_keys_without_hf():
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert "Hugging Face" not in decode.format_table(r)
     # bytes per token: the weights once per step, plus the cache read so far, in float32
-    cfg = DecoderConfig.tiny()
+    cfg = DecoderConfig.toy()
     assert r["weight_bytes"] == decode.weight_bytes_per_step(cfg, 1, 4)
     assert r["weight_bytes"] < r["bytes_per_token"] < r["weight_bytes"] + decode.cache_bytes_read(cfg, 1, 10, 4)
     assert r["n_params"] == sum(math.prod(shape) for shape in expected_shapes(cfg).values())
 
 
 def test_bad_settings_are_reported(capsys):
-    assert cli.main(["bench", "decode", "--preset", "tiny", "--new-tokens", "100"]) == 2
-    assert "exceed the tiny model's n_positions=64" in capsys.readouterr().err
+    assert cli.main(["bench", "decode", "--preset", "toy", "--new-tokens", "100"]) == 2
+    assert "exceed the toy model's n_positions=64" in capsys.readouterr().err
     with pytest.raises(ValueError, match="float32 only"):
-        decode.measure(preset="tiny", backend="numpy", new_tokens=8, dtype="bfloat16")
+        decode.measure(preset="toy", backend="numpy", new_tokens=8, dtype="bfloat16")
     with pytest.raises(ValueError, match="positions must lie in"):
-        decode.measure(preset="tiny", new_tokens=8, positions=[1, 80])
+        decode.measure(preset="toy", new_tokens=8, positions=[1, 80])
 
 
 # --- the printed table ----------------------------------------------------------------------------
 def _result(**changes) -> dict:
     """A result as ``measure`` returns it, with made-up numbers (no timing)."""
-    r = {"preset": "tiny", "backend": "numpy", "device": "cpu", "dtype": "float32", "batch": 1, "prompt": 6,
+    r = {"preset": "toy", "backend": "numpy", "device": "cpu", "dtype": "float32", "batch": 1, "prompt": 6,
          "new_tokens": 8, "uncached_tokens": 4, "n_params": 12_345, "cached_tokens_per_s": 1234.56,
          "uncached_tokens_per_s": 300.0, "hf_tokens_per_s": 1000.0, "ratio_vs_hf": 1.23456,
          "ratio_cached_vs_uncached": 4.115, "step_ms": {16: 0.0123, 32: 0.5, 64: 12.0}, "bandwidth_GBps": 20.0,
@@ -100,26 +100,26 @@ def test_title_says_when_steps_read_the_whole_cache():
 
 
 def test_several_presets_print_one_table_each(capsys):
-    args = ["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "tiny", *TINY]
+    args = ["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "toy", *TINY]
     assert cli.main(args) == 0
     tables = capsys.readouterr().out.split("\n\n")
     assert len(tables) == 2
     for table in tables:
-        assert table.startswith("qkv bench decode: backend numpy, preset tiny")
+        assert table.startswith("qkv bench decode: backend numpy, preset toy")
         assert _rows(table.strip())["NumPy Decoder, cached"] > 0
 
 
 def test_every_preset_is_checked_before_the_first_measurement(capsys, monkeypatch):
     measured = []
     monkeypatch.setattr(decode, "measure", lambda **kw: measured.append(kw["preset"]) or _result(**kw))
-    args = ["bench", "decode", "--no-hf", "--new-tokens", "100", "--preset", "gpt2-small", "--preset", "tiny"]
+    args = ["bench", "decode", "--no-hf", "--new-tokens", "100", "--preset", "gpt2-small", "--preset", "toy"]
     assert cli.main(args) == 2
     assert measured == [], "gpt2-small was measured before tiny's settings were found not to fit"
-    assert "exceed the tiny model's n_positions=64" in capsys.readouterr().err
-    assert cli.main(["bench", "decode", "--no-hf", "--new-tokens", "8", "--preset", "tiny", "--preset", "small"]) == 0
-    assert measured == ["tiny", "small"]
+    assert "exceed the toy model's n_positions=64" in capsys.readouterr().err
+    assert cli.main(["bench", "decode", "--no-hf", "--new-tokens", "8", "--preset", "toy", "--preset", "small"]) == 0
+    assert measured == ["toy", "small"]
     titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("qkv bench decode:")]
-    assert [t.split("preset ")[1].split()[0] for t in titles] == ["tiny", "small"]
+    assert [t.split("preset ")[1].split()[0] for t in titles] == ["toy", "small"]
     assert cli.main(["bench", "decode", "--no-hf"]) == 0
     assert measured[-1] == "gpt2-small"  # the default stays one table, for GPT-2 small
 
@@ -127,7 +127,7 @@ def test_every_preset_is_checked_before_the_first_measurement(capsys, monkeypatc
 def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatch):
     """On a GPU a graphed step reads all prompt + new_tokens cache slots; here the CPU decoder stays eager
     and only the backend's flag is set, to check the accounting (test_torch_gpu.py runs the real thing)."""
-    kw = dict(preset="tiny", backend="torch", device="cpu", prompt=4, new_tokens=6, uncached_tokens=2, repeats=1,
+    kw = dict(preset="toy", backend="torch", device="cpu", prompt=4, new_tokens=6, uncached_tokens=2, repeats=1,
               hf=False, positions=[8, 16])
     eager = decode.measure(**kw)
     init = decode._TorchBackend.__init__
@@ -139,8 +139,8 @@ def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatc
     monkeypatch.setattr(decode._TorchBackend, "__init__", graphed_init)
     graphed = decode.measure(**kw)
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
-    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, False))
-    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, True))
+    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, False))
+    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, True))
     assert "each decode step attends over every cache slot" in decode.format_table(graphed).splitlines()[0]
 
 
@@ -165,10 +165,10 @@ def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):
 
 def test_default_new_tokens_fit_each_preset(capsys, monkeypatch):
     """Without --new-tokens every preset generates 256 tokens, or as many as its positions leave after the
-    prompt: `--preset tiny --preset gpt2-small` runs as the issue's one-run comparison asks."""
+    prompt: `--preset toy --preset gpt2-small` runs as the issue's one-run comparison asks."""
     seen = {}
     monkeypatch.setattr(decode, "measure", lambda **kw: seen.setdefault(kw["preset"], kw["new_tokens"]) and _result(**kw))
-    assert cli.main(["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "tiny", "--preset", "gpt2-small"]) == 0
-    assert seen == {"tiny": 64 - 16, "gpt2-small": 256}
-    assert cli.main(["bench", "decode", "--no-hf", "--prompt", "64", "--preset", "tiny"]) == 2
-    assert "exceed the tiny model's n_positions=64" in capsys.readouterr().err
+    assert cli.main(["bench", "decode", "--backend", "numpy", "--no-hf", "--preset", "toy", "--preset", "gpt2-small"]) == 0
+    assert seen == {"toy": 64 - 16, "gpt2-small": 256}
+    assert cli.main(["bench", "decode", "--no-hf", "--prompt", "64", "--preset", "toy"]) == 2
+    assert "exceed the toy model's n_positions=64" in capsys.readouterr().err

@@ -138,7 +138,7 @@ def test_state_dict_problems_are_all_named(small_state_dict):
 
 
 def test_accepts_gpt2model_names_without_prefix():
-    cfg = DecoderConfig.tiny()
+    cfg = DecoderConfig.toy()
     sd = random_state_dict(cfg, seed=1)
     bare = {k.removeprefix("transformer."): v for k, v in sd.items()}
     ids = np.arange(5)[None]
@@ -149,7 +149,7 @@ def test_accepts_gpt2model_names_without_prefix():
 # --- a broken state dict: one ValueError that names every problem -------------------------------------
 @pytest.fixture
 def tiny_sd():
-    return random_state_dict(DecoderConfig.tiny(), seed=1)
+    return random_state_dict(DecoderConfig.toy(), seed=1)
 
 
 def _problems(sd, **kwargs) -> str:

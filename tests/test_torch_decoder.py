@@ -300,7 +300,7 @@ def test_state_dict_problems_are_all_named(state_dict):
 
 
 def test_device_none_picks_cuda_only_when_present():
-    sd = random_state_dict(DecoderConfig.tiny(), seed=1)
+    sd = random_state_dict(DecoderConfig.toy(), seed=1)
     d = CachedDecoder.from_gpt2_state_dict(sd, n_head=4)
     assert d.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -124,12 +124,12 @@ def test_bench_bound_counts_every_cache_slot_with_cuda_graphs(torch):
     """A graphed decode step attends over every slot of its cache, so the bound counts them all."""
     from qkv.bench import decode
 
-    kw = dict(preset="tiny", backend="torch", device="cuda", prompt=4, new_tokens=6, uncached_tokens=2,
+    kw = dict(preset="toy", backend="torch", device="cuda", prompt=4, new_tokens=6, uncached_tokens=2,
               repeats=1, hf=False, positions=[8, 16])
     graphed, eager = decode.measure(cuda_graph=True, **kw), decode.measure(cuda_graph=False, **kw)
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
     assert "CUDA graph" in decode.format_table(graphed) and "CUDA graph" not in decode.format_table(eager)
     from test_bench_decode import expected_bytes_per_token
 
-    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, False))
-    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.tiny(), 4, 6, True))
+    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, False))
+    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, True))

@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, positive_int, require_ndim
-
-_LAYOUT = "(..., tau, n_new, head_dim)"
+from qkv import checks
 
 
 class _PositionStore:
     """Shared checks for caches that take (..., τ, n_new, head_dim) keys and values."""
 
     def __init__(self) -> None:
-        self.length = 0  # i: positions seen so far
+        self._length = 0  # i: positions seen so far; only the cache moves it
         self._frame: tuple[tuple[int, ...], np.dtype] | None = None  # shape without the positions axis
 
+    @property
+    def length(self) -> int:
+        """i: the positions seen so far (an explicit counter, never read off the contents)."""
+        return self._length
+
     def _check(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        k = as_float_array("k", k)
-        v = as_float_array("v", v)
-        require_ndim("k", k, 3, _LAYOUT)
-        require_ndim("v", v, 3, _LAYOUT)
-        if k.shape != v.shape:
-            raise ValueError(f"k and v must have the same shape {_LAYOUT}; got k {k.shape}, v {v.shape}")
+        k, v = checks.new_keys_and_values(k, v)
         frame = k.shape[:-2] + k.shape[-1:]
         if self._frame is None:
             self._frame = (frame, np.result_type(k, v))
@@ -47,7 +45,7 @@ class _PositionStore:
 
     def reset(self) -> None:
         """Forget every position (the counter goes back to 0)."""
-        self.length = 0
+        self._length = 0
         self._frame = None
 
 
@@ -61,7 +59,8 @@ class KVCache(_PositionStore):
 
     def __init__(self, max_positions: int | None = None) -> None:
         super().__init__()
-        self.max_positions = None if max_positions is None else positive_int("max_positions", max_positions)
+        self.max_positions = None if max_positions is None else checks.positive_int("max_positions",
+                                                                              max_positions)
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
@@ -90,8 +89,12 @@ class KVCache(_PositionStore):
             self._allocate(frame, dtype, capacity)
         self._k[..., self.length : end, :] = k
         self._v[..., self.length : end, :] = v
-        self.length = end
+        self._length = end
         return self.keys, self.values
+
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` and forget the rest (to redo a step, or time one)."""
+        self._length = checks.truncated_length(length, self.length)
 
     @property
     def keys(self) -> np.ndarray:
@@ -132,7 +135,7 @@ class WindowKVCache(_PositionStore):
 
     def __init__(self, n_c: int) -> None:
         super().__init__()
-        self.n_c = positive_int("n_c (the window size)", n_c)
+        self.n_c = checks.positive_int("n_c (the window size)", n_c)
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
@@ -144,7 +147,7 @@ class WindowKVCache(_PositionStore):
         else:
             self._k = np.concatenate([self._k, k], axis=-2)[..., -self.n_c :, :]
             self._v = np.concatenate([self._v, v], axis=-2)[..., -self.n_c :, :]
-        self.length += k.shape[-2]
+        self._length += k.shape[-2]
         return self._k, self._v
 
     @property
@@ -187,14 +190,13 @@ class CumulativeAverageMemory:
     """
 
     def __init__(self) -> None:
-        self.length = 0
+        self._length = 0
         self.keys: np.ndarray | None = None  # k̄_i
         self.values: np.ndarray | None = None  # v̄_i
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
         """Take the key and value of one new position; return (k̄_i, v̄_i)."""
-        k = as_float_array("k", k)
-        v = as_float_array("v", v)
+        k, v = checks.float_array("k", k), checks.float_array("v", v)
         if self.keys is not None and (k.shape != self.keys.shape or v.shape != self.values.shape):
             raise ValueError(
                 f"this memory averages keys of shape {self.keys.shape} and values of shape {self.values.shape}; "
@@ -206,9 +208,64 @@ class CumulativeAverageMemory:
         else:
             self.keys = (k + (i - 1) * self.keys) / i
             self.values = (v + (i - 1) * self.values) / i
-        self.length = i
+        self._length = i
         return self.keys, self.values
 
+    @property
+    def length(self) -> int:
+        """i: the positions averaged so far."""
+        return self._length
+
     def reset(self) -> None:
-        self.length = 0
+        self._length = 0
         self.keys = self.values = None
+
+
+class DecoderCache:
+    """The cache of a whole decoder: cache_ℓ for every layer ℓ, all for one batch and one length.
+
+    ``layers[ℓ]`` is layer ℓ's cache; each has ``update(k, v) -> (K, V)`` with k, v laid out as
+    (batch, τ, n_new, head_dim). The NumPy decoder's caches are ``KVCache``; the torch decoder's
+    ``StaticKVCache`` has this same shape. Each layer counts its own positions; ``length`` says how
+    many all of them hold. Built by the decoders' ``new_cache(batch, max_positions)``.
+    """
+
+    def __init__(self, layers: list, batch: int) -> None:
+        self.layers = layers
+        self.max_batch = checks.positive_int("batch", batch)  # a smaller batch uses part of it
+
+    @property
+    def batch(self) -> int | None:
+        """The batch in use: None while empty, else fixed by the first prefill after a reset."""
+        return None if self.length == 0 else self.layers[0].keys.shape[0]
+
+    def __getitem__(self, layer: int):
+        return self.layers[layer]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def length(self) -> int:
+        """i: the positions held, the same in every layer (a mismatch is a bug, and says so)."""
+        lengths = {c.length for c in self.layers}
+        if len(lengths) != 1:
+            raise ValueError(f"the per-layer caches disagree on their length: {sorted(lengths)}")
+        return lengths.pop()
+
+    @property
+    def max_positions(self) -> int:
+        return self.layers[0].max_positions
+
+    def reset(self) -> None:
+        for c in self.layers:
+            c.reset()
+
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` in every layer (to redo a step at a chosen position)."""
+        for c in self.layers:
+            c.truncate(length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers)
