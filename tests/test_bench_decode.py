@@ -7,7 +7,7 @@ import re
 import pytest
 
 from qkv import cli
-from qkv.bench import decode
+from qkv_bench import decode
 from qkv.config import DecoderConfig
 from qkv.gpt2 import expected_shapes
 

@@ -122,7 +122,7 @@ def test_generate_into_a_given_cache_on_gpu(torch, state_dict, prompts):
 
 def test_bench_bound_counts_every_cache_slot_with_cuda_graphs(torch):
     """A graphed decode step attends over every slot of its cache, so the bound counts them all."""
-    from qkv.bench import decode
+    from qkv_bench import decode
 
     kw = dict(preset="toy", backend="torch", device="cuda", prompt=4, new_tokens=6, uncached_tokens=2,
               repeats=1, hf=False, positions=[8, 16])

@@ -221,6 +221,22 @@ def square_weights(x: np.ndarray, **weights) -> None:
                              f"got {np.shape(w)}")
 
 
+def grouped_heads(q, k, v) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q (..., τ, m, head_dim) and k, v (..., g, n, head_dim), with g dividing τ."""
+    q, k, v = (float_array(name, x, finite=True) for name, x in (("q", q), ("k", k), ("v", v)))
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        ndim_at_least(name, x, 3, "(..., heads, positions, head_dim)")
+    tau, g = q.shape[-3], k.shape[-3]
+    if v.shape[-3] != g:
+        raise ValueError(f"k has {g} heads but v has {v.shape[-3]}; they must match")
+    if tau % g:
+        raise ValueError(f"the {g} key/value heads must divide the {tau} query heads evenly")
+    keys_and_values(k, v)
+    q_, k_ = q[..., :1, :, :], k[..., :1, :, :]  # one head of each: d and the leading axes must agree
+    queries_and_keys(q_, k_)
+    return q, k, v
+
+
 # --- caches (chapters 4–5) ---------------------------------------------------------------------------
 CACHE_LAYOUT = "(..., tau, n_new, head_dim)"
 
@@ -277,3 +293,93 @@ def decoder_cache(cache, cache_type: type, config, batch: int, n: int) -> int:
     model_room(start, n, config)
     room(start, n, cache.max_positions, f"the cache's max_positions={cache.max_positions}")
     return start
+
+
+def static_cache_update(cache, k, v) -> None:
+    """k and v for a torch ``LayerKVCache``: (batch, τ, n_new, head_dim), fitting its tensors."""
+    layout = "(batch, tau, n_new, head_dim)"
+    if k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"k and v must both be laid out as {layout}; got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    b, tau, n_new, head_dim = k.shape
+    max_b, max_tau, _, max_head_dim = cache.k.shape
+    if (tau, head_dim) != (max_tau, max_head_dim):
+        raise ValueError(f"this cache holds τ={max_tau} heads of head_dim={max_head_dim}; "
+                         f"got k of shape {tuple(k.shape)}")
+    if b > max_b:
+        raise ValueError(f"a batch of {b} sequences is larger than the batch of {max_b} this "
+                         f"cache was built for")
+    if cache.length and b != cache.keys.shape[0]:
+        raise ValueError(f"the cache holds a batch of {cache.keys.shape[0]} sequences; got {b}")
+    if cache.length + n_new > cache.max_positions:
+        raise ValueError(f"the KV cache is full: it holds {cache.length} of max_positions="
+                         f"{cache.max_positions} positions and cannot take {n_new} more")
+
+
+# --- the torch decoder (chapter 6); torch is imported only when these run ----------------------------
+def device(device=None):
+    """A torch device; ``None`` means CUDA when present, else the CPU. Asking for CUDA where there is
+    none is a ValueError that says so, rather than PyTorch's AssertionError at the first tensor."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', "
+                         f"got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available ({why}); "
+                         "use device='cpu', or device=None to use CUDA only where it is present")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} "
+                         f"GPU(s) are visible")
+    return device
+
+
+def float_dtype(dtype):
+    """torch.float32, bfloat16 or float16, given as a dtype or by name."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if isinstance(dtype, str) and dtype in dtypes:
+        return dtypes[dtype]
+    if dtype in dtypes.values():
+        return dtype
+    raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+
+
+def cache_place(cache, dtype, device) -> None:
+    if cache.dtype != dtype or cache.device != device:
+        raise ValueError(f"the cache holds {cache.dtype} on {cache.device} but this decoder computes "
+                         f"in {dtype} on {device}; use decoder.new_cache(batch)")
+
+
+def cache_room_for(cache, cache_type: type, n_layer: int, batch: int, n: int, total: int) -> None:
+    """Before generating into a given cache: will the whole run fit? (Else it fails part-way.)"""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be a {cache_type.__name__} of {n_layer} layers; "
+                        f"got {type(cache).__name__}")
+    short = []
+    if cache.max_positions < total:
+        short.append(f"{total} positions (prompt {n} + {total - n} new tokens) but it has room for "
+                     f"{cache.max_positions}")
+    if cache.max_batch < batch:
+        short.append(f"a batch of {batch} sequences but it was built for {cache.max_batch}")
+    if short:
+        raise ValueError(f"the cache is too small for this generation: it needs "
+                         f"{' and '.join(short)}; use decoder.new_cache({batch}, {total})")
+
+
+def sampling(temperature, top_k, seed) -> tuple[float, int | None, int | None]:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
+        raise TypeError(f"temperature must be a number ≥ 0, got {temperature!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be a number ≥ 0, got {temperature!r}")
+    top_k = None if top_k is None else positive_int("top_k", top_k)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an int or None, got {seed!r} (of type {type(seed).__name__})")
+    return float(temperature), top_k, None if seed is None else int(seed)

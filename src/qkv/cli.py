@@ -17,7 +17,7 @@ COMMANDS = {
     "grade": ("qkv.grading.grade", "autograde a folder of submissions into a gradebook and CSVs"),
 }
 BENCHES = {
-    "decode": ("qkv.bench.decode", "tokens/s of cached vs uncached decoding, beside Hugging Face GPT-2"),
+    "decode": ("qkv_bench.decode", "tokens/s of cached vs uncached decoding, beside Hugging Face GPT-2"),
     "grade": ("qkv.bench.grade", "seconds per notebook of qkv grade vs plain nbgrader autograde"),
 }
 

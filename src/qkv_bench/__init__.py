@@ -1,0 +1,1 @@
+"""Benchmarks of the qkv course: they print ratios measured side by side in one run."""
