@@ -1,4 +1,4 @@
-"""`qkv bench decode` on the tiny preset: the table has its rows, and every number in it is a real,
+"""`qkv bench decode` on the toy preset: the table has its rows, and every number in it is a real,
 positive, finite measurement (not the speed goals: timings on a shared machine are not test material)."""
 
 import math
@@ -9,7 +9,7 @@ import pytest
 from qkv import cli
 from qkv_bench import decode
 from qkv.config import DecoderConfig
-from qkv.gpt2 import expected_shapes
+from qkv.gpt2 import expected_shapes, random_state_dict
 
 TINY = ["--preset", "toy", "--new-tokens", "8", "--uncached-tokens", "4", "--prompt", "6", "--repeats", "1"]
 ROW = re.compile(r"^  (.+?)\s{2,}(-?[\d.]+(?:e[+-]?\d+)?|nan|inf)\s+(tokens/s|x|ms|GB/s|MB|%)$")
@@ -52,10 +52,11 @@ def test_measure_returns_documented_keys_without_hf():
                 "bytes_per_token", "bound_tokens_per_s", "bound_fraction"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert "Hugging Face" not in decode.format_table(r)
-    # bytes per token: the weights once per step, plus the cache read so far, in float32
+    # bytes per token: the weights once per step (28640 float32 numbers, see test_expected_bytes_by_hand),
+    # plus the cache read so far
     cfg = DecoderConfig.toy()
-    assert r["weight_bytes"] == decode.weight_bytes_per_step(cfg, 1, 4)
-    assert r["weight_bytes"] < r["bytes_per_token"] < r["weight_bytes"] + decode.cache_bytes_read(cfg, 1, 10, 4)
+    assert r["weight_bytes"] == 4 * 28640
+    assert r["bytes_per_token"] == pytest.approx(expected_bytes_per_token(cfg, 4, 6, False))
     assert r["n_params"] == sum(math.prod(shape) for shape in expected_shapes(cfg).values())
 
 
@@ -81,7 +82,7 @@ def _result(**changes) -> dict:
 
 
 def test_small_numbers_keep_significant_digits():
-    """The tiny preset reaches ~0.001 % of the bound; one decimal would print 0.0 (the old flaky failure)."""
+    """The toy preset reaches ~0.001 % of the bound; one decimal would print 0.0 (the old flaky failure)."""
     r = _result()
     rows = _rows(decode.format_table(r))
     assert rows["fraction of the bound reached"] == pytest.approx(100 * r["bound_fraction"], rel=0.01)
@@ -114,7 +115,7 @@ def test_every_preset_is_checked_before_the_first_measurement(capsys, monkeypatc
     monkeypatch.setattr(decode, "measure", lambda **kw: measured.append(kw["preset"]) or _result(**kw))
     args = ["bench", "decode", "--no-hf", "--new-tokens", "100", "--preset", "gpt2-small", "--preset", "toy"]
     assert cli.main(args) == 2
-    assert measured == [], "gpt2-small was measured before tiny's settings were found not to fit"
+    assert measured == [], "gpt2-small was measured before toy's settings were found not to fit"
     assert "exceed the toy model's n_positions=64" in capsys.readouterr().err
     assert cli.main(["bench", "decode", "--no-hf", "--new-tokens", "8", "--preset", "toy", "--preset", "small"]) == 0
     assert measured == ["toy", "small"]
@@ -145,14 +146,26 @@ def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatc
 
 
 def expected_bytes_per_token(cfg, prompt: int, new_tokens: int, graphed: bool, element_size: int = 4) -> float:
-    """Bytes one generated token reads, batch 1: the prefill reads the weights; each decode step (positions
-    prompt+1 … prompt+new_tokens-1) reads them again plus the cache so far, or with a CUDA graph the whole
-    cache of prompt + new_tokens slots. (test_torch_gpu.py checks the GPU run against this too.)"""
-    w = decode.weight_bytes_per_step(cfg, 1, element_size)
+    """Bytes one generated token reads, batch 1, counted here from the tensors of a GPT-2 state dict and
+    not from the benchmark's own helpers: a step reads every weight except the two embedding tables, the
+    tied (d, vocab) output layer, one row of each table, and the cached k, v of every layer so far (with
+    a CUDA graph, all prompt + new_tokens slots). The prefill reads the weights once; decode steps run at
+    positions prompt+1 … prompt+new_tokens−1. (test_torch_gpu.py checks the GPU run against this too.)"""
+    sd = random_state_dict(cfg)
+    tables = {"transformer.wte.weight", "transformer.wpe.weight"}
+    d = cfg.n_embd
+    weights = sum(v.size for k, v in sd.items() if k not in tables) + sd["transformer.wte.weight"].size + 2 * d
     total = prompt + new_tokens
-    steps = range(prompt + 1, total)
-    return (w + sum(w + decode.cache_bytes_read(cfg, 1, total if graphed else p, element_size) for p in steps)) \
-        / new_tokens
+    cached = sum(2 * cfg.n_layer * d * (total if graphed else p) for p in range(prompt + 1, total))
+    return element_size * (weights * (total - prompt) + cached) / new_tokens
+
+
+def test_expected_bytes_by_hand():
+    """The toy shape (d=32, 2 layers, f=128, vocab 97) by hand: a block reads 4·32 (LayerNorms) + 32·96+96
+    + 32·32+32 + 32·128+128 + 128·32+32 = 12704 numbers; a step 2·12704 + 64 (ln_f) + 32·97 + 2·32."""
+    assert expected_bytes_per_token(DecoderConfig.toy(), 4, 1, False) == 4 * (2 * 12704 + 64 + 32 * 97 + 64)
+    # two tokens: the prefill, then one step at position 5 reading 5 cached positions of 2 layers × (k, v)
+    assert expected_bytes_per_token(DecoderConfig.toy(), 4, 2, False) == 4 * (2 * 28640 + 2 * 2 * 32 * 5) / 2
 
 
 def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):

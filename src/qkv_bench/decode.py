@@ -144,13 +144,13 @@ class _NumpyBackend:
         cache = self.decoder.new_cache(ids.shape[0], max(positions))
         self.decoder.prefill(ids[:, : max(positions) - 1], cache)
         out = {}
-        for p in positions:
+        for p in sorted(positions, reverse=True):  # truncate can only shorten the filled cache
             def step() -> None:
                 cache.truncate(p - 1)  # forget the positions after p−1: the step writes k_p, v_p again
                 self.decoder.decode_step(ids[:, -1], cache)
             step()
             out[p] = best_time(step, max(repeats, 3))
-        return out
+        return dict(sorted(out.items()))
 
 
 class _HuggingFace:
