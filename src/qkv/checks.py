@@ -139,20 +139,17 @@ def weights_and_values(values, weights) -> tuple[np.ndarray, np.ndarray]:
     return values, weights
 
 
-def scores(x) -> np.ndarray:
+def scores(x, axis: int = -1) -> np.ndarray:
     """Scores for a softmax: finite or −inf (a masked key), and no row −inf everywhere."""
     x = float_array("x", x)
     if x.ndim == 0:
         raise ValueError("x must have at least one axis to normalise over; got a scalar")
     if np.isposinf(x).any():  # exp(+inf − +inf) would be NaN
         raise ValueError("softmax: x contains +inf; scores must be finite or -inf (a masked key)")
-    return x
-
-
-def scores_rows(x: np.ndarray, axis: int) -> None:
     if np.isneginf(np.max(x, axis=axis)).any():
         raise ValueError("softmax: a row of x is -inf everywhere (a mask that hides every key?); "
                          "nothing to normalise")
+    return x
 
 
 def queries_and_keys(q, k) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +176,7 @@ def keys_and_values(k, v) -> np.ndarray:
     return v
 
 
-def mask(mask, scores_shape: tuple[int, ...]) -> np.ndarray | None:
+def additive_mask(mask, scores_shape: tuple[int, ...]) -> np.ndarray | None:
     """An additive mask (0 / −inf) of shape (m, n) or the scores' own, or a boolean one (True: may
     attend), as an additive array; None stays None."""
     if mask is None:
@@ -199,6 +196,15 @@ def mask(mask, scores_shape: tuple[int, ...]) -> np.ndarray | None:
 
 def scores_shape(q: np.ndarray, k: np.ndarray) -> tuple[int, ...]:
     return q.shape[:-1] + k.shape[-2:-1]  # (..., m, n)
+
+
+def attention_inputs(q, k, v=None, mask=None) -> tuple:
+    """The arguments of attention (q, k, v, mask) or of attention_weights (q, k, mask), checked."""
+    q, k = queries_and_keys(q, k)
+    if v is not None:
+        v = keys_and_values(k, v)
+    mask = additive_mask(mask, scores_shape(q, k))
+    return (q, k, mask) if v is None else (q, k, v, mask)
 
 
 def heads_of(name: str, x, tau) -> tuple[np.ndarray, int]:

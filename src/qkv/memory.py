@@ -99,4 +99,4 @@ def grouped_query_attention(q, k, v, mask=None) -> np.ndarray:
     # Python indices count from 0: query head h (0-based) reads key/value head h // (τ/g).
     k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, head_dim): each shared head copied for its group
     v = np.repeat(v, tau // g, axis=-3)
-    return attend(q, k, v, checks.mask(mask, checks.scores_shape(q, k)))
+    return attend(q, k, v, checks.additive_mask(mask, checks.scores_shape(q, k)))

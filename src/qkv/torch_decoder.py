@@ -182,22 +182,20 @@ class CachedDecoder(nn.Module):
 
     @torch.inference_mode()
     def prefill(self, ids, cache: StaticKVCache) -> torch.Tensor:
-        """Run the prompt (batch, n) in one pass, writing its keys and values into ``cache``;
-        returns logits (batch, n, vocab)."""
+        """Run the prompt (batch, n) in one pass, writing its keys and values into
+        ``cache``; returns logits (batch, n, vocab)."""
         ids = self._checked(ids, cache)
         return self.logits(ids, cache)
 
     @torch.inference_mode()
     def decode_step(self, token_ids, cache: StaticKVCache) -> torch.Tensor:
-        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token logits
-        (batch, vocab). Only this position's key and value are computed; the rest come from ``cache``."""
-        ids = self._checked(checks.one_token_each(token_ids, self.config.vocab_size), cache)
-        if self.uses_cuda_graph:
-            from qkv.torch_fast import GraphedDecodeStep
-
-            if self._graph is None or not self._graph.fits(cache, ids.shape[0]):
-                self._graph = GraphedDecodeStep(self, cache, ids.shape[0])
-            return self._graph(ids[:, 0]).clone()  # the replay's output is overwritten next
+        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token
+        logits (batch, vocab). Only this position's key and value are computed; the
+        earlier ones are read from ``cache``."""
+        vocab_size = self.config.vocab_size
+        ids = self._checked(checks.one_token_each(token_ids, vocab_size), cache)
+        if self.uses_cuda_graph:  # the speed path: the same step, replayed (qkv.torch_fast)
+            return self._replay(ids[:, 0], cache)
         return self.logits(ids, cache)[:, -1]
 
     @torch.inference_mode()
@@ -235,6 +233,13 @@ class CachedDecoder(nn.Module):
         for t in range(n + 1, total):
             out[:, t] = pick(self.decode_step(out[:, t - 1], cache))
         return out
+
+    def _replay(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        from qkv.torch_fast import GraphedDecodeStep
+
+        if self._graph is None or not self._graph.fits(cache, token.shape[0]):
+            self._graph = GraphedDecodeStep(self, cache, token.shape[0])
+        return self._graph(token).clone()  # the replay's output is overwritten by the next
 
     def _checked(self, ids, cache: StaticKVCache | None) -> torch.Tensor:
         """ids as a (batch, n) int64 tensor on this decoder's device, checked against the vocabulary,

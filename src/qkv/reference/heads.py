@@ -47,7 +47,7 @@ def multi_head_attention(x, W_q, W_k, W_v, W_o, tau: int, mask=None) -> np.ndarr
     x, tau = checks.heads_of("x", x, tau)
     checks.square_weights(x, W_q=W_q, W_k=W_k, W_v=W_v, W_o=W_o)
     n = x.shape[-2]
-    mask = checks.mask(mask, x.shape[:-2] + (tau, n, n))
+    mask = checks.additive_mask(mask, x.shape[:-2] + (tau, n, n))
     q = _split_heads(x @ W_q, tau)  # (..., τ, n, head_dim)
     k = _split_heads(x @ W_k, tau)
     v = _split_heads(x @ W_v, tau)

@@ -30,14 +30,8 @@ def weighted_average(values, weights) -> np.ndarray:
 
 def softmax(x, axis: int = -1) -> np.ndarray:
     """exp(x) / Σ exp(x) along ``axis``. −inf is allowed (a masked score: its weight is 0)."""
-    x = checks.scores(x)
-    checks.scores_rows(x, axis)
-    return _softmax(x, axis)
-
-
-def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    # Subtracting the row maximum keeps exp from overflowing; it cancels in the ratio.
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    x = checks.scores(x, axis)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))  # the shift cancels; it keeps exp finite
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
@@ -63,12 +57,7 @@ def attention_weights(q, k, mask=None) -> np.ndarray:
     q: (..., m, d) queries, k: (..., n, d) keys, mask: additive (0 / −∞) of shape (m, n) or
     (..., m, n), or boolean with True where a query may attend. Returns (..., m, n); rows sum to 1.
     """
-    q, k = checks.queries_and_keys(q, k)
-    mask = checks.mask(mask, checks.scores_shape(q, k))
-    return _attention_weights(q, k, mask)
-
-
-def _attention_weights(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    q, k, mask = checks.attention_inputs(q, k, mask=mask)
     scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., m, n)
     if mask is not None:
         scores = scores + mask
@@ -81,12 +70,18 @@ def attention(q, k, v, mask=None) -> np.ndarray:
 
     q: (..., m, d), k: (..., n, d), v: (..., n, d_v). Returns (..., m, d_v).
     """
-    q, k = checks.queries_and_keys(q, k)
-    v = checks.keys_and_values(k, v)
-    mask = checks.mask(mask, checks.scores_shape(q, k))
+    q, k, v, mask = checks.attention_inputs(q, k, v, mask)
     return attend(q, k, v, mask)
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """``attention`` without the checks, for arrays already known to fit (the decoders' inner loop)."""
-    return _attention_weights(q, k, mask) @ v
+    """Softmax(Q Kᵀ/√d + Mask) V without the checks, for arrays known to fit (the decoders' loops)."""
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., m, n)
+    if mask is not None:
+        scores = scores + mask
+    return _softmax(scores) @ v  # (..., m, d_v)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
