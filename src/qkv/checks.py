@@ -227,8 +227,9 @@ def square_weights(x: np.ndarray, **weights) -> None:
                              f"got {np.shape(w)}")
 
 
-def grouped_heads(q, k, v) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """q (..., τ, m, head_dim) and k, v (..., g, n, head_dim), with g dividing τ."""
+def grouped_heads(q, k, v, mask=None) -> tuple:
+    """q (..., τ, m, head_dim) and k, v (..., g, n, head_dim), with g dividing τ; and the
+    mask as an additive array."""
     q, k, v = (float_array(name, x, finite=True) for name, x in (("q", q), ("k", k), ("v", v)))
     for name, x in (("q", q), ("k", k), ("v", v)):
         ndim_at_least(name, x, 3, "(..., heads, positions, head_dim)")
@@ -238,9 +239,9 @@ def grouped_heads(q, k, v) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if tau % g:
         raise ValueError(f"the {g} key/value heads must divide the {tau} query heads evenly")
     keys_and_values(k, v)
-    q_, k_ = q[..., :1, :, :], k[..., :1, :, :]  # one head of each: d and the leading axes must agree
+    q_, k_ = q[..., :1, :, :], k[..., :1, :, :]  # one head each: d and the leading axes agree
     queries_and_keys(q_, k_)
-    return q, k, v
+    return q, k, v, additive_mask(mask, q.shape[:-1] + k.shape[-2:-1])
 
 
 # --- caches (chapters 4–5) ---------------------------------------------------------------------------
@@ -255,6 +256,21 @@ def new_keys_and_values(k, v) -> tuple[np.ndarray, np.ndarray]:
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape {CACHE_LAYOUT}; got k {k.shape}, v {v.shape}")
     return k, v
+
+
+def averaged(k, v, keys, values) -> tuple[np.ndarray, np.ndarray]:
+    """A key and value for a running average of keys and values of the same shapes."""
+    k, v = float_array("k", k), float_array("v", v)
+    if keys is not None and (k.shape != keys.shape or v.shape != values.shape):
+        raise ValueError(f"this memory averages keys of shape {keys.shape} and values of shape "
+                         f"{values.shape}; got k {k.shape}, v {v.shape}")
+    return k, v
+
+
+def cache_room(length: int, n_new: int, max_positions: int | None) -> None:
+    if max_positions is not None and length + n_new > max_positions:
+        raise ValueError(f"KVCache is full: it holds {length} of max_positions={max_positions} "
+                         f"positions and cannot take {n_new} more")
 
 
 def truncated_length(length, held: int) -> int:

@@ -61,7 +61,7 @@ def positions_held(kind: str, i: int, n_c: int | None = None) -> int:
 def cache_bytes(kind: str, i: int, *, n_layer: int, tau: int, head_dim: int,
                 bytes_per_number: int = 4, batch: int = 1, n_c: int | None = None,
                 groups: int | None = None) -> int:
-    """Bytes a cache of ``kind`` holds after step i (see the table in the module docstring)."""
+    """Bytes a cache of ``kind`` holds after step i (see the module's table)."""
     n_layer, head_dim, bytes_per_number, batch = (
         checks.positive_int(name, value) for name, value in (
             ("n_layer", n_layer), ("head_dim", head_dim),
@@ -88,15 +88,16 @@ def total_kv_projections(n: int, *, cached: bool, n_layer: int = 1, tau: int = 1
 
 
 def grouped_query_attention(q, k, v, mask=None) -> np.ndarray:
-    """Attention where τ query heads share g key/value heads: query head h reads key/value head
-    ⌈h·g/τ⌉ (heads counted from 1), i.e. each run of τ/g consecutive query heads forms one group.
-    g = τ is ordinary multi-head attention, g = 1 is multi-query attention (§2.3.4, eq. 2.71–2.73).
+    """Attention where τ query heads share g key/value heads: query head h reads
+    key/value head ⌈h·g/τ⌉ (heads counted from 1), so each run of τ/g consecutive query
+    heads forms one group. g = τ is multi-head attention, g = 1 multi-query attention
+    (§2.3.4, eq. 2.71–2.73).
 
-    q: (..., τ, m, head_dim); k, v: (..., g, n, head_dim). Returns (..., τ, m, head_dim).
+    q: (..., τ, m, head_dim); k, v: (..., g, n, head_dim). Returns like q.
     """
-    q, k, v = checks.grouped_heads(q, k, v)
+    q, k, v, mask = checks.grouped_heads(q, k, v, mask)
     tau, g = q.shape[-3], k.shape[-3]
-    # Python indices count from 0: query head h (0-based) reads key/value head h // (τ/g).
-    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, head_dim): each shared head copied for its group
+    # Python counts from 0: query head h reads key/value head h // (τ/g).
+    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, head_dim): one copy per member
     v = np.repeat(v, tau // g, axis=-3)
-    return attend(q, k, v, checks.additive_mask(mask, checks.scores_shape(q, k)))
+    return attend(q, k, v, mask)

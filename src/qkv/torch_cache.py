@@ -45,10 +45,11 @@ class LayerKVCache:
     def max_positions(self) -> int:
         return self.k.shape[2]
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v of shape (batch, τ, n_new, head_dim) in place; return (K_{≤i}, V_{≤i})."""
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Write k and v, each (batch, τ, n_new, head_dim), in place; return
+        (K_{≤i}, V_{≤i}), each (batch, τ, i, head_dim)."""
         checks.static_cache_update(self, k, v)
-        b, start, end = k.shape[0], self._length, self._length + k.shape[2]
+        b, start, end = k.shape[0], self.length, self.length + k.shape[2]
         self.k[:b, :, start:end] = k
         self.v[:b, :, start:end] = v
         self._length, self._batch = end, b

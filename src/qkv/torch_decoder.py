@@ -61,13 +61,14 @@ class Block(nn.Module):
         return q, k, v
 
     def attention(self, x: torch.Tensor, cache: LayerKVCache | None) -> torch.Tensor:
-        """Masked multi-head self-attention of x (batch, n, d), reading positions 1…i from ``cache``."""
+        """Masked multi-head self-attention of x (batch, n, d), reading positions
+        1…i from ``cache``."""
         b, n, d = x.shape
         q, k, v = self.qkv(x)
         if cache is not None:
             k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
         mask = causal_mask(n, k.shape[2], x.device)
-        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (batch, τ, n, head_dim)
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # like q
         return self.c_proj(heads.transpose(1, 2).reshape(b, n, d))  # (batch, n, d)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +195,7 @@ class CachedDecoder(nn.Module):
         earlier ones are read from ``cache``."""
         vocab_size = self.config.vocab_size
         ids = self._checked(checks.one_token_each(token_ids, vocab_size), cache)
-        if self.uses_cuda_graph:  # the speed path: the same step, replayed (qkv.torch_fast)
+        if self.uses_cuda_graph:  # the speed path: this step, replayed (qkv.torch_fast)
             return self._replay(ids[:, 0], cache)
         return self.logits(ids, cache)[:, -1]
 

@@ -59,12 +59,17 @@ class KVCache(_PositionStore):
 
     def __init__(self, max_positions: int | None = None) -> None:
         super().__init__()
-        self.max_positions = None if max_positions is None else checks.positive_int("max_positions",
-                                                                              max_positions)
+        if max_positions is not None:
+            max_positions = checks.positive_int("max_positions", max_positions)
+        self.max_positions = max_positions
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
-    def _allocate(self, frame: tuple[int, ...], dtype, capacity: int) -> None:
+    def _grow(self, end: int) -> None:
+        """Room for positions 1…end: max_positions at once, else by doubling."""
+        frame, dtype = self._frame
+        held = 0 if self._k is None else self._k.shape[-2]
+        capacity = self.max_positions or max(end, 2 * held, 16)
         shape = frame[:-1] + (capacity,) + frame[-1:]  # (..., τ, capacity, head_dim)
         k, v = np.zeros(shape, dtype), np.zeros(shape, dtype)
         if self._k is not None:
@@ -73,22 +78,15 @@ class KVCache(_PositionStore):
         self._k, self._v = k, v
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        """Append keys and values of shape (..., τ, n_new, head_dim); return (K_{≤i}, V_{≤i}),
-        each (..., τ, i, head_dim), where i is the new length."""
+        """Append k and v, each (..., τ, n_new, head_dim); return (K_{≤i}, V_{≤i}), each
+        (..., τ, i, head_dim), where i is the new length."""
         k, v = self._check(k, v)
-        n_new = k.shape[-2]
-        end = self.length + n_new
-        if self.max_positions is not None and end > self.max_positions:
-            raise ValueError(
-                f"KVCache is full: it holds {self.length} of max_positions={self.max_positions} positions "
-                f"and cannot take {n_new} more"
-            )
-        frame, dtype = self._frame
+        start, end = self.length, self.length + k.shape[-2]
+        checks.cache_room(start, end - start, self.max_positions)
         if self._k is None or end > self._k.shape[-2]:
-            capacity = self.max_positions or max(end, 2 * (0 if self._k is None else self._k.shape[-2]), 16)
-            self._allocate(frame, dtype, capacity)
-        self._k[..., self.length : end, :] = k
-        self._v[..., self.length : end, :] = v
+            self._grow(end)
+        self._k[..., start:end, :] = k
+        self._v[..., start:end, :] = v
         self._length = end
         return self.keys, self.values
 
@@ -118,10 +116,12 @@ class KVCache(_PositionStore):
         return int(self.keys.nbytes + self.values.nbytes)
 
     def pairs(self) -> set[tuple[int, int]]:
-        """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored: j = 1…i, h = 1…τ."""
+        """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored:
+        j = 1…i, h = 1…τ."""
         if self.length == 0:
             return set()
-        return {(j, h) for j in range(1, self.length + 1) for h in range(1, self.tau + 1)}
+        i, tau = self.length, self.tau
+        return {(j, h) for j in range(1, i + 1) for h in range(1, tau + 1)}
 
     def reset(self) -> None:
         super().reset()
@@ -140,13 +140,13 @@ class WindowKVCache(_PositionStore):
         self._v: np.ndarray | None = None
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        """Append (..., τ, n_new, head_dim) keys and values; return the window (K_{[i−n_c+1, i]}, V_{[…]})."""
+        """Append k and v, each (..., τ, n_new, head_dim); return the window
+        (K_{[i−n_c+1, i]}, V_{[i−n_c+1, i]})."""
         k, v = self._check(k, v)
-        if self._k is None:
-            self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
-        else:
-            self._k = np.concatenate([self._k, k], axis=-2)[..., -self.n_c :, :]
-            self._v = np.concatenate([self._v, v], axis=-2)[..., -self.n_c :, :]
+        if self._k is not None:  # the window so far, then the new positions
+            k = np.concatenate([self._k, k], axis=-2)
+            v = np.concatenate([self._v, v], axis=-2)
+        self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
         self._length += k.shape[-2]
         return self._k, self._v
 
@@ -196,12 +196,7 @@ class CumulativeAverageMemory:
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
         """Take the key and value of one new position; return (k̄_i, v̄_i)."""
-        k, v = checks.float_array("k", k), checks.float_array("v", v)
-        if self.keys is not None and (k.shape != self.keys.shape or v.shape != self.values.shape):
-            raise ValueError(
-                f"this memory averages keys of shape {self.keys.shape} and values of shape {self.values.shape}; "
-                f"got k {k.shape}, v {v.shape}"
-            )
+        k, v = checks.averaged(k, v, self.keys, self.values)
         i = self.length + 1
         if self.keys is None:
             self.keys, self.values = k.copy(), v.copy()

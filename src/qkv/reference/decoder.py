@@ -58,13 +58,14 @@ class Block:
     b_out: np.ndarray
 
     def attention(self, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
-        """Masked multi-head self-attention of x (batch, n, d), reading positions 1…i from ``cache``."""
-        q, k, v = np.split(x @ self.W_qkv + self.b_qkv, 3, axis=-1)  # each (batch, n, d)
-        q, k, v = (_split_heads(t, self.tau) for t in (q, k, v))  # (batch, τ, n, head_dim)
+        """Masked multi-head self-attention of x (batch, n, d), reading positions
+        1…i from ``cache``."""
+        q, k, v = np.split(x @ self.W_qkv + self.b_qkv, 3, axis=-1)  # (batch, n, d)
+        q, k, v = (_split_heads(t, self.tau) for t in (q, k, v))  # (batch, τ, n, ·)
         if cache is not None:
             k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
         n, i = q.shape[-2], k.shape[-2]
-        mask = None if n == 1 else causal_mask(n, i)  # one new query may see every cached key
+        mask = None if n == 1 else causal_mask(n, i)  # one new query sees every key
         heads = attend(q, k, v, mask)  # (batch, τ, n, head_dim)
         return _merge_heads(heads) @ self.W_o + self.b_o  # (batch, n, d)
 
@@ -146,16 +147,18 @@ class Decoder:
         return self.logits(ids, cache)[:, -1]
 
     def generate(self, ids, max_new_tokens: int, use_cache: bool = True) -> np.ndarray:
-        """Greedy decoding: the prompt (batch, n) or (n,) followed by the new tokens, (batch, n + new).
+        """Greedy decoding: the prompt (batch, n) or (n,), then the new tokens, as
+        (batch, n + max_new_tokens).
 
         With the cache: one ``prefill``, then one ``decode_step`` per new token. With
-        ``use_cache=False`` every step recomputes the whole prefix (the course's "before" picture).
+        ``use_cache=False`` each step recomputes the whole prefix ("before" the cache).
         """
         ids = checks.token_ids(ids, self.config.vocab_size)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
         checks.model_room(0, n + max_new_tokens, self.config)
-        out = np.concatenate([ids, np.zeros((batch, max_new_tokens), dtype=np.int64)], axis=1)
+        out = np.zeros((batch, n + max_new_tokens), dtype=np.int64)
+        out[:, :n] = ids
         if max_new_tokens == 0:
             return out
         if not use_cache:

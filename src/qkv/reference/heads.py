@@ -14,7 +14,8 @@ from qkv.reference.qkv_attention import attend
 
 
 def split_heads(x, tau: int) -> np.ndarray:
-    """(..., n, d) -> (..., τ, n, head_dim): head h gets columns (h−1)·head_dim to h·head_dim."""
+    """(..., n, d) -> (..., τ, n, head_dim): head h gets columns (h−1)·head_dim to
+    h·head_dim of every row."""
     x, tau = checks.heads_of("x", x, tau)
     return _split_heads(x, tau)
 
@@ -41,13 +42,13 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
 def multi_head_attention(x, W_q, W_k, W_v, W_o, tau: int, mask=None) -> np.ndarray:
     """Self-attention with τ heads over the rows of x.
 
-    x: (..., n, d); W_q, W_k, W_v: (d, d), each the τ heads' projections side by side (W^q_h is the
-    h-th block of head_dim columns); W_o: (d, d). Returns (..., n, d).
+    x: (..., n, d); W_q, W_k, W_v: (d, d), each the τ heads' projections side by side
+    (W^q_h is the h-th block of head_dim columns); W_o: (d, d). Returns (..., n, d).
     """
     x, tau = checks.heads_of("x", x, tau)
     checks.square_weights(x, W_q=W_q, W_k=W_k, W_v=W_v, W_o=W_o)
     n = x.shape[-2]
-    mask = checks.additive_mask(mask, x.shape[:-2] + (tau, n, n))
+    mask = checks.additive_mask(mask, x.shape[:-2] + (tau, n, n))  # the scores' shape
     q = _split_heads(x @ W_q, tau)  # (..., τ, n, head_dim)
     k = _split_heads(x @ W_k, tau)
     v = _split_heads(x @ W_v, tau)
