@@ -143,11 +143,11 @@ class WindowKVCache(_PositionStore):
         """Append k and v, each (..., τ, n_new, head_dim); return the window
         (K_{[i−n_c+1, i]}, V_{[i−n_c+1, i]})."""
         k, v = self._check(k, v)
+        self._length += k.shape[-2]
         if self._k is not None:  # the window so far, then the new positions
             k = np.concatenate([self._k, k], axis=-2)
             v = np.concatenate([self._v, v], axis=-2)
         self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
-        self._length += k.shape[-2]
         return self._k, self._v
 
     @property
