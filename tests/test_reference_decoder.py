@@ -18,6 +18,10 @@ def test_float32_decoder_close_to_float64(small_state_dict, prompts):
     d64 = Decoder.from_gpt2_state_dict(small_state_dict, n_head=4)
     d32 = Decoder.from_gpt2_state_dict(small_state_dict, n_head=4, dtype=np.float32)
     assert d32.dtype == np.float32
+    cache = d32.new_cache(3)  # a float64 mask or constant would promote every later step (and slow it)
+    d32.prefill(prompts[:, :5], cache)
+    assert d32.decode_step(prompts[:, 5], cache).dtype == np.float32
+    assert all(layer.keys.dtype == layer.values.dtype == np.float32 for layer in cache.layers)
     np.testing.assert_allclose(d32.forward(prompts), d64.forward(prompts), atol=2e-3)
 
 

@@ -65,7 +65,8 @@ class Block:
         if cache is not None:
             k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
         n, i = q.shape[-2], k.shape[-2]
-        mask = None if n == 1 else causal_mask(n, i)  # one new query sees every key
+        # One new query sees every key; a float64 mask would promote float32 scores.
+        mask = None if n == 1 else causal_mask(n, i).astype(q.dtype)
         heads = attend(q, k, v, mask)  # (batch, τ, n, head_dim)
         return _merge_heads(heads) @ self.W_o + self.b_o  # (batch, n, d)
 
