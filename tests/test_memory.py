@@ -68,7 +68,7 @@ def test_projection_counts_keys_plus_values():
 
 def test_projection_counts_match_what_a_decoder_caches():
     # a cached step adds exactly kv_projections(i, cached=True) / 2 key vectors (and as many values)
-    config = DecoderConfig.tiny()
+    config = DecoderConfig.toy()
     decoder = Decoder.from_gpt2_state_dict(random_state_dict(config), n_head=config.n_head)
     caches = decoder.new_cache()
     decoder.prefill(np.array([[1, 2, 3]]), caches)
@@ -79,7 +79,7 @@ def test_projection_counts_match_what_a_decoder_caches():
 
 
 def test_parameter_counts():
-    config = DecoderConfig.tiny()
+    config = DecoderConfig.toy()
     state = random_state_dict(config)
     tied = sum(a.size for name, a in state.items() if "lm_head" not in name)
     assert gpt2_parameter_count(config) == tied
@@ -128,7 +128,7 @@ def test_segment_averages():
 
 
 def test_windowed_decoding_reaches_n_layer_times_window_minus_one_back():
-    config = DecoderConfig.tiny()                       # 2 layers
+    config = DecoderConfig.toy()                       # 2 layers
     decoder = Decoder.from_gpt2_state_dict(random_state_dict(config, std=0.3), n_head=config.n_head)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, config.vocab_size, size=(1, 20))

@@ -1,5 +1,5 @@
-"""The PyTorch cached decoder: against the NumPy reference and Hugging Face GPT-2, its static cache, its
-sampling, and its errors. CPU only; the GPU versions of these checks are in test_torch_gpu.py."""
+"""What only the PyTorch cached decoder has: an nn.Module, its speed paths, its static cache, sampling
+and devices. What both decoders must do is in test_decoders.py; the GPU checks in test_torch_gpu.py."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ import torch
 
 from qkv.config import DecoderConfig
 from qkv.gpt2 import random_state_dict
-from qkv.reference import Decoder
 from qkv.torch_cache import StaticKVCache
 from qkv.torch_decoder import CachedDecoder
+from qkv.torch_fast import PrepackedLinear, decode_static
 
 
 @pytest.fixture(scope="module")
@@ -24,103 +24,52 @@ def ours(state_dict, small_config):
 
 
 @pytest.fixture(scope="module")
-def reference(state_dict, small_config):
-    return Decoder.from_gpt2_state_dict(state_dict, n_head=small_config.n_head)
-
-
-@pytest.fixture(scope="module")
 def prompts(small_config):
     return np.random.default_rng(1).integers(0, small_config.vocab_size, size=(3, 7))
 
 
-# --- against the NumPy reference ------------------------------------------------------------------
-def test_loads_float32_on_the_cpu(ours, small_config):
-    assert ours.device.type == "cpu" and ours.dtype == torch.float32
-    assert ours.config == small_config
-    qkv = ours.blocks[0].qkv
-    assert (qkv.in_features, qkv.out_features) == (64, 3 * 64)
-    assert (qkv.W is None) == torch.backends.mkldnn.is_available()  # prepacked for oneDNN where it can be
+# --- a torch.nn.Module, its lesson path and its speed paths ----------------------------------------
+def test_is_an_nn_module_with_parameters(ours, small_config, state_dict, prompts):
+    assert isinstance(ours, torch.nn.Module)
+    assert ours.device.type == "cpu" and ours.dtype == torch.float32 and ours.config == small_config
+    sd = ours.state_dict()
+    assert sd["blocks.0.c_attn.weight"].shape == (3 * 64, 64)  # nn.Linear's (out, in): Conv1D transposed
+    torch.testing.assert_close(sd["blocks.0.c_attn.weight"],
+                               torch.from_numpy(state_dict["transformer.h.0.attn.c_attn.weight"].T).float())
+    assert ours.lm_head.weight is ours.wte.weight  # tied, as GPT-2's
+    assert ours.nbytes == 4 * sum(v.size for v in state_dict.values())
+    assert all(not p.requires_grad for p in ours.parameters())
+    torch.testing.assert_close(ours(prompts), ours.forward(prompts), rtol=0, atol=0)
+    again = CachedDecoder(small_config)
+    again.load_state_dict(sd)
+    torch.testing.assert_close(again.eval().forward(prompts), ours.forward(prompts), rtol=0, atol=0)
+    half = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu").to(torch.float64)
+    assert half.dtype == torch.float64 and half.new_cache(1).dtype == torch.float64
 
 
-def test_prepacked_and_plain_weights_agree(state_dict, ours, prompts):
-    plain = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", prepack=False)
-    assert plain.blocks[0].qkv.W.shape == (64, 192) and plain.blocks[0].qkv.W.is_contiguous()
-    assert plain.lm_head.W.shape == (64, 256) and plain.lm_head.W.is_contiguous()
-    torch.testing.assert_close(plain.forward(prompts), ours.forward(prompts), rtol=0, atol=2e-5)
-    torch.testing.assert_close(plain.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
-    assert plain.nbytes == ours.nbytes == 4 * sum(v.size for k, v in state_dict.items())
-    with pytest.raises(ValueError, match="prepack=True needs float32"):
-        CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", dtype="bfloat16", prepack=True)
-
-
-def test_logits_match_numpy_reference(ours, reference, prompts):
-    np.testing.assert_allclose(ours.forward(prompts).numpy(), reference.forward(prompts), rtol=0, atol=1e-4)
-
-
-def test_prefill_and_decode_steps_match_numpy_reference(ours, reference, prompts):
-    full = reference.forward(prompts)
-    cache = ours.new_cache(batch=3)
-    pre = ours.prefill(prompts[:, :4], cache)
-    np.testing.assert_allclose(pre.numpy(), full[:, :4], rtol=0, atol=1e-4)
-    for t in range(4, prompts.shape[1]):
-        step = ours.decode_step(prompts[:, t], cache)
-        assert step.shape == (3, 256)
-        np.testing.assert_allclose(step.numpy(), full[:, t], rtol=0, atol=1e-4)
-
-
-def test_second_prefill_continues_the_cache(ours, reference, prompts):
-    """A prompt appended to a filled cache needs the offset causal mask; a wrong mask breaks this."""
-    cache = ours.new_cache(batch=3)
-    ours.prefill(prompts[:, :3], cache)
-    rest = ours.prefill(prompts[:, 3:], cache)
-    np.testing.assert_allclose(rest.numpy(), reference.forward(prompts)[:, 3:], rtol=0, atol=1e-4)
-    assert cache.length == prompts.shape[1]
-
-
-def test_greedy_tokens_match_numpy_reference(ours, reference, prompts):
-    mine = ours.generate(prompts, 30).numpy()
-    np.testing.assert_array_equal(mine, reference.generate(prompts, 30))
-    assert len(set(mine[:, 7:].ravel())) >= 5, "degenerate generation would make this check weak"
-
-
-def test_cached_and_uncached_generation_give_the_same_tokens(ours, prompts):
-    cached = ours.generate(prompts, 40, use_cache=True)
-    uncached = ours.generate(prompts, 40, use_cache=False)
-    assert cached.shape == (3, 47) and cached.dtype == torch.int64
-    torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
-    np.testing.assert_array_equal(cached[:, :7].numpy(), prompts)
-    assert len(set(cached[:, 7:].flatten().tolist())) >= 5
-
-
-def test_one_dimensional_prompt_is_a_batch_of_one(ours, prompts):
-    one = ours.generate(prompts[0], 5)
-    assert one.shape == (1, 12)
-    torch.testing.assert_close(one, ours.generate(prompts[:1], 5), rtol=0, atol=0)
-
-
-def test_accepts_tensors_and_a_tensor_state_dict(state_dict, ours, prompts):
-    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
-    again = CachedDecoder.from_gpt2_state_dict(tensors, n_head=4, device="cpu")
-    torch.testing.assert_close(again.forward(torch.from_numpy(prompts)), ours.forward(prompts), rtol=0, atol=0)
+def test_fast_paths_give_the_same_tokens(state_dict, ours, prompts):
+    fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
+    assert fast.fast and not ours.fast and not fast.uses_cuda_graph  # no CUDA graph on a CPU
+    prepacked = torch.backends.mkldnn.is_available()
+    assert (type(fast.blocks[0].c_attn) is PrepackedLinear) == prepacked
+    assert type(ours.blocks[0].c_attn) is torch.nn.Linear
+    assert fast.state_dict().keys() == ours.state_dict().keys()
+    torch.testing.assert_close(fast.forward(prompts), ours.forward(prompts), rtol=0, atol=2e-5)
+    torch.testing.assert_close(fast.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
+    assert fast.nbytes == ours.nbytes
 
 
 def test_static_decode_step_matches_eager(ours, prompts):
-    """The graph-capturable step (position as a tensor, masked full-length attention) is the one a CUDA graph
-    replays on a GPU; here it runs eagerly and must agree with the sliced step."""
+    """The graph-capturable step (position as a tensor, masked full-length attention) is the one a CUDA
+    graph replays on a GPU; here it runs eagerly and must agree with the sliced step."""
     a, b = ours.new_cache(3), ours.new_cache(3)
     ours.prefill(prompts[:, :5], a)
     ours.prefill(prompts[:, :5], b)
     eager = ours.decode_step(prompts[:, 5], a)
     with torch.inference_mode():
-        static = ours._decode_static(torch.from_numpy(prompts[:, 5]), torch.tensor([5]), b)
+        static = decode_static(ours, torch.from_numpy(prompts[:, 5]), torch.tensor([5]), b)
     torch.testing.assert_close(static, eager, rtol=0, atol=1e-5)
     torch.testing.assert_close(b[0].k[:, :, :6], a[0].k[:, :, :6], rtol=0, atol=0)
-
-
-def test_cuda_graph_flag_falls_back_to_eager_on_cpu(state_dict, ours, prompts):
-    flagged = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", cuda_graph=True)
-    assert flagged.cuda_graph and not flagged.uses_cuda_graph
-    torch.testing.assert_close(flagged.generate(prompts, 10), ours.generate(prompts, 10), rtol=0, atol=0)
 
 
 def test_bfloat16_option_runs(state_dict, ours, prompts):
@@ -130,39 +79,6 @@ def test_bfloat16_option_runs(state_dict, ours, prompts):
     assert 0 < diff < 1.0  # bfloat16 has ~3 significant digits: close, but not the same numbers
     with pytest.raises(ValueError, match="dtype must be one of"):
         CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", dtype="int8")
-
-
-# --- against Hugging Face GPT-2 -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hf_pair():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=211, n_positions=96, n_embd=48, n_layer=3, n_head=6,
-                     initializer_range=0.3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(cfg).eval()
-    return model, CachedDecoder.from_gpt2_state_dict(model.state_dict(), n_head=6, device="cpu")
-
-
-def test_logits_match_hugging_face(hf_pair):
-    model, mine = hf_pair
-    ids = torch.from_numpy(np.random.default_rng(2).integers(0, 211, size=(2, 20)))
-    with torch.no_grad():
-        theirs = model(ids).logits
-    torch.testing.assert_close(mine.forward(ids), theirs, rtol=0, atol=1e-4)
-
-
-def test_greedy_tokens_match_hugging_face_for_64_steps(hf_pair):
-    model, mine = hf_pair
-    ids = torch.from_numpy(np.random.default_rng(3).integers(0, 211, size=(3, 8)))
-    steps = 64
-    with torch.no_grad():
-        theirs = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True,
-                                pad_token_id=0, attention_mask=torch.ones_like(ids))
-    ours_tokens = mine.generate(ids, steps)
-    assert ours_tokens.shape == (3, 8 + steps)
-    torch.testing.assert_close(ours_tokens, theirs, rtol=0, atol=0)
-    assert all(len(set(row[8:].tolist())) >= 5 for row in ours_tokens)
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -186,19 +102,6 @@ def test_top_k_sampling_stays_within_the_top_k(ours, prompts):
 
 
 # --- the static cache -----------------------------------------------------------------------------
-def test_cache_length_after_prefill_and_each_step(ours, prompts):
-    cache = ours.new_cache(batch=3, max_positions=20)
-    assert cache.length == 0 and cache.batch is None
-    ours.prefill(prompts, cache)
-    assert cache.length == 7 and all(layer.length == 7 for layer in cache.layers) and cache.batch == 3
-    token = prompts[:, -1]
-    for step in range(1, 6):
-        token = ours.decode_step(token, cache).argmax(-1)
-        assert cache.length == 7 + step
-    cache.reset()
-    assert cache.length == 0 and cache.batch is None
-
-
 def test_cache_is_written_in_place(ours, prompts):
     cache = ours.new_cache(batch=3, max_positions=16)
     pointers = [(layer.k.data_ptr(), layer.v.data_ptr()) for layer in cache.layers]
@@ -233,87 +136,18 @@ def test_layer_cache_update_returns_what_attention_reads():
     torch.testing.assert_close(V[:, :, :4], v, rtol=0, atol=0)
 
 
-def test_smaller_batch_uses_part_of_the_cache(ours, prompts):
-    cache = ours.new_cache(batch=4)
-    logits = ours.prefill(prompts[:2], cache)
-    torch.testing.assert_close(logits, ours.forward(prompts[:2]), rtol=0, atol=1e-5)
-    assert cache.batch == 2
-
-
 # --- errors ---------------------------------------------------------------------------------------
-def test_bad_token_ids(ours):
-    with pytest.raises(ValueError, match=r"token id 300 .* outside the vocabulary \[0, 256\)"):
-        ours.forward([[1, 2, 300]])
-    with pytest.raises(ValueError, match="token id -1"):
-        ours.generate(torch.tensor([[-1, 2]]), 3)
-    with pytest.raises(TypeError, match="integer token ids"):
-        ours.forward([[0.5, 1.0]])
-    with pytest.raises(ValueError, match=r"shape \(batch, n\) or \(n,\)"):
-        ours.forward(np.zeros((1, 2, 3), dtype=int))
-    with pytest.raises(ValueError, match="empty"):
-        ours.forward(np.zeros((1, 0), dtype=int))
-    with pytest.raises(ValueError, match="token id 999"):
-        ours.decode_step([999], ours.new_cache(1))
-
-
-def test_prompts_longer_than_the_cache_or_the_model(ours, small_config):
-    cache = ours.new_cache(1, max_positions=10)
-    with pytest.raises(ValueError, match="past the cache's max_positions=10"):
-        ours.prefill(np.zeros((1, 11), dtype=int), cache)
-    ours.prefill(np.zeros((1, 10), dtype=int), cache)
-    with pytest.raises(ValueError, match="past the cache's max_positions=10"):
-        ours.decode_step([1], cache)
-    with pytest.raises(ValueError, match=rf"past the maximum length n_positions={small_config.n_positions}"):
-        ours.generate(np.zeros((1, small_config.n_positions - 2), dtype=int), 3)
-    with pytest.raises(ValueError, match="max_positions must be"):
-        ours.new_cache(1, max_positions=small_config.n_positions + 1)
-
-
-def test_batch_larger_than_the_cache(ours):
-    cache = ours.new_cache(batch=2)
-    with pytest.raises(ValueError, match="batch of 3 sequences is larger than the batch of 2"):
-        ours.prefill(np.zeros((3, 4), dtype=int), cache)
-    ours.prefill(np.zeros((2, 4), dtype=int), cache)
-    with pytest.raises(ValueError, match="holds a batch of 2 sequences; got 1"):
-        ours.decode_step([1], cache)
-    with pytest.raises(ValueError, match="StaticKVCache"):
-        ours.decode_step([1, 2], cache.layers)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        ours.generate([[1]], -1)
+def test_sampling_arguments(ours):
     with pytest.raises(ValueError, match="temperature"):
         ours.generate([[1]], 2, temperature=-1.0)
-
-
-def test_state_dict_problems_are_all_named(state_dict):
-    broken = dict(state_dict)
-    del broken["transformer.h.1.attn.c_attn.weight"]
-    del broken["transformer.ln_f.bias"]
-    broken["transformer.h.0.mlp.c_fc.bias"] = torch.zeros(7)
-    with pytest.raises(ValueError) as info:
-        CachedDecoder.from_gpt2_state_dict(broken, n_head=4, device="cpu")
-    msg = str(info.value)
-    assert "missing transformer.h.1.attn.c_attn.weight" in msg
-    assert "missing transformer.ln_f.bias" in msg
-    assert "transformer.h.0.mlp.c_fc.bias has shape (7,), expected (256,)" in msg
-    with pytest.raises(ValueError, match="does not divide"):
-        CachedDecoder.from_gpt2_state_dict(state_dict, n_head=5, device="cpu")
+    with pytest.raises(TypeError, match="temperature"):
+        ours.generate([[1]], 2, temperature="hot")
 
 
 def test_device_none_picks_cuda_only_when_present():
-    sd = random_state_dict(DecoderConfig.tiny(), seed=1)
+    sd = random_state_dict(DecoderConfig.toy(), seed=1)
     d = CachedDecoder.from_gpt2_state_dict(sd, n_head=4)
     assert d.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def test_truncate_then_decode_recomputes_the_same_step(ours, prompts):
-    cache = ours.new_cache(batch=3)
-    ours.prefill(prompts[:, :6], cache)
-    first = ours.decode_step(prompts[:, 6], cache)
-    cache.truncate(6)
-    assert cache.length == 6
-    torch.testing.assert_close(ours.decode_step(prompts[:, 6], cache), first, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="truncate to a length in"):
-        cache.truncate(8)
 
 
 def test_state_dict_checks_apply_to_tensors(state_dict):
@@ -372,21 +206,9 @@ def test_generate_checks_a_given_cache_before_starting(ours, prompts):
     with pytest.raises(ValueError, match="the cache holds torch.bfloat16 on cpu but this decoder computes in "
                                          "torch.float32"):
         ours.generate(prompts, 3, cache=StaticKVCache(3, 3, 4, 20, 16, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match="StaticKVCache of 3 layers"):
+    with pytest.raises(TypeError, match="StaticKVCache of 3 layers"):  # a list is not a cache
         ours.generate(prompts, 3, cache=cache.layers)
     big = ours.new_cache(batch=4, max_positions=17)  # exactly enough positions, and a spare row
     torch.testing.assert_close(ours.generate(prompts, 10, cache=big), ours.generate(prompts, 10), rtol=0, atol=0)
 
 
-def test_decode_step_takes_batch_or_batch_by_one(ours, prompts):
-    a, b = ours.new_cache(3), ours.new_cache(3)
-    ours.prefill(prompts[:, :5], a)
-    ours.prefill(prompts[:, :5], b)
-    column = torch.from_numpy(prompts[:, 5:6])  # (batch, 1)
-    torch.testing.assert_close(ours.decode_step(prompts[:, 5], a), ours.decode_step(column, b), rtol=0, atol=0)
-    cache = ours.new_cache(6)
-    ours.prefill(np.zeros((6, 2), dtype=int), cache)
-    for bad in (np.zeros((2, 3), dtype=int), torch.zeros(2, 3, dtype=torch.long), torch.zeros(6, 1, 1).long(), 5):
-        with pytest.raises(ValueError, match=r"one token per sequence, shape \(batch,\) or \(batch, 1\)"):
-            ours.decode_step(bad, cache)
-    assert cache.length == 2

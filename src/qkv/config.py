@@ -1,4 +1,4 @@
-"""The shape of a GPT-2-style decoder, shared by the NumPy reference and the torch decoder.
+"""The shape of a GPT-2-style decoder (chapters 4 and 6), shared by the NumPy and torch decoders.
 
 Symbols (see the notation page): ``n_embd`` is the model width d, ``n_head`` is τ (the number of heads),
 ``head_dim`` is d/τ, ``n_positions`` is the longest sequence the learned position table covers.
@@ -6,29 +6,9 @@ Symbols (see the notation page): ``n_embd`` is the model width d, ``n_head`` is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as a Python int ≥ 1, or an error naming ``name``. NumPy integers pass (sizes read from arrays
-    or ``.npz`` files are ``np.int64``); bools do not, though Python counts them as ints: ``n_head=True`` is a
-    slip, not one head."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {value!r} (of type {type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def non_negative_int(name: str, value) -> int:
-    """``value`` as a Python int ≥ 0 (a count that may be zero, like ``max_new_tokens``), else an error."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
+from qkv.checks import positive_int
 
 
 @dataclass(frozen=True)
@@ -44,7 +24,8 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             # frozen: store the plain int (an np.int64 would leak into every shape computed from it)
-            object.__setattr__(self, name, positive_int(f"DecoderConfig.{name}", getattr(self, name)))
+            value = positive_int(f"DecoderConfig.{name}", getattr(self, name))
+            object.__setattr__(self, name, value)
         if self.n_inner is not None:
             object.__setattr__(self, "n_inner", positive_int("DecoderConfig.n_inner", self.n_inner))
         if self.n_embd % self.n_head:
@@ -61,12 +42,9 @@ class DecoderConfig:
     def d_ff(self) -> int:
         return self.n_inner or 4 * self.n_embd
 
-    def with_(self, **changes) -> "DecoderConfig":
-        return replace(self, **changes)
-
     # Presets. Tests use the small ones; benchmarks the GPT-2-small shape (124M parameters).
     @classmethod
-    def tiny(cls) -> "DecoderConfig":
+    def toy(cls) -> "DecoderConfig":
         return cls(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
     @classmethod
@@ -79,7 +57,7 @@ class DecoderConfig:
 
     @classmethod
     def preset(cls, name: str) -> "DecoderConfig":
-        presets = {"tiny": cls.tiny, "small": cls.small, "gpt2-small": cls.gpt2_small}
+        presets = {"toy": cls.toy, "small": cls.small, "gpt2-small": cls.gpt2_small}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

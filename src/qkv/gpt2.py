@@ -1,4 +1,4 @@
-"""GPT-2 parameters by name: checking a state dict, reading its shape, making random weights.
+"""GPT-2 parameters by name (chapters 4 and 6): checking a state dict, reading its shape, random weights.
 
 The names and layouts are those of Hugging Face's ``GPT2LMHeadModel.state_dict()``. GPT-2 stores its
 linear layers as ``Conv1D``: the weight is ``(in_features, out_features)`` and a layer computes
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qkv.config import DecoderConfig, positive_int
+from qkv.checks import positive_int
+from qkv.config import DecoderConfig
 
 PREFIX = "transformer."
 HEAD = "lm_head.weight"
@@ -125,7 +126,9 @@ def _infer_sizes(shapes: dict[str, tuple[int, ...]], n_layer: int) -> dict[str, 
     return sizes
 
 
-def _as_numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
+    """An array or a torch tensor (on any device, bfloat16 included) as a NumPy array: the one
+    conversion both decoders load their weights through."""
     if hasattr(value, "detach"):  # a torch tensor: read it without importing torch
         value = value.detach().cpu()
         if not value.is_floating_point() or value.element_size() >= 4:
@@ -143,7 +146,7 @@ def _tied(head, wte) -> bool:
     stored in a coarser dtype."""
     if head is wte:
         return True
-    a, b = _as_numpy(head), _as_numpy(wte)
+    a, b = to_numpy(head), to_numpy(wte)
     if a.dtype == b.dtype and _itemsize(head) == _itemsize(wte):
         return bool(np.array_equal(a, b))
     coarser = min(_itemsize(head), _itemsize(wte))
@@ -186,8 +189,8 @@ def _raise_if(problems: list[str]) -> None:
 
 def read_state_dict(state_dict: Mapping, n_head: int, n_layer: int | None = None,
                     layer_norm_eps: float = 1e-5) -> tuple[DecoderConfig, dict]:
-    """The model's shape read off its tensors, and the state dict with normalized names; or one ValueError
-    naming every problem (missing and mis-shaped tensors, gaps in the layer numbers, an untied lm_head).
+    """The model's shape read off its tensors, and the state dict with normalized names and NumPy arrays
+    (``to_numpy``); or one ValueError naming every problem (missing and mis-shaped tensors, gaps in the layer numbers, an untied lm_head).
 
     τ (``n_head``) cannot be read off the tensors, so it is given. Neither can a missing *last* block: pass
     ``n_layer`` to have it checked too. Extra names (older checkpoints carry ``attn.bias`` mask buffers) are
@@ -206,24 +209,7 @@ def read_state_dict(state_dict: Mapping, n_head: int, n_layer: int | None = None
         vocab_size=sizes["V"], n_positions=sizes["P"], n_embd=d, n_layer=n_layer, n_head=n_head,
         n_inner=None if sizes["f"] == 4 * d else sizes["f"], layer_norm_eps=layer_norm_eps,
     )
-    return config, sd
-
-
-def config_from_state_dict(state_dict: Mapping, n_head: int, layer_norm_eps: float = 1e-5,
-                           n_layer: int | None = None) -> DecoderConfig:
-    """Read the model's shape off its tensors (see ``read_state_dict``, which also returns the tensors)."""
-    return read_state_dict(state_dict, n_head, n_layer, layer_norm_eps)[0]
-
-
-def check_state_dict(state_dict: Mapping, config: DecoderConfig) -> dict:
-    """Return the state dict with normalized names, or raise one ValueError naming every way it does not fit
-    ``config``: missing, mis-shaped or extra blocks' tensors, and an ``lm_head.weight`` that is not
-    ``wte.weight`` (it is optional: GPT-2 ties the two). Other extra names are ignored.
-    """
-    sd = normalize_names(state_dict)
-    _, problems = _layers(sd, config.n_layer)
-    _raise_if(problems + _tensor_problems(sd, _sizes(config), config.n_layer))
-    return sd
+    return config, {name: to_numpy(sd[name]) for name in _symbolic_shapes(n_layer)}
 
 
 def random_state_dict(config: DecoderConfig, seed: int = 0, dtype=np.float64, std: float = 0.02) -> dict[str, np.ndarray]:

@@ -24,28 +24,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, require_ndim
-from qkv.reference.attention import attention
-from qkv.reference.cache import WindowKVCache
+from qkv import checks
+from qkv.reference.cache import DecoderCache, WindowKVCache
+from qkv.reference.qkv_attention import attend
 
 CACHE_KINDS = ("full", "window", "multi-query", "grouped-query")
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def kv_heads(kind: str, tau: int, groups: int | None = None) -> int:
     """How many distinct key/value heads a cache of this kind stores per layer."""
-    tau = _positive_int("tau", tau)
+    tau = checks.positive_int("tau", tau)
     if kind in ("full", "window"):
         return tau
     if kind == "multi-query":
         return 1
     if kind == "grouped-query":
-        groups = _positive_int("groups", groups)
+        if groups is None:
+            raise ValueError("a grouped-query cache needs its number of groups")
+        groups = checks.positive_int("groups", groups)
         if tau % groups:
             raise ValueError(f"groups={groups} must divide the number of heads tau={tau}")
         return groups
@@ -54,25 +50,26 @@ def kv_heads(kind: str, tau: int, groups: int | None = None) -> int:
 
 def positions_held(kind: str, i: int, n_c: int | None = None) -> int:
     """How many positions the cache holds after step i: i, or min(i, n_c) for a window of n_c."""
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
-        raise ValueError(f"i (the step) must be a non-negative int, got {i!r}")
+    i = checks.non_negative_int("i (the step)", i)
     if kind == "window":
-        return min(int(i), _positive_int("n_c", n_c))
+        if n_c is None:
+            raise ValueError("a window cache needs its size n_c")
+        return min(i, checks.positive_int("n_c", n_c))
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown cache kind {kind!r}; choose one of {CACHE_KINDS}")
-    return int(i)
+    return i
 
 
 def cache_bytes(kind: str, i: int, *, n_layer: int, tau: int, head_dim: int,
                 bytes_per_number: int = 4, batch: int = 1, n_c: int | None = None,
                 groups: int | None = None) -> int:
     """Bytes a cache of ``kind`` holds after step i (see the module docstring)."""
-    return (2 * _positive_int("n_layer", n_layer)
+    return (2 * checks.positive_int("n_layer", n_layer)
             * kv_heads(kind, tau, groups)
             * positions_held(kind, i, n_c)
-            * _positive_int("head_dim", head_dim)
-            * _positive_int("bytes_per_number", bytes_per_number)
-            * _positive_int("batch", batch))
+            * checks.positive_int("head_dim", head_dim)
+            * checks.positive_int("bytes_per_number", bytes_per_number)
+            * checks.positive_int("batch", batch))
 
 
 def kv_projections(i: int, *, cached: bool, n_layer: int = 1, tau: int = 1) -> int:
@@ -82,16 +79,16 @@ def kv_projections(i: int, *, cached: bool, n_layer: int = 1, tau: int = 1) -> i
     Without a cache step i recomputes (k_j^{[h]}, v_j^{[h]}) for every j = 1…i: 2·i per layer and head;
     with one it computes (k_i^{[h]}, v_i^{[h]}) only: 2 per layer and head.
     """
-    i = _positive_int("i", i)
-    per = 2 * _positive_int("n_layer", n_layer) * _positive_int("tau", tau)
+    i = checks.positive_int("i", i)
+    per = 2 * checks.positive_int("n_layer", n_layer) * checks.positive_int("tau", tau)
     return (1 if cached else i) * per
 
 
 def total_kv_projections(n: int, *, cached: bool, n_layer: int = 1, tau: int = 1) -> int:
     """Key/value projections over steps 1…n (keys plus values): 2n per layer and head with a cache,
     2 · n(n+1)/2 = n(n+1) without."""
-    n = _positive_int("n", n)
-    per = 2 * _positive_int("n_layer", n_layer) * _positive_int("tau", tau)
+    n = checks.positive_int("n", n)
+    per = 2 * checks.positive_int("n_layer", n_layer) * checks.positive_int("tau", tau)
     return (n if cached else n * (n + 1) // 2) * per
 
 
@@ -111,11 +108,11 @@ def llama_parameter_count(*, vocab_size: int, d: int, n_layer: int, tau: int, n_
                           d_ff: int, tied: bool = False) -> int:
     """Parameters of a Llama-shaped model (RMSNorm, grouped-query attention with n_kv_heads key/value
     heads, SwiGLU MLP of width d_ff, no biases). Llama-3-8B's shape gives 8,030,261,248."""
-    head_dim = _positive_int("d", d) // _positive_int("tau", tau)
-    attn = d * d + 2 * d * _positive_int("n_kv_heads", n_kv_heads) * head_dim + d * d  # W_q, W_k, W_v, W_o
-    per_layer = attn + 3 * d * _positive_int("d_ff", d_ff) + 2 * d  # gate, up, down; two RMSNorm gains
-    embeddings = (1 if tied else 2) * _positive_int("vocab_size", vocab_size) * d
-    return embeddings + _positive_int("n_layer", n_layer) * per_layer + d
+    head_dim = checks.positive_int("d", d) // checks.positive_int("tau", tau)
+    attn = d * d + 2 * d * checks.positive_int("n_kv_heads", n_kv_heads) * head_dim + d * d  # W_q, W_k, W_v, W_o
+    per_layer = attn + 3 * d * checks.positive_int("d_ff", d_ff) + 2 * d  # gate, up, down; two RMSNorm gains
+    embeddings = (1 if tied else 2) * checks.positive_int("vocab_size", vocab_size) * d
+    return embeddings + checks.positive_int("n_layer", n_layer) * per_layer + d
 
 
 def crossover_positions(weight_bytes: int, *, n_layer: int, n_kv_heads: int, head_dim: int,
@@ -124,7 +121,12 @@ def crossover_positions(weight_bytes: int, *, n_layer: int, n_kv_heads: int, hea
     full cache holds at least ``weight_bytes``: the point where the cache outgrows the weights."""
     per_position = cache_bytes("full", 1, n_layer=n_layer, tau=n_kv_heads, head_dim=head_dim,
                                bytes_per_number=bytes_per_number)
-    return -(-_positive_int("weight_bytes", weight_bytes) // per_position)  # ceiling division
+    return -(-checks.positive_int("weight_bytes", weight_bytes) // per_position)  # ceiling division
+
+
+def _rows(name: str, x: np.ndarray) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be laid out as (positions, d); got shape {x.shape}")
 
 
 def window_plus_average(k, v, n_c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,11 +136,11 @@ def window_plus_average(k, v, n_c: int) -> tuple[np.ndarray, np.ndarray]:
     k, v: (i, d) for positions 1…i. Returns (K_mem, V_mem), each (n_mem, d): while i ≤ n_c, the i rows
     themselves; after that, the mean of positions 1…i−n_c first, then positions i−n_c+1…i.
     """
-    k = as_float_array("k", k)
-    v = as_float_array("v", v)
-    require_ndim("k", k, 2, "(positions, d)")
-    require_ndim("v", v, 2, "(positions, d)")
-    n_c = _positive_int("n_c", n_c)
+    k = checks.float_array("k", k)
+    v = checks.float_array("v", v)
+    _rows("k", k)
+    _rows("v", v)
+    n_c = checks.positive_int("n_c", n_c)
     i = k.shape[0]
     if i <= n_c:
         return k, v
@@ -153,9 +155,9 @@ def segment_averages(x, size: int) -> np.ndarray:
 
     Row s (from 0) averages positions s·size+1 … min((s+1)·size, i); the last segment may be shorter.
     """
-    x = as_float_array("x", x)
-    require_ndim("x", x, 2, "(positions, d)")
-    size = _positive_int("size", size)
+    x = checks.float_array("x", x)
+    _rows("x", x)
+    size = checks.positive_int("size", size)
     return np.stack([x[s:s + size].mean(axis=0) for s in range(0, x.shape[0], size)])
 
 
@@ -166,7 +168,8 @@ def windowed_next_logits(decoder, ids, n_c: int) -> np.ndarray:
     still reach the output through the keys and values of higher layers, up to n_layer·(n_c − 1)."""
     ids = np.asarray(ids)
     ids = ids[None, :] if ids.ndim == 1 else ids
-    caches = [WindowKVCache(_positive_int("n_c", n_c)) for _ in range(decoder.config.n_layer)]
+    n_c = checks.positive_int("n_c", n_c)
+    caches = DecoderCache([WindowKVCache(n_c) for _ in range(decoder.config.n_layer)], len(ids))
     logits = decoder.prefill(ids[:, :1], caches)[:, -1]
     for t in range(1, ids.shape[1]):  # Python column t is position t + 1
         logits = decoder.decode_step(ids[:, t], caches)
@@ -175,24 +178,15 @@ def windowed_next_logits(decoder, ids, n_c: int) -> np.ndarray:
 
 def grouped_query_attention(q, k, v, mask=None) -> np.ndarray:
     """Attention where τ query heads share g key/value heads: query head h reads
-    key/value head γ(h) = ⌈h·g/τ⌉ (heads counted from 1), i.e. each run of τ/g
-    consecutive query heads forms one group. g = τ is ordinary multi-head attention,
-    g = 1 is multi-query attention (§2.3.4, eq. 2.71–2.73).
+    key/value head ⌈h·g/τ⌉ (heads counted from 1), so each run of τ/g consecutive query
+    heads forms one group. g = τ is multi-head attention, g = 1 multi-query attention
+    (§2.3.4, eq. 2.71–2.73).
 
-    q: (..., τ, m, d_h); k, v: (..., g, n, d_h). Returns (..., τ, m, d_h).
+    q: (..., τ, m, head_dim); k, v: (..., g, n, head_dim). Returns like q.
     """
-    q = as_float_array("q", q)
-    k = as_float_array("k", k)
-    v = as_float_array("v", v)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        require_ndim(name, x, 3, "(..., heads, positions, head_dim)")
+    q, k, v, mask = checks.grouped_heads(q, k, v, mask)
     tau, g = q.shape[-3], k.shape[-3]
-    if v.shape[-3] != g:
-        raise ValueError(f"k has {g} heads but v has {v.shape[-3]}; they must match")
-    if tau % g:
-        raise ValueError(
-            f"the {g} key/value heads must divide the {tau} query heads evenly")
-    # Python counts from 0: query head h (0-based) reads key/value head h // (τ/g).
-    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, d_h): a copy for each head
+    # Python counts from 0: query head h reads key/value head h // (τ/g).
+    k = np.repeat(k, tau // g, axis=-3)  # (..., τ, n, head_dim): one copy per member
     v = np.repeat(v, tau // g, axis=-3)
-    return attention(q, k, v, mask)
+    return attend(q, k, v, mask)

@@ -1,4 +1,4 @@
-"""Figure helpers for the book: each draws on a matplotlib Axes the caller owns and labels its axes.
+"""Figure helpers for the book (chapters 1–3): each draws on a matplotlib Axes the caller owns.
 
 Only the book and the grading report draw figures; the NumPy reference itself never imports matplotlib.
 """

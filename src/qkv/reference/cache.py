@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkv.reference._checks import as_float_array, positive_int, require_ndim
-
-_LAYOUT = "(..., tau, n_new, head_dim)"
+from qkv import checks
 
 
 class _PositionStore:
     """Shared checks for caches that take (..., τ, n_new, head_dim) keys and values."""
 
     def __init__(self) -> None:
-        self.length = 0  # i: positions seen so far
+        self._length = 0  # i: positions seen so far; only the cache moves it
         self._frame: tuple[tuple[int, ...], np.dtype] | None = None  # shape without the positions axis
 
+    @property
+    def length(self) -> int:
+        """i: the positions seen so far (an explicit counter, never read off the contents)."""
+        return self._length
+
     def _check(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        k = as_float_array("k", k)
-        v = as_float_array("v", v)
-        require_ndim("k", k, 3, _LAYOUT)
-        require_ndim("v", v, 3, _LAYOUT)
-        if k.shape != v.shape:
-            raise ValueError(f"k and v must have the same shape {_LAYOUT}; got k {k.shape}, v {v.shape}")
+        k, v = checks.new_keys_and_values(k, v)
         frame = k.shape[:-2] + k.shape[-1:]
         if self._frame is None:
             self._frame = (frame, np.result_type(k, v))
@@ -47,7 +45,7 @@ class _PositionStore:
 
     def reset(self) -> None:
         """Forget every position (the counter goes back to 0)."""
-        self.length = 0
+        self._length = 0
         self._frame = None
 
 
@@ -61,11 +59,17 @@ class KVCache(_PositionStore):
 
     def __init__(self, max_positions: int | None = None) -> None:
         super().__init__()
-        self.max_positions = None if max_positions is None else positive_int("max_positions", max_positions)
+        if max_positions is not None:
+            max_positions = checks.positive_int("max_positions", max_positions)
+        self.max_positions = max_positions
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
-    def _allocate(self, frame: tuple[int, ...], dtype, capacity: int) -> None:
+    def _grow(self, end: int) -> None:
+        """Room for positions 1…end: max_positions at once, else by doubling."""
+        frame, dtype = self._frame
+        held = 0 if self._k is None else self._k.shape[-2]
+        capacity = self.max_positions or max(end, 2 * held, 16)
         shape = frame[:-1] + (capacity,) + frame[-1:]  # (..., τ, capacity, head_dim)
         k, v = np.zeros(shape, dtype), np.zeros(shape, dtype)
         if self._k is not None:
@@ -74,24 +78,21 @@ class KVCache(_PositionStore):
         self._k, self._v = k, v
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        """Append keys and values of shape (..., τ, n_new, head_dim); return (K_{≤i}, V_{≤i}),
-        each (..., τ, i, head_dim), where i is the new length."""
+        """Append k and v, each (..., τ, n_new, head_dim); return (K_{≤i}, V_{≤i}), each
+        (..., τ, i, head_dim), where i is the new length."""
         k, v = self._check(k, v)
-        n_new = k.shape[-2]
-        end = self.length + n_new
-        if self.max_positions is not None and end > self.max_positions:
-            raise ValueError(
-                f"KVCache is full: it holds {self.length} of max_positions={self.max_positions} positions "
-                f"and cannot take {n_new} more"
-            )
-        frame, dtype = self._frame
+        start, end = self.length, self.length + k.shape[-2]
+        checks.cache_room(start, end - start, self.max_positions)
         if self._k is None or end > self._k.shape[-2]:
-            capacity = self.max_positions or max(end, 2 * (0 if self._k is None else self._k.shape[-2]), 16)
-            self._allocate(frame, dtype, capacity)
-        self._k[..., self.length : end, :] = k
-        self._v[..., self.length : end, :] = v
-        self.length = end
+            self._grow(end)
+        self._k[..., start:end, :] = k
+        self._v[..., start:end, :] = v
+        self._length = end
         return self.keys, self.values
+
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` and forget the rest (to redo a step, or time one)."""
+        self._length = checks.truncated_length(length, self.length)
 
     @property
     def keys(self) -> np.ndarray:
@@ -115,10 +116,12 @@ class KVCache(_PositionStore):
         return int(self.keys.nbytes + self.values.nbytes)
 
     def pairs(self) -> set[tuple[int, int]]:
-        """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored: j = 1…i, h = 1…τ."""
+        """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored:
+        j = 1…i, h = 1…τ."""
         if self.length == 0:
             return set()
-        return {(j, h) for j in range(1, self.length + 1) for h in range(1, self.tau + 1)}
+        i, tau = self.length, self.tau
+        return {(j, h) for j in range(1, i + 1) for h in range(1, tau + 1)}
 
     def reset(self) -> None:
         super().reset()
@@ -130,21 +133,23 @@ class WindowKVCache(_PositionStore):
     (Xiao & Zhu 2025, §2.3.3.1, eq. 2.52–2.53). Its memory stays bounded however long the text grows;
     the price is that attention can no longer see positions before the window."""
 
+    max_positions = None  # any length: older positions are dropped, not refused
+
     def __init__(self, n_c: int) -> None:
         super().__init__()
-        self.n_c = positive_int("n_c (the window size)", n_c)
+        self.n_c = checks.positive_int("n_c (the window size)", n_c)
         self._k: np.ndarray | None = None
         self._v: np.ndarray | None = None
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
-        """Append (..., τ, n_new, head_dim) keys and values; return the window (K_{[i−n_c+1, i]}, V_{[…]})."""
+        """Append k and v, each (..., τ, n_new, head_dim); return the window
+        (K_{[i−n_c+1, i]}, V_{[i−n_c+1, i]})."""
         k, v = self._check(k, v)
-        if self._k is None:
-            self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
-        else:
-            self._k = np.concatenate([self._k, k], axis=-2)[..., -self.n_c :, :]
-            self._v = np.concatenate([self._v, v], axis=-2)[..., -self.n_c :, :]
-        self.length += k.shape[-2]
+        self._length += k.shape[-2]
+        if self._k is not None:  # the window so far, then the new positions
+            k = np.concatenate([self._k, k], axis=-2)
+            v = np.concatenate([self._v, v], axis=-2)
+        self._k, self._v = k[..., -self.n_c :, :].copy(), v[..., -self.n_c :, :].copy()
         return self._k, self._v
 
     @property
@@ -187,28 +192,77 @@ class CumulativeAverageMemory:
     """
 
     def __init__(self) -> None:
-        self.length = 0
+        self._length = 0
         self.keys: np.ndarray | None = None  # k̄_i
         self.values: np.ndarray | None = None  # v̄_i
 
     def update(self, k, v) -> tuple[np.ndarray, np.ndarray]:
         """Take the key and value of one new position; return (k̄_i, v̄_i)."""
-        k = as_float_array("k", k)
-        v = as_float_array("v", v)
-        if self.keys is not None and (k.shape != self.keys.shape or v.shape != self.values.shape):
-            raise ValueError(
-                f"this memory averages keys of shape {self.keys.shape} and values of shape {self.values.shape}; "
-                f"got k {k.shape}, v {v.shape}"
-            )
+        k, v = checks.averaged(k, v, self.keys, self.values)
         i = self.length + 1
         if self.keys is None:
             self.keys, self.values = k.copy(), v.copy()
         else:
             self.keys = (k + (i - 1) * self.keys) / i
             self.values = (v + (i - 1) * self.values) / i
-        self.length = i
+        self._length = i
         return self.keys, self.values
 
+    @property
+    def length(self) -> int:
+        """i: the positions averaged so far."""
+        return self._length
+
     def reset(self) -> None:
-        self.length = 0
+        self._length = 0
         self.keys = self.values = None
+
+
+class DecoderCache:
+    """The cache of a whole decoder: cache_ℓ for every layer ℓ, all for one batch and one length.
+
+    ``layers[ℓ]`` is layer ℓ's cache; each has ``update(k, v) -> (K, V)`` with k, v laid out as
+    (batch, τ, n_new, head_dim). The NumPy decoder's caches are ``KVCache``; the torch decoder's
+    ``StaticKVCache`` has this same shape. Each layer counts its own positions; ``length`` says how
+    many all of them hold. Built by the decoders' ``new_cache(batch, max_positions)``.
+    """
+
+    def __init__(self, layers: list, batch: int) -> None:
+        self.layers = layers
+        self.max_batch = checks.positive_int("batch", batch)  # a smaller batch uses part of it
+
+    @property
+    def batch(self) -> int | None:
+        """The batch in use: None while empty, else fixed by the first prefill after a reset."""
+        return None if self.length == 0 else self.layers[0].keys.shape[0]
+
+    def __getitem__(self, layer: int):
+        return self.layers[layer]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def length(self) -> int:
+        """i: the positions held, the same in every layer (a mismatch is a bug, and says so)."""
+        lengths = {c.length for c in self.layers}
+        if len(lengths) != 1:
+            raise ValueError(f"the per-layer caches disagree on their length: {sorted(lengths)}")
+        return lengths.pop()
+
+    @property
+    def max_positions(self) -> int:
+        return self.layers[0].max_positions
+
+    def reset(self) -> None:
+        for c in self.layers:
+            c.reset()
+
+    def truncate(self, length: int) -> None:
+        """Keep positions 1…``length`` in every layer (to redo a step at a chosen position)."""
+        for c in self.layers:
+            c.truncate(length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers)

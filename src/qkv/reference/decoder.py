@@ -1,11 +1,12 @@
 """A GPT-2-shaped decoder in NumPy, with and without a KV cache (chapter 4).
 
-Read top to bottom in the order of the computation: LayerNorm, GELU, one attention block, the model.
-GPT-2's shape: learned position embeddings, LayerNorm before each sub-layer (pre-LN), GELU with the tanh
-approximation, and an output layer tied to the token embedding. Weights load from a Hugging Face GPT-2
-state dict (``Decoder.from_gpt2_state_dict``), so this decoder can be checked against GPT-2 itself.
+Read top to bottom in the order of the computation: LayerNorm, GELU, one transformer block (attention,
+then the MLP), the model. GPT-2's shape: learned position embeddings, LayerNorm before each sub-layer
+(pre-LN), GELU with the tanh approximation, and an output layer tied to the token embedding. Weights
+load from a Hugging Face GPT-2 state dict (``Decoder.from_gpt2_state_dict``), so this decoder can be
+checked against GPT-2 itself. The torch decoder of chapter 6 (``qkv.torch_decoder``) is cut the same way.
 
-Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, d/τ); logits
+Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); logits
 (batch, n, vocab). Positions count from 1 in the course; the position table is indexed from 0 here.
 """
 
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkv.config import DecoderConfig, non_negative_int, positive_int
+from qkv import checks
+from qkv.config import DecoderConfig
 from qkv.gpt2 import PREFIX, layer_names, read_state_dict
-from qkv.reference.attention import attention, causal_mask
-from qkv.reference.cache import KVCache
-from qkv.reference.heads import merge_heads, split_heads
+from qkv.reference.cache import DecoderCache, KVCache
+from qkv.reference.heads import _merge_heads, _split_heads
+from qkv.reference.qkv_attention import attend, causal_mask
 
 
 def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -38,8 +40,10 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Block:
-    """One transformer block's weights, in GPT-2's Conv1D layout: a layer computes x @ W + b."""
+    """One transformer block, in GPT-2's Conv1D layout: a linear layer computes x @ W + b."""
 
+    tau: int  # heads
+    eps: float  # LayerNorm's ε
     ln_1_g: np.ndarray
     ln_1_b: np.ndarray
     W_qkv: np.ndarray  # (d, 3d): [W_q | W_k | W_v], each the τ heads' projections side by side
@@ -52,6 +56,26 @@ class Block:
     b_fc: np.ndarray
     W_out: np.ndarray  # (d_ff, d)
     b_out: np.ndarray
+
+    def attention(self, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
+        """Masked multi-head self-attention of x (batch, n, d), reading positions
+        1…i from ``cache``."""
+        q, k, v = np.split(x @ self.W_qkv + self.b_qkv, 3, axis=-1)  # (batch, n, d)
+        q, k, v = (_split_heads(t, self.tau) for t in (q, k, v))  # (batch, τ, n, ·)
+        if cache is not None:
+            k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
+        n, i = q.shape[-2], k.shape[-2]
+        # One new query sees every key; a float64 mask would promote float32 scores.
+        mask = None if n == 1 else causal_mask(n, i).astype(q.dtype)
+        heads = attend(q, k, v, mask)  # (batch, τ, n, head_dim)
+        return _merge_heads(heads) @ self.W_o + self.b_o  # (batch, n, d)
+
+    def mlp(self, x: np.ndarray) -> np.ndarray:
+        return gelu(x @ self.W_fc + self.b_fc) @ self.W_out + self.b_out
+
+    def __call__(self, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
+        x = x + self.attention(layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps), cache)
+        return x + self.mlp(layer_norm(x, self.ln_2_g, self.ln_2_b, self.eps))
 
 
 class Decoder:
@@ -67,21 +91,21 @@ class Decoder:
     @classmethod
     def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64, *,
                              n_layer: int | None = None) -> "Decoder":
-        """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to arrays.
+        """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to arrays
+        or tensors.
 
-        τ = ``n_head`` cannot be read from the weights, so it is given; so may ``n_layer`` be, to catch a
-        missing last block. Every problem with the tensors is named in one ValueError (see
-        ``qkv.gpt2.read_state_dict``). ``dtype`` float64 makes cached and uncached logits agree to ~1e-12.
+        τ = ``n_head`` cannot be read from the weights, so it is given; so may ``n_layer`` be, to catch
+        a missing last block. Every problem with the tensors is named in one ValueError (see
+        ``qkv.gpt2.read_state_dict``). float64 makes cached and uncached logits agree to ~1e-12.
         """
         config, sd = read_state_dict(state_dict, n_head, n_layer)
 
         def get(name: str) -> np.ndarray:
-            value = sd[name]
-            if hasattr(value, "detach"):  # a torch tensor: read it without importing torch
-                value = value.detach().cpu().numpy()
-            return np.ascontiguousarray(np.asarray(value, dtype=dtype))
+            return np.ascontiguousarray(sd[name], dtype=dtype)
 
-        blocks = [Block(*(get(n) for n in layer_names(layer))) for layer in range(config.n_layer)]
+        eps = config.layer_norm_eps
+        blocks = [Block(config.n_head, eps, *(get(name) for name in layer_names(layer)))
+                  for layer in range(config.n_layer)]
         return cls(config, get(PREFIX + "wte.weight"), get(PREFIX + "wpe.weight"), blocks,
                    get(PREFIX + "ln_f.weight"), get(PREFIX + "ln_f.bias"))
 
@@ -89,135 +113,71 @@ class Decoder:
     def dtype(self) -> np.dtype:
         return self.wte.dtype
 
-    # --- input checks ---------------------------------------------------------------------------
-    def _check_ids(self, ids, name: str = "ids") -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-                arr = arr.astype(np.int64)
-            else:
-                raise TypeError(f"{name} must be integer token ids, got dtype {arr.dtype}")
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(f"{name} must have shape (batch, n) or (n,); got shape {np.shape(ids)}")
-        if arr.shape[1] == 0:
-            raise ValueError(f"{name} is empty (shape {arr.shape}); give at least one token")
-        bad = (arr < 0) | (arr >= self.config.vocab_size)
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{name} holds token id {int(arr[where])} at index {where}, outside the vocabulary "
-                f"[0, {self.config.vocab_size})"
-            )
-        return arr.astype(np.int64, copy=False)
-
-    def _check_token_ids(self, token_ids) -> np.ndarray:
-        """One new token per sequence: (batch,), or (batch, 1) as sliced off a (batch, n) array; as (batch, 1)."""
-        shape = np.shape(token_ids)
-        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-            return self._check_ids(np.reshape(token_ids, (-1, 1)), "token_ids")
-        raise ValueError(f"token_ids must hold one token per sequence, shape (batch,) or (batch, 1); "
-                         f"got shape {shape}")
-
-    def _check_room(self, start: int, n: int) -> None:
-        if start + n > self.config.n_positions:
-            raise ValueError(
-                f"sequence would reach {start + n} positions, past the maximum length "
-                f"n_positions={self.config.n_positions} of this model"
-            )
-
-    # --- the computation --------------------------------------------------------------------------
-    def _attend(self, block: Block, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
-        """Masked multi-head self-attention of x (batch, n, d), reading earlier positions from ``cache``."""
-        tau = self.config.n_head
-        h = layer_norm(x, block.ln_1_g, block.ln_1_b, self.config.layer_norm_eps)
-        q, k, v = np.split(h @ block.W_qkv + block.b_qkv, 3, axis=-1)  # each (batch, n, d)
-        q, k, v = split_heads(q, tau), split_heads(k, tau), split_heads(v, tau)  # (batch, τ, n, d/τ)
-        if cache is not None:
-            k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, d/τ)
-        n, i = q.shape[-2], k.shape[-2]
-        mask = None if n == 1 else causal_mask(n, i)  # one new query may see every cached key
-        # attention() scales by a float64 √d, which would promote float32 heads; cast back so that the
-        # output projection stays in the decoder's dtype instead of converting W_o at every step.
-        heads = attention(q, k, v, mask).astype(x.dtype, copy=False)  # (batch, τ, n, d/τ)
-        return merge_heads(heads) @ block.W_o + block.b_o  # (batch, n, d)
-
-    def _block(self, block: Block, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
-        x = x + self._attend(block, x, cache)
-        h = layer_norm(x, block.ln_2_g, block.ln_2_b, self.config.layer_norm_eps)
-        return x + gelu(h @ block.W_fc + block.b_fc) @ block.W_out + block.b_out
-
-    def _run(self, ids: np.ndarray, start: int, caches: list[KVCache] | None) -> np.ndarray:
-        n = ids.shape[1]
-        x = self.wte[ids] + self.wpe[start : start + n]  # (batch, n, d); positions start+1 … start+n
+    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None) -> np.ndarray:
+        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in ``cache``
+        (none without one) -> logits (batch, n, vocab)."""
+        start = 0 if cache is None else cache.length
+        x = self.wte[ids] + self.wpe[start : start + ids.shape[1]]  # (batch, n, d)
         for layer, block in enumerate(self.blocks):
-            x = self._block(block, x, None if caches is None else caches[layer])
+            x = block(x, None if cache is None else cache[layer])
         x = layer_norm(x, self.ln_f_g, self.ln_f_b, self.config.layer_norm_eps)
         return x @ self.wte.T  # tied output embedding: (batch, n, vocab)
 
+    # --- the public steps: one check, then the computation -----------------------------------------
     def forward(self, ids) -> np.ndarray:
-        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), computed from scratch."""
-        ids = self._check_ids(ids)
-        self._check_room(0, ids.shape[1])
-        return self._run(ids, 0, None)
+        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), from scratch."""
+        ids = self._checked(ids, None)
+        return self.logits(ids)
 
-    def new_cache(self, batch: int = 1) -> list[KVCache]:
-        """One empty KVCache per layer, sized for the model's maximum length."""
-        positive_int("batch", batch)
-        return [KVCache(max_positions=self.config.n_positions) for _ in self.blocks]
+    def new_cache(self, batch: int = 1, max_positions: int | None = None) -> DecoderCache:
+        """An empty cache for ``batch`` sequences of up to ``max_positions`` (default n_positions):
+        one ``KVCache`` per layer, each holding (batch, τ, i, head_dim) keys and values."""
+        max_positions = checks.cache_positions(max_positions, self.config.n_positions)
+        layers = [KVCache(max_positions=max_positions) for _ in self.blocks]
+        return DecoderCache(layers, batch)
 
-    def _check_caches(self, caches, batch: int) -> int:
-        if not isinstance(caches, (list, tuple)) or len(caches) != self.config.n_layer:
-            raise ValueError(f"caches must be a list of {self.config.n_layer} KVCache (one per layer); "
-                             f"use decoder.new_cache(batch)")
-        lengths = {c.length for c in caches}
-        if len(lengths) != 1:
-            raise ValueError(f"the per-layer caches disagree on their length: {sorted(lengths)}")
-        start = lengths.pop()
-        if start and caches[0].keys.shape[0] != batch:
-            raise ValueError(f"the caches hold a batch of {caches[0].keys.shape[0]} sequences; got {batch}")
-        return start
+    def prefill(self, ids, cache: DecoderCache) -> np.ndarray:
+        """Run the prompt (batch, n) in one pass, filling ``cache``; returns logits (batch, n, vocab)."""
+        ids = self._checked(ids, cache)
+        return self.logits(ids, cache)
 
-    def prefill(self, ids, caches: list[KVCache]) -> np.ndarray:
-        """Run the prompt in one pass, filling ``caches``; returns logits (batch, n, vocab)."""
-        ids = self._check_ids(ids)
-        start = self._check_caches(caches, ids.shape[0])
-        self._check_room(start, ids.shape[1])
-        return self._run(ids, start, caches)
-
-    def decode_step(self, token_ids, caches: list[KVCache]) -> np.ndarray:
-        """Feed one new token per sequence, token_ids (batch,) or (batch, 1); returns next-token logits
-        (batch, vocab).
-
-        Only this position's key and value are computed; the earlier ones come from ``caches``."""
-        ids = self._check_token_ids(token_ids)
-        start = self._check_caches(caches, ids.shape[0])
-        self._check_room(start, 1)
-        return self._run(ids, start, caches)[:, -1, :]
+    def decode_step(self, token_ids, cache: DecoderCache) -> np.ndarray:
+        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token logits
+        (batch, vocab). Only this position's key and value are computed; the rest come from ``cache``."""
+        ids = self._checked(checks.one_token_each(token_ids, self.config.vocab_size), cache)
+        return self.logits(ids, cache)[:, -1]
 
     def generate(self, ids, max_new_tokens: int, use_cache: bool = True) -> np.ndarray:
-        """Greedy decoding. Returns the prompt followed by the new tokens, (batch, n + max_new_tokens).
+        """Greedy decoding: the prompt (batch, n) or (n,), then the new tokens, as
+        (batch, n + max_new_tokens).
 
-        With ``use_cache=False`` every step recomputes keys and values for the whole prefix (the course's
-        "before" picture); with the cache each step computes them for the new token only.
+        With the cache: one ``prefill``, then one ``decode_step`` per new token. With
+        ``use_cache=False`` each step recomputes the whole prefix ("before" the cache).
         """
-        ids = self._check_ids(ids)
-        max_new_tokens = non_negative_int("max_new_tokens", max_new_tokens)
+        ids = checks.token_ids(ids, self.config.vocab_size)
+        max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
-        self._check_room(0, n + max_new_tokens)
-        out = np.empty((batch, n + max_new_tokens), dtype=np.int64)
+        checks.model_room(0, n + max_new_tokens, self.config)
+        out = np.zeros((batch, n + max_new_tokens), dtype=np.int64)
         out[:, :n] = ids
         if max_new_tokens == 0:
             return out
-        if use_cache:
-            caches = self.new_cache(batch)
-            logits = self.prefill(ids, caches)[:, -1, :]
+        if not use_cache:
             for t in range(n, n + max_new_tokens):
-                out[:, t] = np.argmax(logits, axis=-1)
-                if t + 1 < n + max_new_tokens:
-                    logits = self.decode_step(out[:, t], caches)
-        else:
-            for t in range(n, n + max_new_tokens):
-                out[:, t] = np.argmax(self._run(out[:, :t], 0, None)[:, -1, :], axis=-1)
+                out[:, t] = np.argmax(self.forward(out[:, :t])[:, -1], axis=-1)
+            return out
+        cache = self.new_cache(batch, n + max_new_tokens)
+        out[:, n] = np.argmax(self.prefill(ids, cache)[:, -1], axis=-1)
+        for t in range(n + 1, n + max_new_tokens):
+            out[:, t] = np.argmax(self.decode_step(out[:, t - 1], cache), axis=-1)
         return out
+
+    # --- checks at the edge ----------------------------------------------------------------------
+    def _checked(self, ids, cache: DecoderCache | None) -> np.ndarray:
+        """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length."""
+        ids = checks.token_ids(ids, self.config.vocab_size)
+        if cache is None:
+            checks.model_room(0, ids.shape[1], self.config)
+        else:
+            checks.decoder_cache(cache, DecoderCache, self.config, *ids.shape)
+        return ids

@@ -9,10 +9,11 @@ bandwidth, which is measured in the same run by copying a large tensor.
 
 ``--backend torch`` (the default) times ``qkv.torch_decoder.CachedDecoder``; ``--backend numpy`` times the
 NumPy reference ``qkv.reference.Decoder`` in float32. ``--preset`` picks the model shape and may be given more
-than once, e.g. ``--preset tiny --preset gpt2-small`` for one table per shape in the same run. The function
+than once, e.g. ``--preset toy --preset gpt2-small`` for one table per shape in the same run. The function
 ``measure`` returns the same numbers as a dict (the book's chapter 6 calls it with the small preset).
 
-With CUDA graphs (the default on a GPU) a decode step has fixed shapes, so it attends over every slot of the
+The torch decoder runs with its speed paths (``fast=True``: oneDNN prepacking on a CPU, CUDA graphs on a
+GPU); ``--plain`` times the lesson path alone. With CUDA graphs a decode step has fixed shapes, so it attends over every slot of the
 static cache, masking the ones not yet written: each step reads the whole cache, whatever its position. The
 bound then counts those bytes, and the table's title says so.
 """
@@ -25,8 +26,9 @@ import sys
 
 import numpy as np
 
-from qkv.bench._timing import best_time, copy_bandwidth, synchronizer
+from qkv import checks
 from qkv.config import DecoderConfig
+from qkv_bench._timing import best_time, copy_bandwidth, synchronizer
 
 DEFAULT_PRESET = "gpt2-small"
 DEFAULT_POSITIONS = (128, 512, 1024)
@@ -36,7 +38,7 @@ DEFAULT_NEW_TOKENS = 256
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["torch", "numpy"], default="torch",
                         help="which of our decoders to time (default: torch)")
-    parser.add_argument("--preset", choices=["tiny", "small", "gpt2-small"], action="append",
+    parser.add_argument("--preset", choices=["toy", "small", "gpt2-small"], action="append",
                         help="model shape; repeat it for one table per shape (default: gpt2-small, 124M "
                              "parameters, random weights)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default: 1)")
@@ -49,8 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA if present)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="weights and cache dtype for the torch backend (default: float32)")
-    parser.add_argument("--no-cuda-graph", action="store_true",
-                        help="on a GPU, decode eagerly instead of replaying a CUDA graph")
+    parser.add_argument("--plain", action="store_true",
+                        help="time the torch decoder's lesson path, without its speed paths (fast=False)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face (then no ratio ours/HF)")
 
@@ -71,10 +73,10 @@ def main(args: argparse.Namespace) -> int:
         for preset in presets:  # every preset's settings are checked before the first (slow) measurement
             check_settings(preset, new_tokens=new_tokens(preset), **settings)
         for i, preset in enumerate(presets):
-            result = measure(preset=preset, device=args.device, cuda_graph=not args.no_cuda_graph,
+            result = measure(preset=preset, device=args.device, fast=not args.plain,
                              hf=not args.no_hf, new_tokens=new_tokens(preset), **settings)
             print(("\n" if i else "") + format_table(result), flush=True)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, TypeError, ImportError) as exc:
         print(f"qkv bench decode: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -84,16 +86,16 @@ def main(args: argparse.Namespace) -> int:
 class _TorchBackend:
     name = "torch"
 
-    def __init__(self, state_dict, config: DecoderConfig, device, dtype: str, cuda_graph: bool) -> None:
+    def __init__(self, state_dict, config: DecoderConfig, device, dtype: str, fast: bool) -> None:
         import torch
 
         from qkv.torch_decoder import CachedDecoder
 
         self.torch = torch
         self.decoder = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=config.n_head, device=device,
-                                                          dtype=dtype, cuda_graph=cuda_graph)
+                                                          dtype=dtype, fast=fast)
         self.device = str(self.decoder.device)
-        self.element_size = self.decoder.wte.element_size()
+        self.element_size = self.decoder.wte.weight.element_size()
         self.uses_cuda_graph = self.decoder.uses_cuda_graph
         self._cache = None
 
@@ -118,7 +120,7 @@ class _TorchBackend:
             for p in sorted(positions, reverse=True):  # truncate can only shorten the filled cache
                 def step() -> None:
                     cache.truncate(p - 1)
-                    self.decoder._decode(token, cache)
+                    self.decoder.decode_step(token, cache)
                 step()  # warm-up (and, with CUDA graphs, the capture)
                 out[p] = best_time(step, max(repeats, 3), sync)
         return dict(sorted(out.items()))
@@ -139,17 +141,16 @@ class _NumpyBackend:
         self.decoder.generate(ids, new_tokens, use_cache=use_cache)
 
     def step_seconds(self, ids: np.ndarray, positions: list[int], repeats: int) -> dict[int, float]:
-        caches = self.decoder.new_cache(ids.shape[0])
-        self.decoder.prefill(ids[:, : max(positions) - 1], caches)
+        cache = self.decoder.new_cache(ids.shape[0], max(positions))
+        self.decoder.prefill(ids[:, : max(positions) - 1], cache)
         out = {}
-        for p in positions:
+        for p in sorted(positions, reverse=True):  # truncate can only shorten the filled cache
             def step() -> None:
-                for c in caches:
-                    c.length = p - 1  # forget the positions after p−1: the next step writes k_p, v_p again
-                self.decoder.decode_step(ids[:, -1], caches)
+                cache.truncate(p - 1)  # forget the positions after p−1: the step writes k_p, v_p again
+                self.decoder.decode_step(ids[:, -1], cache)
             step()
             out[p] = best_time(step, max(repeats, 3))
-        return out
+        return dict(sorted(out.items()))
 
 
 class _HuggingFace:
@@ -206,8 +207,7 @@ def check_settings(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: 
     config = DecoderConfig.preset(preset)
     for name, value in (("batch", batch), ("prompt", prompt), ("new_tokens", new_tokens),
                         ("uncached_tokens", uncached_tokens), ("repeats", repeats)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        checks.positive_int(name, value)
     if prompt + new_tokens > config.n_positions:
         raise ValueError(f"prompt {prompt} + new tokens {new_tokens} exceed the {preset} model's "
                          f"n_positions={config.n_positions}")
@@ -224,7 +224,7 @@ def check_settings(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: 
 
 def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1, prompt: int = 16,
             new_tokens: int = 256, uncached_tokens: int = 32, device: str | None = None, dtype: str = "float32",
-            cuda_graph: bool = True, repeats: int = 2, hf: bool = True, positions=None, seed: int = 0) -> dict:
+            fast: bool = True, repeats: int = 2, hf: bool = True, positions=None, seed: int = 0) -> dict:
     """Time generation and return the numbers ``qkv bench decode`` prints.
 
     Keys of the returned dict:
@@ -248,9 +248,7 @@ def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1
     config, positions = check_settings(preset, backend, batch, prompt, new_tokens, uncached_tokens, dtype,
                                        repeats, positions)
 
-    from qkv.torch_decoder import pick_device
-
-    device = str(pick_device(device)) if backend == "torch" else "cpu"
+    device = str(checks.device(device)) if backend == "torch" else "cpu"
     ref = None
     if hf:
         try:
@@ -267,7 +265,7 @@ def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1
         state_dict = {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()}
         ours = _NumpyBackend(state_dict, config)
     else:
-        ours = _TorchBackend(state_dict, config, device, dtype, cuda_graph)
+        ours = _TorchBackend(state_dict, config, device, dtype, fast)
     n_params = sum(int(np.prod(v.shape)) for k, v in state_dict.items() if k != "lm_head.weight" and
                    not k.endswith(".attn.bias"))
 
@@ -320,7 +318,7 @@ def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1
 
 def _number(x: float, decimals: int) -> str:
     """``x`` right-aligned in 10 characters with ``decimals`` places, or 3 significant digits below 1, so that
-    a small number (the tiny preset reaches a tiny fraction of the bound) never prints as 0.0."""
+    a small number (the toy preset reaches a tiny fraction of the bound) never prints as 0.0."""
     return f"{x:10.3g}" if 0 < abs(x) < 1 else f"{x:10.{decimals}f}"
 
 

@@ -1,4 +1,4 @@
-"""Small timing helpers shared by the benchmarks: wall-clock seconds, synchronized with the GPU when one runs.
+"""Small timing helpers of the benchmarks: wall-clock seconds, synchronized with the GPU when one runs.
 
 On a shared machine other work steals time now and then, which only ever makes a run slower; so each
 measurement is repeated and the fastest run is kept (the usual convention of ``timeit``).

@@ -1,0 +1,408 @@
+"""Checks at the edge (every chapter): each public function validates its arguments here, once.
+
+One rule (STYLE rule 11): a **TypeError** when an argument is the wrong *kind* of thing (a string where a
+number goes, ``True`` where a count goes, float token ids), a **ValueError** when it is the right kind but
+a wrong *value* (a negative size, a shape that does not fit, NaN, a token id outside the vocabulary).
+Every message names the argument and what it saw.
+
+A public function calls these once, then computes its formula; loops inside the package call the
+unchecked cores, so a decode step never rescans the whole cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _count(name: str, value, smallest: int, kind: str) -> int:
+    # bools are ints to Python, but `n_head=True` is a slip, not one head; NumPy ints are sizes read
+    # from arrays or .npz files, and pass.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a {kind} int, got {value!r} (of type {type(value).__name__})")
+    if value < smallest:
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as a Python int ≥ 1 (a size: heads, positions, a batch)."""
+    return _count(name, value, 1, "positive")
+
+
+def non_negative_int(name: str, value) -> int:
+    """``value`` as a Python int ≥ 0 (a count that may be zero, like ``max_new_tokens``)."""
+    return _count(name, value, 0, "non-negative")
+
+
+def float_array(name: str, x, finite: bool = False) -> np.ndarray:
+    """``x`` as a floating-point array (integers become float64). NaN is rejected, and with ``finite``
+    ±inf too (an infinite key or value turns a weighted average into inf − inf = NaN)."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of numbers, could not convert it: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name} must be an array of numbers, got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if not (np.isfinite(arr).all() if finite else not np.isnan(arr).any()):  # one pass
+        if np.isnan(arr).any():
+            raise ValueError(f"{name} contains NaN")
+        sign = "+inf" if np.isposinf(arr).any() else "-inf"
+        raise ValueError(f"{name} contains {sign}; it must be finite")
+    return arr
+
+
+def ndim_at_least(name: str, arr: np.ndarray, at_least: int, layout: str) -> None:
+    if arr.ndim < at_least:
+        raise ValueError(f"{name} must have at least {at_least} axes, laid out as {layout}; "
+                         f"got shape {arr.shape}")
+
+
+def same_leading(names: tuple[str, str], a, b, a_tail: int, b_tail: int) -> None:
+    """The axes in front of the last ``a_tail`` / ``b_tail`` axes must match exactly (no
+    broadcasting: (3, 2) values with (2,) weights is a mistake to report, not to guess)."""
+    lead_a, lead_b = a.shape[: a.ndim - a_tail], b.shape[: b.ndim - b_tail]
+    if lead_a != lead_b:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must agree on their leading (batch/head) axes: "
+            f"{names[0]} has shape {a.shape}, {names[1]} has shape {b.shape} ({lead_a} vs {lead_b})"
+        )
+
+
+def token_ids(ids, vocab_size: int, name: str = "ids"):
+    """Token ids as (batch, n) int64, (n,) read as a batch of one; a NumPy array stays an array and a
+    torch tensor stays a tensor on its device. Floats that are whole numbers pass (1.0 is token 1)."""
+    if hasattr(ids, "detach"):  # a torch tensor: checked without importing torch here
+        t = ids.detach()
+        whole = t.is_floating_point() and bool((t == t.round()).all())
+        if not whole and (t.is_floating_point() or t.is_complex() or str(t.dtype) == "torch.bool"):
+            raise TypeError(f"{name} must be integer token ids, got dtype {t.dtype}")
+        t = t.long()
+    else:
+        t = np.asarray(ids)
+        if t.dtype == object or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
+            if not (np.issubdtype(t.dtype, np.floating) and np.all(t == np.round(t))):
+                raise TypeError(f"{name} must be integer token ids, got dtype {t.dtype}")
+        t = t.astype(np.int64, copy=False)
+    if t.ndim == 1:
+        t = t[None, :]
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (batch, n) or (n,); got shape {tuple(ids.shape)}")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give at least one token")
+    bad = (t < 0) | (t >= vocab_size)
+    if bool(bad.any()):
+        bad = bad.cpu().numpy() if hasattr(bad, "cpu") else bad
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} holds token id {int(t[where])} at index {where}, outside the "
+                         f"vocabulary [0, {vocab_size})")
+    return t
+
+
+def one_token_each(token_ids_, vocab_size: int):
+    """One new token per sequence, (batch,) or (batch, 1) as sliced off a (batch, n) array; as (batch, 1)."""
+    shape = tuple(np.shape(token_ids_))
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise ValueError(f"token_ids must hold one token per sequence, shape (batch,) or (batch, 1); "
+                         f"got shape {shape}")
+    return token_ids(token_ids_.reshape(-1, 1) if hasattr(token_ids_, "reshape") else
+                     np.reshape(token_ids_, (-1, 1)), vocab_size, "token_ids")
+
+
+def room(start: int, n: int, limit: int | None, what: str) -> None:
+    """Positions start+1 … start+n must fit within ``limit`` positions (``what`` names the limit;
+    None: no limit, as for a window cache, which drops what falls out of it)."""
+    if limit is not None and start + n > limit:
+        raise ValueError(f"sequence would reach {start + n} positions, past {what}")
+
+
+# --- the arguments of chapter 1–3's formulas -----------------------------------------------------------
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def weights_and_values(values, weights) -> tuple[np.ndarray, np.ndarray]:
+    """values (..., n, d_v) and weights (..., n): non-negative weights that sum to 1, one per value row."""
+    values, weights = float_array("values", values), float_array("weights", weights)
+    ndim_at_least("values", values, 2, "(..., n, d_v): one value vector per row")
+    ndim_at_least("weights", weights, 1, "(..., n): one weight per value vector")
+    if weights.shape[-1] != values.shape[-2]:
+        raise ValueError(f"weights has {weights.shape[-1]} entries on its last axis but values has "
+                         f"{values.shape[-2]} rows (weights shape {weights.shape}, "
+                         f"values shape {values.shape})")
+    same_leading(("weights", "values"), weights, values, 1, 2)
+    if (weights < 0).any():
+        raise ValueError(f"weights must be non-negative; smallest weight seen is {weights.min():g}")
+    sums = weights.sum(axis=-1)
+    if not np.allclose(sums, 1.0, rtol=0, atol=WEIGHT_SUM_TOLERANCE):
+        worst = sums.flat[np.argmax(np.abs(sums - 1.0))]
+        raise ValueError(f"weights must sum to 1 along their last axis; a row sums to {worst:g}")
+    return values, weights
+
+
+def scores(x, axis: int = -1) -> np.ndarray:
+    """Scores for a softmax: finite or −inf (a masked key), and no row −inf everywhere."""
+    x = float_array("x", x)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one axis to normalise over; got a scalar")
+    if np.isposinf(x).any():  # exp(+inf − +inf) would be NaN
+        raise ValueError("softmax: x contains +inf; scores must be finite or -inf (a masked key)")
+    if np.isneginf(np.max(x, axis=axis)).any():
+        raise ValueError("softmax: a row of x is -inf everywhere (a mask that hides every key?); "
+                         "nothing to normalise")
+    return x
+
+
+def queries_and_keys(q, k) -> tuple[np.ndarray, np.ndarray]:
+    """q (..., m, d) and k (..., n, d): finite, the same d, the same leading axes."""
+    q, k = float_array("q", q, finite=True), float_array("k", k, finite=True)
+    ndim_at_least("q", q, 2, "(..., m, d): one query per row")
+    ndim_at_least("k", k, 2, "(..., n, d): one key per row")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same vector size d to be compared: q has shape "
+                         f"{q.shape}, k has shape {k.shape}")
+    same_leading(("q", "k"), q, k, 2, 2)
+    return q, k
+
+
+def keys_and_values(k, v) -> np.ndarray:
+    """v (..., n, d_v): finite, one row per key row, the same leading axes as k; returns v."""
+    v = float_array("v", v, finite=True)
+    ndim_at_least("v", v, 2, "(..., n, d_v): one value vector per row")
+    k = np.asarray(k)
+    if k.ndim >= 2 and v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"k and v must hold one row per position: k has {k.shape[-2]} rows "
+                         f"(shape {k.shape}), v has {v.shape[-2]} (shape {v.shape})")
+    same_leading(("k", "v"), k, v, 2, 2)
+    return v
+
+
+def additive_mask(mask, scores_shape: tuple[int, ...]) -> np.ndarray | None:
+    """An additive mask (0 / −inf) of shape (m, n) or the scores' own, or a boolean one (True: may
+    attend), as an additive array; None stays None."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        mask = np.where(mask, 0.0, -np.inf)
+    else:
+        mask = float_array("mask", mask)
+    if np.isposinf(mask).any():
+        raise ValueError("mask contains +inf; an additive mask holds 0 (may attend) and -inf (hidden)")
+    if mask.shape != scores_shape[-2:] and mask.shape != scores_shape:
+        raise ValueError(f"mask has shape {mask.shape}; it must be (m, n) = {scores_shape[-2:]} "
+                         f"(queries × keys) or match the scores exactly, {scores_shape}")
+    return mask
+
+
+def scores_shape(q: np.ndarray, k: np.ndarray) -> tuple[int, ...]:
+    return q.shape[:-1] + k.shape[-2:-1]  # (..., m, n)
+
+
+def attention_inputs(q, k, v=None, mask=None) -> tuple:
+    """The arguments of attention (q, k, v, mask) or of attention_weights (q, k, mask), checked."""
+    q, k = queries_and_keys(q, k)
+    if v is not None:
+        v = keys_and_values(k, v)
+    mask = additive_mask(mask, scores_shape(q, k))
+    return (q, k, mask) if v is None else (q, k, v, mask)
+
+
+def heads_of(name: str, x, tau) -> tuple[np.ndarray, int]:
+    """x (..., n, d) whose width d splits into τ heads of head_dim = d/τ columns."""
+    x = float_array(name, x)
+    ndim_at_least(name, x, 2, "(..., n, d)")
+    tau = positive_int("tau (the number of heads)", tau)
+    if x.shape[-1] % tau:
+        raise ValueError(f"tau={tau} heads do not divide the width d={x.shape[-1]} of {name} (shape "
+                         f"{x.shape}): d is not divisible by tau={tau}, and each head needs an equal "
+                         "slice of d/τ columns")
+    return x, tau
+
+
+def square_weights(x: np.ndarray, **weights) -> None:
+    d = x.shape[-1]
+    for name, w in weights.items():
+        if np.shape(w) != (d, d):
+            raise ValueError(f"{name} must have shape (d, d) = {(d, d)} for x of width d={d}; "
+                             f"got {np.shape(w)}")
+
+
+def grouped_heads(q, k, v, mask=None) -> tuple:
+    """q (..., τ, m, head_dim) and k, v (..., g, n, head_dim), with g dividing τ; and the
+    mask as an additive array."""
+    q, k, v = (float_array(name, x, finite=True) for name, x in (("q", q), ("k", k), ("v", v)))
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        ndim_at_least(name, x, 3, "(..., heads, positions, head_dim)")
+    tau, g = q.shape[-3], k.shape[-3]
+    if v.shape[-3] != g:
+        raise ValueError(f"k has {g} heads but v has {v.shape[-3]}; they must match")
+    if tau % g:
+        raise ValueError(f"the {g} key/value heads must divide the {tau} query heads evenly")
+    keys_and_values(k, v)
+    q_, k_ = q[..., :1, :, :], k[..., :1, :, :]  # one head each: d and the leading axes agree
+    queries_and_keys(q_, k_)
+    return q, k, v, additive_mask(mask, q.shape[:-1] + k.shape[-2:-1])
+
+
+# --- caches (chapters 4–5) ---------------------------------------------------------------------------
+CACHE_LAYOUT = "(..., tau, n_new, head_dim)"
+
+
+def new_keys_and_values(k, v) -> tuple[np.ndarray, np.ndarray]:
+    """k and v for a cache: the same shape, laid out as (..., τ, n_new, head_dim)."""
+    k, v = float_array("k", k), float_array("v", v)
+    ndim_at_least("k", k, 3, CACHE_LAYOUT)
+    ndim_at_least("v", v, 3, CACHE_LAYOUT)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape {CACHE_LAYOUT}; got k {k.shape}, v {v.shape}")
+    return k, v
+
+
+def averaged(k, v, keys, values) -> tuple[np.ndarray, np.ndarray]:
+    """A key and value for a running average of keys and values of the same shapes."""
+    k, v = float_array("k", k), float_array("v", v)
+    if keys is not None and (k.shape != keys.shape or v.shape != values.shape):
+        raise ValueError(f"this memory averages keys of shape {keys.shape} and values of shape "
+                         f"{values.shape}; got k {k.shape}, v {v.shape}")
+    return k, v
+
+
+def cache_room(length: int, n_new: int, max_positions: int | None) -> None:
+    if max_positions is not None and length + n_new > max_positions:
+        raise ValueError(f"KVCache is full: it holds {length} of max_positions={max_positions} "
+                         f"positions and cannot take {n_new} more")
+
+
+def truncated_length(length, held: int) -> int:
+    """A length to truncate a cache to: an int in [0, held]."""
+    length = non_negative_int("length", length)
+    if length > held:
+        raise ValueError(f"can only truncate to a length in [0, {held}], got {length!r}")
+    return length
+
+
+# --- the decoders (chapters 4 and 6) -------------------------------------------------------------------
+def cache_positions(max_positions, n_positions: int) -> int:
+    """A cache length: an int in [1, n_positions], n_positions when None."""
+    if max_positions is None:
+        return n_positions
+    max_positions = positive_int("max_positions", max_positions)
+    if max_positions > n_positions:
+        raise ValueError(f"max_positions must be an int in [1, n_positions={n_positions}], "
+                         f"got {max_positions!r}")
+    return max_positions
+
+
+def model_room(start: int, n: int, config) -> None:
+    room(start, n, config.n_positions,
+         f"the maximum length n_positions={config.n_positions} of this model")
+
+
+def decoder_cache(cache, cache_type: type, config, batch: int, n: int) -> int:
+    """A decoder's cache, able to take n more positions for ``batch`` sequences; returns its length."""
+    n_layer = config.n_layer
+    what = f"{cache_type.__name__} of {n_layer} layers (one per layer); use decoder.new_cache(batch)"
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be a {what}, got {type(cache).__name__}")
+    if len(cache) != n_layer:
+        raise ValueError(f"cache must be a {what}; it has {len(cache)}")
+    if batch > cache.max_batch:
+        raise ValueError(f"a batch of {batch} sequences is larger than the batch of {cache.max_batch} "
+                         f"this cache was built for")
+    start = cache.length
+    if start and cache.batch != batch:
+        raise ValueError(f"the cache holds a batch of {cache.batch} sequences; got {batch}")
+    model_room(start, n, config)
+    room(start, n, cache.max_positions, f"the cache's max_positions={cache.max_positions}")
+    return start
+
+
+def static_cache_update(cache, k, v) -> None:
+    """k and v for a torch ``LayerKVCache``: (batch, τ, n_new, head_dim), fitting its tensors."""
+    layout = "(batch, tau, n_new, head_dim)"
+    if k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"k and v must both be laid out as {layout}; got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    b, tau, n_new, head_dim = k.shape
+    max_b, max_tau, _, max_head_dim = cache.k.shape
+    if (tau, head_dim) != (max_tau, max_head_dim):
+        raise ValueError(f"this cache holds τ={max_tau} heads of head_dim={max_head_dim}; "
+                         f"got k of shape {tuple(k.shape)}")
+    if b > max_b:
+        raise ValueError(f"a batch of {b} sequences is larger than the batch of {max_b} this "
+                         f"cache was built for")
+    if cache.length and b != cache.keys.shape[0]:
+        raise ValueError(f"the cache holds a batch of {cache.keys.shape[0]} sequences; got {b}")
+    if cache.length + n_new > cache.max_positions:
+        raise ValueError(f"the KV cache is full: it holds {cache.length} of max_positions="
+                         f"{cache.max_positions} positions and cannot take {n_new} more")
+
+
+# --- the torch decoder (chapter 6); torch is imported only when these run ----------------------------
+def device(device=None):
+    """A torch device; ``None`` means CUDA when present, else the CPU. Asking for CUDA where there is
+    none is a ValueError that says so, rather than PyTorch's AssertionError at the first tensor."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', "
+                         f"got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available ({why}); "
+                         "use device='cpu', or device=None to use CUDA only where it is present")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} "
+                         f"GPU(s) are visible")
+    return device
+
+
+def float_dtype(dtype):
+    """torch.float32, bfloat16 or float16, given as a dtype or by name."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if isinstance(dtype, str) and dtype in dtypes:
+        return dtypes[dtype]
+    if dtype in dtypes.values():
+        return dtype
+    raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+
+
+def cache_place(cache, dtype, device) -> None:
+    if cache.dtype != dtype or cache.device != device:
+        raise ValueError(f"the cache holds {cache.dtype} on {cache.device} but this decoder computes "
+                         f"in {dtype} on {device}; use decoder.new_cache(batch)")
+
+
+def cache_room_for(cache, cache_type: type, n_layer: int, batch: int, n: int, total: int) -> None:
+    """Before generating into a given cache: will the whole run fit? (Else it fails part-way.)"""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be a {cache_type.__name__} of {n_layer} layers; "
+                        f"got {type(cache).__name__}")
+    short = []
+    if cache.max_positions < total:
+        short.append(f"{total} positions (prompt {n} + {total - n} new tokens) but it has room for "
+                     f"{cache.max_positions}")
+    if cache.max_batch < batch:
+        short.append(f"a batch of {batch} sequences but it was built for {cache.max_batch}")
+    if short:
+        raise ValueError(f"the cache is too small for this generation: it needs "
+                         f"{' and '.join(short)}; use decoder.new_cache({batch}, {total})")
+
+
+def sampling(temperature, top_k, seed) -> tuple[float, int | None, int | None]:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
+        raise TypeError(f"temperature must be a number ≥ 0, got {temperature!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be a number ≥ 0, got {temperature!r}")
+    top_k = None if top_k is None else positive_int("top_k", top_k)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an int or None, got {seed!r} (of type {type(seed).__name__})")
+    return float(temperature), top_k, None if seed is None else int(seed)
