@@ -70,10 +70,19 @@ def decode_static(model, token: torch.Tensor, position: torch.Tensor,
         h = block.ln_1(x)
         q, k, v = block.qkv(h)  # each (batch, τ, 1, head_dim)
         K, V = layer_cache.write_at(position, k, v)  # (batch, τ, max_positions, head_dim)
-        heads = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
+        heads = _one_query_attention(q, K, V, mask)
         x = x + block.c_proj(heads.transpose(1, 2).reshape(x.shape))
         x = x + block.mlp(block.ln_2(x))
     return model.lm_head(model.ln_f(x))[:, 0]
+
+
+def _one_query_attention(q, K, V, mask) -> torch.Tensor:
+    """softmax(q Kᵀ/√head_dim + Mask) V for one query per head, written out: for a single query the
+    fused attention kernels (tiled for many queries) run several times slower than three small products.
+    q: (batch, τ, 1, head_dim); K, V: (batch, τ, slots, head_dim); mask: True where a slot is visible."""
+    scores = (q @ K.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (batch, τ, 1, slots)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ V  # (batch, τ, 1, head_dim)
 
 
 class GraphedDecodeStep:
