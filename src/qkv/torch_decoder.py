@@ -43,19 +43,21 @@ def causal_mask(n: int, i: int, device) -> torch.Tensor | None:
 
 
 def padded_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a row's real
-    tokens sit at 0, 1, 2, … from its first real token. Padding gets 0, as in Hugging Face's
-    generate."""
+    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a
+    row's real tokens sit at 0, 1, 2, … from its first real token, as if it had no
+    padding. Padding gets 0, as in Hugging Face's generate (no real token reads it)."""
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def padded_causal_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
-    """Where the last n of i positions may attend in a left-padded batch: (batch, 1, n, i), True
-    for a key j ≤ query that is a real token; a padded query also sees itself (no empty rows)."""
+    """Where the last n of i positions may attend in a left-padded batch:
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
+    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
     i = mask.shape[-1]
     query = torch.arange(i - n, i, device=mask.device)[:, None]  # (n, 1): slots from 0
     key = torch.arange(i, device=mask.device)[None, :]  # (1, i)
-    allowed = (key <= query) & ((mask[:, None, :] == 1) | (key == query))  # (batch, n, i)
+    real = mask[:, None, :] == 1  # (batch, 1, i)
+    allowed = (key <= query) & (real | (key == query))  # (batch, n, i)
     return allowed[:, None]  # (batch, 1, n, i): the same for every head
 
 
@@ -181,9 +183,10 @@ class CachedDecoder(nn.Module):
 
     def logits(self, ids: torch.Tensor, cache: StaticKVCache | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in
-        ``cache`` (none without one) -> logits (batch, n, vocab). ``mask`` (batch, i + n), for a
-        left-padded batch: 1 for a real token, 0 for padding."""
+        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i
+        positions in ``cache`` (none without one) -> logits (batch, n, vocab).
+        ``mask`` (batch, i + n), for a left-padded batch: 1 for a real token, 0 for
+        padding."""
         start, n = (0 if cache is None else cache.length), ids.shape[1]
         if mask is None:
             positions = torch.arange(start, start + n, device=ids.device)  # (n,)
@@ -247,8 +250,8 @@ class CachedDecoder(nn.Module):
         ``temperature=0``; otherwise samples from softmax(logits / temperature), from the ``top_k``
         likeliest tokens when given, seeded by ``seed``. A ``cache`` may be passed to reuse its
         storage (it is reset first); by default one is built for exactly n + max_new_tokens positions.
-        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row then gets
-        the tokens it would get alone, after its padding.
+        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row
+        then gets the tokens it would get alone, after its padding.
         """
         ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)

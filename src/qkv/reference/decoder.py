@@ -43,20 +43,22 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def padded_positions(mask: np.ndarray) -> np.ndarray:
-    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a row's real
-    tokens sit at 0, 1, 2, … from its first real token, as if it had no padding. Padding gets 0, as
-    in Hugging Face's generate (any row would do: no real token reads a padded position)."""
+    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a
+    row's real tokens sit at 0, 1, 2, … from its first real token, as if it had no
+    padding. Padding gets 0, as in Hugging Face's generate (any row would do: no real
+    token reads a padded position)."""
     return np.where(mask == 1, np.cumsum(mask, axis=-1) - 1, 0)
 
 
 def padded_causal_mask(mask: np.ndarray, n: int) -> np.ndarray:
-    """Where the last n of i positions may attend in a left-padded batch: (batch, 1, n, i), True for
-    a key j ≤ query that is a real token. A padded query also sees itself (else its row would be
-    empty and its softmax NaN); no real token reads it."""
+    """Where the last n of i positions may attend in a left-padded batch:
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
+    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
     i = mask.shape[-1]
     query = np.arange(i - n, i)[:, None]  # (n, 1): the queries' slots, from 0
     key = np.arange(i)[None, :]  # (1, i)
-    allowed = (key <= query) & ((mask[:, None, :] == 1) | (key == query))  # (batch, n, i)
+    real = mask[:, None, :] == 1  # (batch, 1, i)
+    allowed = (key <= query) & (real | (key == query))  # (batch, n, i)
     return allowed[:, None]  # (batch, 1, n, i): the same for every head
 
 
@@ -143,9 +145,10 @@ class Decoder:
 
     def logits(self, ids: np.ndarray, cache: DecoderCache | None = None,
                mask: np.ndarray | None = None) -> np.ndarray:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in ``cache``
-        (none without one) -> logits (batch, n, vocab). ``mask`` (batch, i + n), for a left-padded
-        batch: 1 for a real token, 0 for padding, over the cached and the new tokens."""
+        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i
+        positions in ``cache`` (none without one) -> logits (batch, n, vocab).
+        ``mask`` (batch, i + n), for a left-padded batch: 1 for a real token, 0 for
+        padding, over the cached and the new tokens."""
         start, n = (0 if cache is None else cache.length), ids.shape[1]
         if mask is None:
             positions, allowed = np.arange(start, start + n), None  # (n,)
@@ -173,15 +176,18 @@ class Decoder:
         return DecoderCache(layers, batch)
 
     def prefill(self, ids, cache: DecoderCache, attention_mask=None) -> np.ndarray:
-        """Run the prompt (batch, n) in one pass, filling ``cache``; returns logits (batch, n, vocab).
-        ``attention_mask`` (batch, i + n) covers the i cached tokens and the new ones."""
+        """Run the prompt (batch, n) in one pass, filling ``cache``; returns logits
+        (batch, n, vocab). ``attention_mask`` (batch, i + n) covers the i cached
+        tokens and the new ones."""
         ids, mask = self._checked(ids, cache, attention_mask)
         return self.logits(ids, cache, mask)
 
-    def decode_step(self, token_ids, cache: DecoderCache, attention_mask=None) -> np.ndarray:
-        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token logits
-        (batch, vocab). Only this position's key and value are computed; the rest come from ``cache``.
-        A padded batch passes its ``attention_mask`` (batch, i + 1) at every step, as in Hugging Face."""
+    def decode_step(self, token_ids, cache: DecoderCache,
+                    attention_mask=None) -> np.ndarray:
+        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token
+        logits (batch, vocab). Only this position's key and value are computed; the
+        rest come from ``cache``. A padded batch passes its ``attention_mask``
+        (batch, i + 1) at every step, as in Hugging Face."""
         ids = checks.one_token_each(token_ids, self.config.vocab_size)
         ids, mask = self._checked(ids, cache, attention_mask)
         return self.logits(ids, cache, mask)[:, -1]
@@ -193,8 +199,8 @@ class Decoder:
 
         With the cache: one ``prefill``, then one ``decode_step`` per new token. With
         ``use_cache=False`` each step recomputes the whole prefix ("before" the cache).
-        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row then gets the
-        tokens it would get alone, after its padding.
+        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row
+        then gets the tokens it would get alone, after its padding.
         """
         ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
@@ -205,7 +211,8 @@ class Decoder:
         if max_new_tokens == 0:
             return out
         if mask is not None:  # every new token is real
-            mask = np.concatenate([mask, np.ones((batch, max_new_tokens), np.int64)], axis=1)
+            new = np.ones((batch, max_new_tokens), np.int64)
+            mask = np.concatenate([mask, new], axis=1)  # (batch, n + max_new_tokens)
 
         def upto(t: int):  # the mask of tokens 1…t
             return None if mask is None else mask[:, :t]
