@@ -291,10 +291,12 @@ MISCONCEPTIONS = [
             return m + s"""}),
     ("04_cache_notation", "q7", "calls the library's padded_positions", {"q7_answer": """
         from qkv.reference.decoder import padded_positions
+        def mask(m, s, pad):
+            return np.array([[0] * pad + [1] * (m + s)])
         def decode_position(m, s, pad=0):
-            return int(padded_positions(np.array([[0] * pad + [1] * (m + s)]))[0, -1]) + 1
+            return int(padded_positions(mask(m, s, pad))[0, -1]) + 1
         def cache_slot(m, s, pad=0):
-            return pad + m + s"""}),
+            return padded_positions(mask(m, s, pad)).shape[-1]"""}),
     ("05_cached_decoding", "q1", "attends before adding the new key (cache one short)", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
             q_i, k_i, v_i = x_i @ W_q, x_i @ W_k, x_i @ W_v
