@@ -103,8 +103,8 @@ class Block:
 
     def __call__(self, x: np.ndarray, cache: KVCache | None,
                  allowed: np.ndarray | None = None) -> np.ndarray:
-        h = layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps)
-        x = x + self.attention(h, cache, allowed)
+        normed = layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps)
+        x = x + self.attention(normed, cache, allowed)
         return x + self.mlp(layer_norm(x, self.ln_2_g, self.ln_2_b, self.eps))
 
 
