@@ -310,8 +310,12 @@ def test_a_mask_of_ones_changes_nothing(backend, decoder, prompts):
                                   backend.array(decoder.forward(prompts)))
 
 
-def test_bad_attention_masks(decoder, padded):
+def test_bad_attention_masks(backend, decoder, padded):
     _, ids, mask = padded
+    as_ints = backend.array(decoder.generate(ids, 3, attention_mask=mask))
+    for same in (mask.astype(bool), torch.from_numpy(mask), mask.astype(float)):  # 1/0 of any kind
+        np.testing.assert_array_equal(backend.array(decoder.generate(ids, 3, attention_mask=same)),
+                                      as_ints)
     bad = [(mask[:, 1:], ValueError, r"shape \(batch, length\) = \(3, 7\)"),
            (mask[:, ::-1], ValueError, "only left padding is supported"),
            (2 * mask, ValueError, "only 1 .* and 0"),
