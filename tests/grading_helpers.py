@@ -72,6 +72,10 @@ def question_scores(out: Path) -> dict[tuple[str, str], dict[str, tuple[float, f
 # marks a call to the course library's own version of what the question asks for (scored 0 by policy).
 
 _Q1 = "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights = np.array([0.2, 0.7, 0.1])\n"
+_CACHE_BYTES = """
+        def kv_cache_bytes(kind, i, n_layer, tau, head_dim, bytes_per_number, batch=1, groups=None):
+            heads = {heads}
+            return {factor} * n_layer * heads * i * head_dim * bytes_per_number * batch"""
 _KV_COUNTS = """
         def kv_projections(i, tau, use_cache):
             return {body}
@@ -224,6 +228,75 @@ MISCONCEPTIONS = [
             return 2 * memory.kv_projections(i, cached=use_cache, tau=tau)
         def total_kv_projections(n, tau, use_cache):
             return 2 * memory.total_kv_projections(n, cached=use_cache, tau=tau)"""}),
+    ("04_cache_notation", "q4", "counts keys but not values", {"q4_answer": _CACHE_BYTES.format(
+        heads='{"MHA": tau, "MQA": 1, "GQA": groups}[kind]', factor="1")}),
+    ("04_cache_notation", "q4", "shared heads still cached once per query head", {"q4_answer":
+        _CACHE_BYTES.format(heads="tau", factor="2")}),
+    ("04_cache_notation", "q4", "GQA keeps tau / groups key/value heads", {"q4_answer": _CACHE_BYTES.format(
+        heads='{"MHA": tau, "MQA": 1, "GQA": tau // (groups or 1)}[kind]', factor="2")}),
+    ("04_cache_notation", "q4", "multiplies by the model width instead of one head's", {"q4_answer":
+        _CACHE_BYTES.format(heads='{"MHA": tau, "MQA": 1, "GQA": groups}[kind] * tau', factor="2")}),
+    ("04_cache_notation", "q4", "calls the library's memory.cache_bytes", {"q4_answer": """
+        from qkv import memory
+        def kv_cache_bytes(kind, i, n_layer, tau, head_dim, bytes_per_number, batch=1, groups=None):
+            kind = {"MHA": "full", "MQA": "multi-query", "GQA": "grouped-query"}[kind]
+            return memory.cache_bytes(kind, i, n_layer=n_layer, tau=tau, head_dim=head_dim,
+                                      bytes_per_number=bytes_per_number, batch=batch, groups=groups)"""}),
+    ("04_cache_notation", "q5", "caches the queries too", {"q5_answer": """
+        cached = {"q", "k", "v"}
+        cached_step_answer = 'B'"""}),
+    ("04_cache_notation", "q5", "caches the layer inputs instead", {"q5_answer": """
+        cached = {"x"}
+        cached_step_answer = 'B'"""}),
+    ("04_cache_notation", "q5", "a cached step attends to the new key only", {"q5_answer": """
+        cached = {"k", "v"}
+        cached_step_answer = 'C'"""}),
+    ("04_cache_notation", "q5", "a cached step recomputes every key", {"q5_answer": """
+        cached = {"k", "v"}
+        cached_step_answer = 'A'"""}),
+    ("04_cache_notation", "q6", "the output at position i predicts token i", {"q6_answer": """
+        def predicted_token(i):
+            return i
+        def training_targets(ids):
+            return list(ids)"""}),
+    ("04_cache_notation", "q6", "shifted the wrong way (position i predicts token i - 1)", {"q6_answer": """
+        def predicted_token(i):
+            return i - 1
+        def training_targets(ids):
+            return list(ids[:-1])"""}),
+    ("04_cache_notation", "q6", "a target for the last position too (wraps around)", {"q6_answer": """
+        def predicted_token(i):
+            return i + 1
+        def training_targets(ids):
+            return list(ids[1:]) + [ids[0]]"""}),
+    ("04_cache_notation", "q7", "forgets the offset: every fed token at position 1", {"q7_answer": """
+        def decode_position(m, s, pad=0):
+            return 1
+        def cache_slot(m, s, pad=0):
+            return pad + m + s"""}),
+    ("04_cache_notation", "q7", "counts the padding as positions", {"q7_answer": """
+        def decode_position(m, s, pad=0):
+            return pad + m + s
+        def cache_slot(m, s, pad=0):
+            return pad + m + s"""}),
+    ("04_cache_notation", "q7", "the position table's row (from 0), not the position", {"q7_answer": """
+        def decode_position(m, s, pad=0):
+            return m + s - 1
+        def cache_slot(m, s, pad=0):
+            return pad + m + s"""}),
+    ("04_cache_notation", "q7", "the cache slot leaves out the padding", {"q7_answer": """
+        def decode_position(m, s, pad=0):
+            return m + s
+        def cache_slot(m, s, pad=0):
+            return m + s"""}),
+    ("04_cache_notation", "q7", "calls the library's padded_positions", {"q7_answer": """
+        from qkv.reference.decoder import padded_positions
+        def mask(m, s, pad):
+            return np.array([[0] * pad + [1] * (m + s)])
+        def decode_position(m, s, pad=0):
+            return int(padded_positions(mask(m, s, pad))[0, -1]) + 1
+        def cache_slot(m, s, pad=0):
+            return padded_positions(mask(m, s, pad)).shape[-1]"""}),
     ("05_cached_decoding", "q1", "attends before adding the new key (cache one short)", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
             q_i, k_i, v_i = x_i @ W_q, x_i @ W_k, x_i @ W_v
@@ -353,6 +426,30 @@ ALTERNATIVES = [
             return 2 * tau if use_cache else 2 * tau * i
         def total_kv_projections(n, tau, use_cache):
             return 2 * tau * n if use_cache else tau * n * (n + 1)"""}),
+    ("04_cache_notation", "q4", "if/elif and math.prod", {"q4_answer": """
+        import math
+        def kv_cache_bytes(kind, i, n_layer, tau, head_dim, bytes_per_number, batch=1, groups=None):
+            if kind == "MHA":
+                heads = tau
+            elif kind == "MQA":
+                heads = 1
+            else:
+                heads = groups
+            return math.prod([2, n_layer, heads, i, head_dim, bytes_per_number, batch])"""}),
+    ("04_cache_notation", "q5", "capital names in another order, a lower-case letter", {"q5_answer": """
+        cached = set(["V", "K"])
+        cached_step_answer = 'b'"""}),
+    ("04_cache_notation", "q6", "a loop and a comprehension", {"q6_answer": """
+        def predicted_token(i):
+            return 1 + i
+        def training_targets(ids):
+            return [ids[k] for k in range(1, len(ids))]"""}),
+    ("04_cache_notation", "q7", "counts the prompt, then the steps", {"q7_answer": """
+        def decode_position(m, s, pad=0):
+            first_generated = m + 1
+            return first_generated + (s - 1)
+        def cache_slot(m, s, pad=0):
+            return pad + decode_position(m, s)"""}),
     ("05_cached_decoding", "q1", "copies the matrices and uses np.dot and the returned (K, V)", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
             W_q, W_k, W_v = (np.array(W, dtype=float) for W in (W_q, W_k, W_v))

@@ -259,3 +259,91 @@ def test_greedy_tokens_match_hugging_face(backend, hf_pair):
     mine = backend.array(ours.generate(ids, steps))
     np.testing.assert_array_equal(mine, theirs.numpy())
     assert all(len(set(row[8:].tolist())) >= 5 for row in mine)
+
+
+# --- prompts of different lengths in one batch: left padding and an attention mask ----------------------
+@pytest.fixture(scope="module")
+def padded(small_config):
+    """Three prompts of 7, 4 and 2 tokens, left-padded to 7 with random tokens (never read)."""
+    rng = np.random.default_rng(4)
+    alone = [rng.integers(0, small_config.vocab_size, size=n) for n in (7, 4, 2)]
+    ids = rng.integers(0, small_config.vocab_size, size=(3, 7))
+    mask = np.zeros((3, 7), dtype=np.int64)
+    for row, prompt in enumerate(alone):
+        ids[row, 7 - len(prompt):], mask[row, 7 - len(prompt):] = prompt, 1
+    return alone, ids, mask
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_padded_batch_gives_each_prompt_its_own_tokens(backend, decoder, padded, use_cache):
+    alone, ids, mask = padded
+    out = backend.array(decoder.generate(ids, 20, use_cache=use_cache, attention_mask=mask))
+    assert out.shape == (3, 27)
+    np.testing.assert_array_equal(out[:, :7], ids)  # the padding stays where it was
+    for row, prompt in enumerate(alone):
+        own = backend.array(decoder.generate(prompt, 20, use_cache=use_cache))[0]
+        np.testing.assert_array_equal(out[row, 7:], own[len(prompt):])
+    assert len(set(out[:, 7:].ravel())) >= 5, "degenerate generation would make this check weak"
+
+
+def test_padded_steps_by_hand_match_each_prompt_alone(backend, decoder, padded):
+    """prefill and decode_step take the mask over the cache and the new tokens, at every step."""
+    alone, ids, mask = padded
+    cache = decoder.new_cache(3, 10)
+    logits = backend.array(decoder.prefill(ids, cache, attention_mask=mask))
+    for row, prompt in enumerate(alone):  # the real positions' logits, as if unpadded
+        own = backend.array(decoder.forward(prompt))[0]
+        np.testing.assert_allclose(logits[row, 7 - len(prompt):], own, rtol=0, atol=1e-4)
+    token = logits[:, -1].argmax(-1)
+    longer = np.pad(mask, ((0, 0), (0, 1)), constant_values=1)  # the new token is real
+    step = backend.array(decoder.decode_step(token, cache, attention_mask=longer))
+    for row, prompt in enumerate(alone):
+        own = backend.array(decoder.forward(np.append(prompt, token[row])))[0, -1]
+        np.testing.assert_allclose(step[row], own, rtol=0, atol=1e-4)
+
+
+def test_a_mask_of_ones_changes_nothing(backend, decoder, prompts):
+    ones = np.ones(prompts.shape, dtype=np.int64)
+    np.testing.assert_array_equal(backend.array(decoder.generate(prompts, 8, attention_mask=ones)),
+                                  backend.array(decoder.generate(prompts, 8)))
+    np.testing.assert_array_equal(backend.array(decoder.forward(prompts, attention_mask=ones)),
+                                  backend.array(decoder.forward(prompts)))
+
+
+def test_bad_attention_masks(backend, decoder, padded):
+    _, ids, mask = padded
+    as_ints = backend.array(decoder.generate(ids, 3, attention_mask=mask))
+    for same in (mask.astype(bool), torch.from_numpy(mask), mask.astype(float)):  # 1/0 of any kind
+        np.testing.assert_array_equal(backend.array(decoder.generate(ids, 3, attention_mask=same)),
+                                      as_ints)
+    bad = [(mask[:, 1:], ValueError, r"shape \(batch, length\) = \(3, 7\)"),
+           (mask[:, ::-1], ValueError, "only left padding is supported"),
+           (2 * mask, ValueError, "only 1 .* and 0"),
+           (np.where(mask == 1, 1, 0.5), TypeError, "must hold 0 and 1"),
+           (torch.from_numpy(mask) * 0.5, TypeError, "must hold 0 and 1"),
+           (np.array([["a"] * 7] * 3), TypeError, "must hold 0 and 1"),
+           (np.vstack([mask[:2], np.zeros(7, int)]), ValueError, "row 2 has no real token")]
+    for wrong, error, message in bad:
+        with pytest.raises(error, match=message):
+            decoder.generate(ids, 3, attention_mask=wrong)
+    cache = decoder.new_cache(3)
+    decoder.prefill(ids, cache, attention_mask=mask)
+    with pytest.raises(ValueError, match=r"\(3, 8\), one entry per token \(the cache's and the new"):
+        decoder.decode_step(ids[:, 0], cache, attention_mask=mask)
+    assert cache.length == 7
+
+
+def test_padded_greedy_tokens_match_hugging_face(backend, hf_pair):
+    """The same left-padded batch and mask through Hugging Face's generate: the same tokens."""
+    model, ours = hf_pair
+    rng = np.random.default_rng(5)
+    ids = torch.from_numpy(rng.integers(0, 211, size=(3, 9)))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = mask[2, :7] = 0  # prompts of 9, 5 and 2 tokens
+    steps = 40
+    with torch.no_grad():
+        theirs = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                                use_cache=True, pad_token_id=0, attention_mask=mask)
+    mine = backend.array(ours.generate(ids, steps, attention_mask=mask))
+    np.testing.assert_array_equal(mine, theirs.numpy())
+    assert all(len(set(row[9:].tolist())) >= 5 for row in mine)

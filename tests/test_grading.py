@@ -93,6 +93,7 @@ LIBRARY_CALLS = [k for k, m in enumerate(MISCONCEPTIONS) if "library" in m[2]]
 def test_library_call_policy_covers_every_assignment_that_asks_for_a_library_function():
     assert {MISCONCEPTIONS[k][:2] for k in LIBRARY_CALLS} == {
         ("01_weighted_average", "q2"), ("04_cache_notation", "q1"), ("04_cache_notation", "q3"),
+        ("04_cache_notation", "q4"), ("04_cache_notation", "q7"),
         ("05_cached_decoding", "q2"), ("05_cached_decoding", "q3")}
 
 
@@ -230,7 +231,7 @@ def test_cli_grade_writes_the_outputs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "grades.csv") as f:
         assert list(csv.reader(f)) == [["student", "assignment", "score", "max_score"],
-                                       ["ada", "04_cache_notation", "7", "7"]]
+                                       ["ada", "04_cache_notation", "17", "17"]]
 
 
 def test_grading_leaves_no_scratch_folders(batch):
@@ -372,7 +373,7 @@ def test_a_test_cell_added_after_grading_is_a_clear_error(tmp_path, capsys):
     assert (out / "grades.csv").read_text() == before
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
-        assert gb.find_submission(name, "ada").score == 7
+        assert gb.find_submission(name, "ada").score == 17
         assert "q3_extra" not in {c.name for c in gb.find_notebook(name, name).grade_cells}
 
     nb.cells = [c for c in nb.cells if c.metadata["nbgrader"]["grade_id"] not in ("q3_extra", "q3_total")]

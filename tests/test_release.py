@@ -120,6 +120,11 @@ GIVEAWAYS = [
     ("03_zeroed_values", "q3_function", ["equal scores", "plain average", "uniform"]),
     ("04_cache_notation", "q1_hidden", ["from 1 to 3", "to tau", "1..3"]),
     ("04_cache_notation", "q3_step", ["the new one included", "count keys and values, for every head", "2 *"]),
+    ("04_cache_notation", "q4_mha", ["2 *", "keys and values", "head_dim *"]),
+    ("04_cache_notation", "q4_shared", ["groups key/value heads", "one head", "1 head"]),
+    ("04_cache_notation", "q6_hidden", ["i + 1", "the next token", "[1:]"]),
+    ("04_cache_notation", "q7_position", ["m + s", "padding does not count", "ignore the padding"]),
+    ("04_cache_notation", "q7_slot", ["pad + m", "padding counts", "include the padding"]),
 ]
 
 

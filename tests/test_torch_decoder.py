@@ -212,3 +212,13 @@ def test_generate_checks_a_given_cache_before_starting(ours, prompts):
     torch.testing.assert_close(ours.generate(prompts, 10, cache=big), ours.generate(prompts, 10), rtol=0, atol=0)
 
 
+
+
+def test_fast_paths_take_a_padded_batch(state_dict, ours):
+    """fast=True (prepacked weights on a CPU) keeps the mask: the same tokens as the lesson path."""
+    fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
+    ids = torch.from_numpy(np.random.default_rng(6).integers(0, 256, size=(2, 6)))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    padded = fast.generate(ids, 12, attention_mask=mask)
+    torch.testing.assert_close(padded, ours.generate(ids, 12, attention_mask=mask), rtol=0, atol=0)
+    torch.testing.assert_close(padded[0, 3:], ours.generate(ids[0, 3:], 12)[0], rtol=0, atol=0)

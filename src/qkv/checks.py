@@ -318,6 +318,40 @@ def decoder_cache(cache, cache_type: type, config, batch: int, n: int) -> int:
     return start
 
 
+def attention_mask(mask, shape: tuple[int, int]):
+    """A left-padding mask of ``shape`` (batch, length), Hugging Face's convention: 1 for a real
+    token, 0 for padding, the padding before a row's real tokens. As int64; a NumPy array stays an
+    array and a torch tensor stays a tensor on its device. ``None`` stays None."""
+    if mask is None:
+        return None
+    if hasattr(mask, "detach"):  # a torch tensor: checked without importing torch here
+        m = mask.detach()
+        if m.is_complex() or (m.is_floating_point() and not bool((m == m.round()).all())):
+            raise TypeError(f"attention_mask must hold 0 and 1, got dtype {m.dtype}")
+        m = m.long()
+        rows = m.cpu().numpy()
+    else:
+        m = np.asarray(mask)
+        numbers = m.dtype != object and (np.issubdtype(m.dtype, np.number) or m.dtype == bool)
+        if not numbers or np.iscomplexobj(m) or not np.all(m == np.round(m.real)):
+            raise TypeError(f"attention_mask must hold 0 and 1, got dtype {m.dtype}")
+        m = m.astype(np.int64)
+        rows = m
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have shape (batch, length) = {tuple(shape)}, one entry "
+                         f"per token (the cache's and the new ones); got {tuple(m.shape)}")
+    if not np.isin(rows, (0, 1)).all():
+        raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding)")
+    if (np.diff(rows, axis=-1) < 0).any():
+        row = int(np.argwhere(np.diff(rows, axis=-1) < 0)[0, 0])
+        raise ValueError(f"attention_mask row {row} is {rows[row].tolist()}: only left padding is "
+                         "supported (the 0s before the 1s, Hugging Face's padding_side='left')")
+    if (rows[:, -1] == 0).any():
+        row = int(np.argwhere(rows[:, -1] == 0)[0, 0])
+        raise ValueError(f"attention_mask row {row} has no real token (all 0s)")
+    return m
+
+
 def static_cache_update(cache, k, v) -> None:
     """k and v for a torch ``LayerKVCache``: (batch, τ, n_new, head_dim), fitting its tensors."""
     layout = "(batch, tau, n_new, head_dim)"

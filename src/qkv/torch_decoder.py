@@ -14,6 +14,9 @@ change; they change how the same numbers reach the processor.
 Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); each
 layer's cache (batch, τ, max_positions, head_dim); logits (batch, n, vocab). Positions count from 1 in
 the course; the position table and cache slots from 0 here.
+
+Prompts of different lengths share a batch by left padding, with an ``attention_mask`` (batch, length):
+1 for a real token, 0 for padding, as in Hugging Face; the same rules as the NumPy decoder's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ def causal_mask(n: int, i: int, device) -> torch.Tensor | None:
     return torch.ones(n, i, dtype=torch.bool, device=device).tril(i - n)
 
 
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a
+    row's real tokens sit at 0, 1, 2, … from its first real token, as if it had no
+    padding. Padding gets 0, as in Hugging Face's generate (no real token reads it)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def padded_causal_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Where the last n of i positions may attend in a left-padded batch:
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
+    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
+    i = mask.shape[-1]
+    query = torch.arange(i - n, i, device=mask.device)[:, None]  # (n, 1): slots from 0
+    key = torch.arange(i, device=mask.device)[None, :]  # (1, i)
+    real = mask[:, None, :] == 1  # (batch, 1, i)
+    allowed = (key <= query) & (real | (key == query))  # (batch, n, i)
+    return allowed[:, None]  # (batch, 1, n, i): the same for every head
+
+
 class Block(nn.Module):
     """One transformer block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x))."""
 
@@ -60,22 +82,25 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, τ, n, head_dim)
         return q, k, v
 
-    def attention(self, x: torch.Tensor, cache: LayerKVCache | None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, cache: LayerKVCache | None,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Masked multi-head self-attention of x (batch, n, d), reading positions
-        1…i from ``cache``."""
+        1…i from ``cache``; ``allowed`` (batch, 1, n, i) replaces the causal mask in a
+        padded batch."""
         b, n, d = x.shape
         q, k, v = self.qkv(x)
         if cache is not None:
             k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
-        mask = causal_mask(n, k.shape[2], x.device)
+        mask = causal_mask(n, k.shape[2], x.device) if allowed is None else allowed
         heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # like q
         return self.c_proj(heads.transpose(1, 2).reshape(b, n, d))  # (batch, n, d)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x), cache, allowed)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -156,22 +181,31 @@ class CachedDecoder(nn.Module):
         """Bytes of all weights (the tied output layer counted once)."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
-    def logits(self, ids: torch.Tensor, cache: StaticKVCache | None = None) -> torch.Tensor:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in
-        ``cache`` (none without one) -> logits (batch, n, vocab)."""
-        start = 0 if cache is None else cache.length
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+    def logits(self, ids: torch.Tensor, cache: StaticKVCache | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i
+        positions in ``cache`` (none without one) -> logits (batch, n, vocab).
+        ``mask`` (batch, i + n), for a left-padded batch: 1 for a real token, 0 for
+        padding."""
+        start, n = (0 if cache is None else cache.length), ids.shape[1]
+        if mask is None:
+            positions = torch.arange(start, start + n, device=ids.device)  # (n,)
+            allowed = None
+        else:  # each row's real tokens count their positions from its first one
+            positions = padded_positions(mask)[:, start:]  # (batch, n)
+            allowed = padded_causal_mask(mask, n)  # (batch, 1, n, i + n)
         x = self.wte(ids) + self.wpe(positions)  # (batch, n, d)
         for layer, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[layer])
+            x = block(x, None if cache is None else cache[layer], allowed)
         return self.lm_head(self.ln_f(x))  # (batch, n, vocab)
 
     # --- the public steps: one check, then the computation -----------------------------------------
     @torch.inference_mode()
-    def forward(self, ids) -> torch.Tensor:
-        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), from scratch."""
-        ids = self._checked(ids, None)
-        return self.logits(ids)
+    def forward(self, ids, attention_mask=None) -> torch.Tensor:
+        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), from scratch;
+        ``attention_mask`` (batch, n) marks left padding with 0."""
+        ids, mask = self._checked(ids, None, attention_mask)
+        return self.logits(ids, None, mask)
 
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> StaticKVCache:
         """An empty static cache for up to ``batch`` sequences of up to ``max_positions`` (default:
@@ -182,27 +216,33 @@ class CachedDecoder(nn.Module):
                              self.device)
 
     @torch.inference_mode()
-    def prefill(self, ids, cache: StaticKVCache) -> torch.Tensor:
+    def prefill(self, ids, cache: StaticKVCache, attention_mask=None) -> torch.Tensor:
         """Run the prompt (batch, n) in one pass, writing its keys and values into
-        ``cache``; returns logits (batch, n, vocab)."""
-        ids = self._checked(ids, cache)
-        return self.logits(ids, cache)
+        ``cache``; returns logits (batch, n, vocab). ``attention_mask`` (batch, i + n)
+        covers the i cached tokens and the new ones."""
+        ids, mask = self._checked(ids, cache, attention_mask)
+        return self.logits(ids, cache, mask)
 
     @torch.inference_mode()
-    def decode_step(self, token_ids, cache: StaticKVCache) -> torch.Tensor:
+    def decode_step(self, token_ids, cache: StaticKVCache,
+                    attention_mask=None) -> torch.Tensor:
         """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token
         logits (batch, vocab). Only this position's key and value are computed; the
-        earlier ones are read from ``cache``."""
+        earlier ones are read from ``cache``. A padded batch passes its
+        ``attention_mask`` (batch, i + 1) at every step, as in Hugging Face."""
         vocab_size = self.config.vocab_size
-        ids = self._checked(checks.one_token_each(token_ids, vocab_size), cache)
-        if self.uses_cuda_graph:  # the speed path: this step, replayed (qkv.torch_fast)
+        ids = checks.one_token_each(token_ids, vocab_size)
+        ids, mask = self._checked(ids, cache, attention_mask)
+        # The speed path (qkv.torch_fast) replays a graph captured without padding; a
+        # padded batch takes the lesson path, the same numbers.
+        if self.uses_cuda_graph and mask is None:
             return self._replay(ids[:, 0], cache)
-        return self.logits(ids, cache)[:, -1]
+        return self.logits(ids, cache, mask)[:, -1]
 
     @torch.inference_mode()
     def generate(self, ids, max_new_tokens: int, use_cache: bool = True, temperature: float = 0.0,
                  top_k: int | None = None, seed: int | None = None,
-                 cache: StaticKVCache | None = None) -> torch.Tensor:
+                 cache: StaticKVCache | None = None, attention_mask=None) -> torch.Tensor:
         """The prompt (batch, n) or (n,) followed by ``max_new_tokens`` new tokens: an int64 tensor
         (batch, n + max_new_tokens) on this decoder's device.
 
@@ -210,8 +250,10 @@ class CachedDecoder(nn.Module):
         ``temperature=0``; otherwise samples from softmax(logits / temperature), from the ``top_k``
         likeliest tokens when given, seeded by ``seed``. A ``cache`` may be passed to reuse its
         storage (it is reset first); by default one is built for exactly n + max_new_tokens positions.
+        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row
+        then gets the tokens it would get alone, after its padding.
         """
-        ids = self._checked(ids, None)
+        ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         temperature, top_k, seed = checks.sampling(temperature, top_k, seed)
         (batch, n), total = ids.shape, ids.shape[1] + max_new_tokens
@@ -223,16 +265,23 @@ class CachedDecoder(nn.Module):
         if max_new_tokens == 0:
             return out
         pick = _Sampler(temperature, top_k, seed, self.device)
+        if mask is not None:  # every new token is real
+            mask = torch.cat([mask, mask.new_ones(batch, max_new_tokens)], dim=1)
+
+        def upto(t: int):  # the mask of tokens 1…t
+            return None if mask is None else mask[:, :t]
+
         if not use_cache:
             for t in range(n, total):
-                out[:, t] = pick(self.logits(out[:, :t])[:, -1])
+                out[:, t] = pick(self.logits(out[:, :t], None, upto(t))[:, -1])
             return out
         if cache is None:
             cache = self.new_cache(batch, total)
         cache.reset()
-        out[:, n] = pick(self.prefill(ids, cache)[:, -1])
+        out[:, n] = pick(self.prefill(ids, cache, attention_mask=upto(n))[:, -1])
         for t in range(n + 1, total):
-            out[:, t] = pick(self.decode_step(out[:, t - 1], cache))
+            logits = self.decode_step(out[:, t - 1], cache, attention_mask=upto(t))
+            out[:, t] = pick(logits)
         return out
 
     def _replay(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -242,16 +291,24 @@ class CachedDecoder(nn.Module):
             self._graph = GraphedDecodeStep(self, cache, token.shape[0])
         return self._graph(token).clone()  # the replay's output is overwritten by the next
 
-    def _checked(self, ids, cache: StaticKVCache | None) -> torch.Tensor:
+    def _checked(self, ids, cache: StaticKVCache | None, attention_mask=None):
         """ids as a (batch, n) int64 tensor on this decoder's device, checked against the vocabulary,
-        the cache and the model's length."""
+        the cache and the model's length; and the mask over the cache and ids, as a tensor there too,
+        or None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
         if cache is None:
+            start = 0
             checks.model_room(0, ids.shape[1], self.config)
         else:
-            checks.decoder_cache(cache, StaticKVCache, self.config, *ids.shape)
+            start = checks.decoder_cache(cache, StaticKVCache, self.config, *ids.shape)
             checks.cache_place(cache, self.dtype, self.device)
-        return torch.as_tensor(ids, device=self.device)
+        shape = (ids.shape[0], start + ids.shape[1])
+        mask = checks.attention_mask(attention_mask, shape)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=self.device)
+            if bool(mask.all()):
+                mask = None
+        return torch.as_tensor(ids, device=self.device), mask
 
 
 class _Sampler:

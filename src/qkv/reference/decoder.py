@@ -8,6 +8,10 @@ checked against GPT-2 itself. The torch decoder of chapter 6 (``qkv.torch_decode
 
 Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); logits
 (batch, n, vocab). Positions count from 1 in the course; the position table is indexed from 0 here.
+
+Prompts of different lengths share a batch by left padding: an ``attention_mask`` (batch, length) holds
+1 for a real token and 0 for padding, as in Hugging Face. No key is read at a padded position, and the
+positions of a row's real tokens count from its first real token (``padded_positions``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,26 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+def padded_positions(mask: np.ndarray) -> np.ndarray:
+    """Position-table rows for a left-padded batch, mask (batch, i) -> (batch, i): a
+    row's real tokens sit at 0, 1, 2, … from its first real token, as if it had no
+    padding. Padding gets 0, as in Hugging Face's generate (any row would do: no real
+    token reads a padded position)."""
+    return np.where(mask == 1, np.cumsum(mask, axis=-1) - 1, 0)
+
+
+def padded_causal_mask(mask: np.ndarray, n: int) -> np.ndarray:
+    """Where the last n of i positions may attend in a left-padded batch:
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
+    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
+    i = mask.shape[-1]
+    query = np.arange(i - n, i)[:, None]  # (n, 1): the queries' slots, from 0
+    key = np.arange(i)[None, :]  # (1, i)
+    real = mask[:, None, :] == 1  # (batch, 1, i)
+    allowed = (key <= query) & (real | (key == query))  # (batch, n, i)
+    return allowed[:, None]  # (batch, 1, n, i): the same for every head
+
+
 @dataclass
 class Block:
     """One transformer block, in GPT-2's Conv1D layout: a linear layer computes x @ W + b."""
@@ -57,9 +81,11 @@ class Block:
     W_out: np.ndarray  # (d_ff, d)
     b_out: np.ndarray
 
-    def attention(self, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
+    def attention(self, x: np.ndarray, cache: KVCache | None,
+                  allowed: np.ndarray | None = None) -> np.ndarray:
         """Masked multi-head self-attention of x (batch, n, d), reading positions
-        1…i from ``cache``."""
+        1…i from ``cache``; ``allowed`` (batch, 1, n, i) replaces the causal mask in a
+        padded batch."""
         q, k, v = np.split(x @ self.W_qkv + self.b_qkv, 3, axis=-1)  # (batch, n, d)
         q, k, v = (_split_heads(t, self.tau) for t in (q, k, v))  # (batch, τ, n, ·)
         if cache is not None:
@@ -67,14 +93,18 @@ class Block:
         n, i = q.shape[-2], k.shape[-2]
         # One new query sees every key; a float64 mask would promote float32 scores.
         mask = None if n == 1 else causal_mask(n, i).astype(q.dtype)
+        if allowed is not None:  # a padded batch: no real token reads a padded key
+            mask = np.where(allowed, 0.0, -np.inf).astype(q.dtype)
         heads = attend(q, k, v, mask)  # (batch, τ, n, head_dim)
         return _merge_heads(heads) @ self.W_o + self.b_o  # (batch, n, d)
 
     def mlp(self, x: np.ndarray) -> np.ndarray:
         return gelu(x @ self.W_fc + self.b_fc) @ self.W_out + self.b_out
 
-    def __call__(self, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
-        x = x + self.attention(layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps), cache)
+    def __call__(self, x: np.ndarray, cache: KVCache | None,
+                 allowed: np.ndarray | None = None) -> np.ndarray:
+        normed = layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps)
+        x = x + self.attention(normed, cache, allowed)
         return x + self.mlp(layer_norm(x, self.ln_2_g, self.ln_2_b, self.eps))
 
 
@@ -113,21 +143,30 @@ class Decoder:
     def dtype(self) -> np.dtype:
         return self.wte.dtype
 
-    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None) -> np.ndarray:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in ``cache``
-        (none without one) -> logits (batch, n, vocab)."""
-        start = 0 if cache is None else cache.length
-        x = self.wte[ids] + self.wpe[start : start + ids.shape[1]]  # (batch, n, d)
+    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None,
+               mask: np.ndarray | None = None) -> np.ndarray:
+        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i
+        positions in ``cache`` (none without one) -> logits (batch, n, vocab).
+        ``mask`` (batch, i + n), for a left-padded batch: 1 for a real token, 0 for
+        padding, over the cached and the new tokens."""
+        start, n = (0 if cache is None else cache.length), ids.shape[1]
+        if mask is None:
+            positions, allowed = np.arange(start, start + n), None  # (n,)
+        else:  # each row's real tokens count their positions from its first one
+            positions = padded_positions(mask)[:, start:]  # (batch, n)
+            allowed = padded_causal_mask(mask, n)  # (batch, 1, n, i + n)
+        x = self.wte[ids] + self.wpe[positions]  # (batch, n, d)
         for layer, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[layer])
+            x = block(x, None if cache is None else cache[layer], allowed)
         x = layer_norm(x, self.ln_f_g, self.ln_f_b, self.config.layer_norm_eps)
         return x @ self.wte.T  # tied output embedding: (batch, n, vocab)
 
     # --- the public steps: one check, then the computation -----------------------------------------
-    def forward(self, ids) -> np.ndarray:
-        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), from scratch."""
-        ids = self._checked(ids, None)
-        return self.logits(ids)
+    def forward(self, ids, attention_mask=None) -> np.ndarray:
+        """Logits (batch, n, vocab) for every position of ``ids`` (batch, n) or (n,), from scratch;
+        ``attention_mask`` (batch, n) marks left padding with 0."""
+        ids, mask = self._checked(ids, None, attention_mask)
+        return self.logits(ids, None, mask)
 
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> DecoderCache:
         """An empty cache for ``batch`` sequences of up to ``max_positions`` (default n_positions):
@@ -136,25 +175,34 @@ class Decoder:
         layers = [KVCache(max_positions=max_positions) for _ in self.blocks]
         return DecoderCache(layers, batch)
 
-    def prefill(self, ids, cache: DecoderCache) -> np.ndarray:
-        """Run the prompt (batch, n) in one pass, filling ``cache``; returns logits (batch, n, vocab)."""
-        ids = self._checked(ids, cache)
-        return self.logits(ids, cache)
+    def prefill(self, ids, cache: DecoderCache, attention_mask=None) -> np.ndarray:
+        """Run the prompt (batch, n) in one pass, filling ``cache``; returns logits
+        (batch, n, vocab). ``attention_mask`` (batch, i + n) covers the i cached
+        tokens and the new ones."""
+        ids, mask = self._checked(ids, cache, attention_mask)
+        return self.logits(ids, cache, mask)
 
-    def decode_step(self, token_ids, cache: DecoderCache) -> np.ndarray:
-        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token logits
-        (batch, vocab). Only this position's key and value are computed; the rest come from ``cache``."""
-        ids = self._checked(checks.one_token_each(token_ids, self.config.vocab_size), cache)
-        return self.logits(ids, cache)[:, -1]
+    def decode_step(self, token_ids, cache: DecoderCache,
+                    attention_mask=None) -> np.ndarray:
+        """Feed one new token per sequence, (batch,) or (batch, 1); returns next-token
+        logits (batch, vocab). Only this position's key and value are computed; the
+        rest come from ``cache``. A padded batch passes its ``attention_mask``
+        (batch, i + 1) at every step, as in Hugging Face."""
+        ids = checks.one_token_each(token_ids, self.config.vocab_size)
+        ids, mask = self._checked(ids, cache, attention_mask)
+        return self.logits(ids, cache, mask)[:, -1]
 
-    def generate(self, ids, max_new_tokens: int, use_cache: bool = True) -> np.ndarray:
+    def generate(self, ids, max_new_tokens: int, use_cache: bool = True,
+                 attention_mask=None) -> np.ndarray:
         """Greedy decoding: the prompt (batch, n) or (n,), then the new tokens, as
         (batch, n + max_new_tokens).
 
         With the cache: one ``prefill``, then one ``decode_step`` per new token. With
         ``use_cache=False`` each step recomputes the whole prefix ("before" the cache).
+        ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row
+        then gets the tokens it would get alone, after its padding.
         """
-        ids = checks.token_ids(ids, self.config.vocab_size)
+        ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
         checks.model_room(0, n + max_new_tokens, self.config)
@@ -162,22 +210,41 @@ class Decoder:
         out[:, :n] = ids
         if max_new_tokens == 0:
             return out
+        if mask is not None:  # every new token is real
+            new = np.ones((batch, max_new_tokens), np.int64)
+            mask = np.concatenate([mask, new], axis=1)  # (batch, n + max_new_tokens)
+
+        def upto(t: int):  # the mask of tokens 1…t
+            return None if mask is None else mask[:, :t]
+
         if not use_cache:
             for t in range(n, n + max_new_tokens):
-                out[:, t] = np.argmax(self.forward(out[:, :t])[:, -1], axis=-1)
+                logits = self.forward(out[:, :t], attention_mask=upto(t))
+                out[:, t] = np.argmax(logits[:, -1], axis=-1)
             return out
         cache = self.new_cache(batch, n + max_new_tokens)
-        out[:, n] = np.argmax(self.prefill(ids, cache)[:, -1], axis=-1)
+        logits = self.prefill(ids, cache, attention_mask=upto(n))
+        out[:, n] = np.argmax(logits[:, -1], axis=-1)
         for t in range(n + 1, n + max_new_tokens):
-            out[:, t] = np.argmax(self.decode_step(out[:, t - 1], cache), axis=-1)
+            logits = self.decode_step(out[:, t - 1], cache, attention_mask=upto(t))
+            out[:, t] = np.argmax(logits, axis=-1)
         return out
 
     # --- checks at the edge ----------------------------------------------------------------------
-    def _checked(self, ids, cache: DecoderCache | None) -> np.ndarray:
-        """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length."""
+    def _checked(self, ids, cache: DecoderCache | None,
+                 attention_mask=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length;
+        and the mask over the cache and ids, None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
         if cache is None:
+            start = 0
             checks.model_room(0, ids.shape[1], self.config)
         else:
-            checks.decoder_cache(cache, DecoderCache, self.config, *ids.shape)
-        return ids
+            start = checks.decoder_cache(cache, DecoderCache, self.config, *ids.shape)
+        shape = (ids.shape[0], start + ids.shape[1])
+        mask = checks.attention_mask(attention_mask, shape)
+        if mask is not None:
+            mask = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+            if mask.all():
+                mask = None
+        return ids, mask
