@@ -11,6 +11,7 @@ import csv
 import html
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS
@@ -76,7 +77,19 @@ def write_tables(out: Path, results: list[dict], ignored: list[Ignored],
     (out / "notices.txt").write_text("".join(f"{n}\n" for n in notices))
 
 
-def write_figure(out: Path, results: list[dict]) -> None:
+@dataclass(frozen=True)
+class Panel:
+    """What the figure shows of one assignment: how many handed it in, and each question's mean
+    fraction of the points over those who did."""
+
+    assignment: str
+    submitted: int
+    not_submitted: int
+    means: dict[str, float]
+
+
+def write_figure(out: Path, results: list[dict]) -> list[Panel]:
+    """report.png: every submitted score of every question, and its mean; returns what it plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +100,7 @@ def write_figure(out: Path, results: list[dict]) -> None:
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4),
                              squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
+    panels = []
     for ax, name in zip(axes[0], names):
         mine = [r for r in results if r["assignment"] == name]
         handed_in = [r for r in mine if _submitted(r)]
@@ -102,10 +116,13 @@ def write_figure(out: Path, results: list[dict]) -> None:
         ax.set_title(f"{name}\n({len(handed_in)} submitted, {len(mine) - len(handed_in)} not "
                      f"submitted)", fontsize=9)
         ax.set_ylim(-0.05, 1.05)
+        panels.append(Panel(name, len(handed_in), len(mine) - len(handed_in),
+                            {q: float(np.mean(f)) for q, f in per_q.items()}))
     axes[0][0].set_ylabel("score / max per question (red: mean)\nnot submitted: not plotted")
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=100)
     plt.close(fig)
+    return panels
 
 
 # ---- the class report ----------------------------------------------------------------------------------
