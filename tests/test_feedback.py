@@ -20,7 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grading_helpers import BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv, submit
+from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv,
+                             submit)
 from qkv_grading.grade import grade
 from test_site import CHROMIUM, CHROMIUM_ARGS
 
@@ -30,13 +31,20 @@ NAME = "04_cache_notation"
 MISTAKE = next(m for m in MISCONCEPTIONS if m[0] == NAME and m[1] == "q1")
 STAMP = "2026-11-20 09:15:02.123456 UTC"
 SECRET = "0123456789abcdef"
+OUTSIDE = "http://192.0.2.1"  # TEST-NET-1: never a real host
 
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     course = tmp_path_factory.mktemp("course")
     subs = course / "submitted"
-    folder = submit(subs, "ada", NAME, filled(NAME, MISTAKE[3])).parent
+    nb = filled(NAME, MISTAKE[3])
+    # what a learner may add that would make a page ask a host for something: it must not get through
+    nb.cells += [nbformat.v4.new_markdown_cell(f"My notes <img src='{OUTSIDE}/md.png'> $x_i$"),
+                 nbformat.v4.new_raw_cell(f"<script src='{OUTSIDE}/raw.js'></script>"),
+                 nbformat.v4.new_code_cell("from IPython.display import HTML\n"
+                                           f"HTML(\"<img src='{OUTSIDE}/out.png'>\")")]
+    folder = submit(subs, "ada", NAME, nb).parent
     (folder / "timestamp.txt").write_text(STAMP)
     (folder / "submission_secret.txt").write_text(SECRET)
     submit(subs, "peek", BAD, peeking_notebook())
@@ -145,8 +153,11 @@ def pages(course):
                 page = context.new_page()
                 page.route("**/*", guard)
                 page.goto(f"{base}{student}/{name}/{name}.html", wait_until="load")
-                page.wait_for_function("() => document.querySelectorAll('mjx-container').length > 0",
-                                       timeout=30_000)
+                try:  # MathJax typesets after load; a page whose math never renders fails below
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('mjx-container').length > 0", timeout=30_000)
+                except sync_api.TimeoutError:
+                    pass
                 page.wait_for_load_state("networkidle")
                 seen[student] = dict(page.evaluate(PAGE_JS), requests=requests)
                 page.close()

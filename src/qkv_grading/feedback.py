@@ -105,6 +105,15 @@ def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
             cell.metadata["qkv_test"] = {
                 "id": gid, "passed": bool(t["passed"]), "message": t.get("message", ""),
                 "points_text": f"{t['points']:g} / {t['max_points']:g}"}
+        trusted = info.get("locked") and not info.get("solution")  # restored from the instructor's
+        if cell.cell_type == "raw" and not trusted:  # nbconvert would paste a raw cell in as HTML
+            cell.cell_type, cell.source = "markdown", f"```\n{cell.source}\n```"
+            for key in ("raw_mimetype", "format"):
+                cell.metadata.pop(key, None)
+        if cell.cell_type == "markdown" and not trusted:  # the learner's: HTML in it shown as text
+            from nbconvert.filters import clean_html
+
+            cell.source = clean_html(cell.source)
         if cell.cell_type == "code":
             # only text and images: HTML or scripts a learner's code displays stay out of the page
             for out in cell.get("outputs", []):
@@ -123,8 +132,7 @@ def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="qkv_feedback.html.j2",
-                            extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})],
-                            sanitize_html=True)
+                            extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})])
     resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,
                  "qkv_summary": _summary(spec, tests, notes),
                  "metadata": {"name": f"{spec.name} feedback"}}
