@@ -85,6 +85,10 @@ def test_an_empty_notebook_gets_one_note(course):
     record = _record(course, "empty", NAME)
     assert record["notes"] == ["empty notebook (no cells): graded as left blank"]
     assert record["score"] == 0
+    # and the class report lists it among the submissions that need a human look
+    page = (course / "report.html").read_text()
+    look = page[page.index("id='needs-a-look'"):page.index(f"<h2 id='{BAD}'>")]
+    assert "data-student='empty'" in look and "empty notebook" in look
 
 
 def test_nbgrader_release_feedback_hands_the_page_back(course, tmp_path):

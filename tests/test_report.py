@@ -126,8 +126,9 @@ def test_the_most_common_misconception_is_ranked_first(out, report, question):
     assert counts == sorted(counts, reverse=True)
 
 
-def test_the_report_opens_offline_with_its_figure(report):
+def test_the_report_opens_offline_with_its_figure(out, report):
     assert report["figure"]
+    assert "None: every submission ran cleanly." in (out / "report.html").read_text()  # nothing to look at
     assert all(u.startswith("http://127.0.0.1:") for u in report["requests"]), report["requests"]
 
 
