@@ -122,6 +122,8 @@ def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
                     for key in [k for k in data if k not in ("text/plain", "image/png",
                                                              "image/jpeg")]:
                         del data[key]
+                    if not data:
+                        data["text/plain"] = "[a rich output, not shown in feedback]"
     return shown
 
 
