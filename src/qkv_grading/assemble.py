@@ -160,4 +160,6 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
         cell["id"] = cid
         seen.add(cid)
     nb.cells = cells
+    if not student:  # one note, not one per cell
+        notes = ["empty notebook (no cells): graded as left blank"]
     return Assembled(nb, notes)

@@ -1,70 +1,182 @@
-"""The learner's feedback page: score per question, their code and outputs, and each test's result and
-message. Hidden test code is never shown: test cells appear as released."""
+"""The learner's feedback: their notebook, rendered by nbconvert's HTML exporter, with a summary of the
+points at the top and each test's points and message under its cell.
+
+Test cells are shown as released (hidden test code never appears); outputs were scrubbed by the judge.
+MathJax is served from the feedback folder itself, so a page opens offline. Files are written in
+nbgrader's feedback layout, ``feedback/<student>/<assignment>/<assignment>.html`` beside
+``timestamp.txt`` and ``submission_secret.txt`` (those ``nbgrader collect`` wrote, when it did), so
+that ``nbgrader release_feedback`` can hand them back.
+"""
 
 from __future__ import annotations
 
+import copy
 import html
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
 
 from qkv_grading.results import questions
 from qkv_grading.spec import Spec
 
+MATHJAX = "mathjax/tex-svg-full.js"  # one file, every TeX extension, glyphs as SVG: no font requests
+COLLECT_FILES = ("timestamp.txt", "submission_secret.txt")  # written by `nbgrader collect`
 
-_CSS = """body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}
-.test{border-left:5px solid #999;padding:.2em .8em;margin:1em 0}.pass{border-color:#2a2}.fail{border-color:#c22}
-.out{background:#fff;border:1px solid #ddd}.notes{background:#fff6d6;padding:.6em}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"""
+_CSS = """
+main{max-width:62em;margin:0 auto;padding:0 .6em}
+.qkv-summary{margin:1em 0;font-family:var(--jp-ui-font-family,sans-serif)}
+.qkv-summary table{border-collapse:collapse}
+.qkv-summary td,.qkv-summary th{border:1px solid #ccc;padding:.25em .7em;text-align:left}
+.qkv-notes{background:#fff6d6;padding:.4em 1em;margin:.6em 0}
+.qkv-test{border-left:6px solid #999;padding:.3em .9em;margin:.2em 0 1.2em 0;
+  font-family:var(--jp-ui-font-family,sans-serif);overflow-wrap:anywhere}
+.qkv-pass{border-color:#2a2;background:#f0faf0}.qkv-fail{border-color:#c22;background:#fdf0f0}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
+@media (max-width:700px){
+  .jp-InputPrompt,.jp-OutputPrompt{display:none}
+  .jp-Cell{padding:.2em 0}
+  .jp-InputArea,.jp-OutputArea-child{display:block}
+}
+"""
+
+_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script>
+window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']],
+                        displayMath: [['$$', '$$'], ['\\[', '\\]']], processEscapes: true},
+                  options: {enableMenu: false}};
+</script>
+<script src="{{ resources.qkv_mathjax }}" defer></script>
+{%- endblock html_head_js_mathjax -%}
+{%- block extra_css -%}<style>{{ resources.qkv_css }}</style>{%- endblock extra_css -%}
+{%- block body_header -%}
+{{ super() }}
+{{ resources.qkv_summary }}
+{%- endblock body_header -%}
+{% block codecell %}
+{{ super() }}
+{%- set t = cell.metadata.get('qkv_test') -%}
+{%- if t -%}
+<div class="qkv-test {{ 'qkv-pass' if t.passed else 'qkv-fail' }}" data-test="{{ t.id | e }}">
+<b>Test {{ t.id | e }}: {{ 'passed' if t.passed else 'failed' }}, {{ t.points_text | e }} points</b>
+{%- if t.message %}<p class="qkv-message">{{ t.message | e }}</p>{% endif %}
+</div>
+{%- endif -%}
+{% endblock codecell %}
+"""
 
 
 def _esc(text) -> str:
     return html.escape(str(text))
 
 
-def _outputs_html(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        kind = out.get("output_type")
-        if kind == "stream":
-            parts.append(out.get("text", ""))
-        elif kind in ("execute_result", "display_data"):
-            parts.append(out.get("data", {}).get("text/plain", "[non-text output]"))
-        elif kind == "error":
-            parts.append(f"{out.get('ename', '')}: {out.get('evalue', '')}")
-    text = "".join(p if p.endswith("\n") else p + "\n" for p in parts)
-    if len(text) > 5000:
-        text = text[:5000] + "\n[... cut ...]\n"
-    return f"<pre class='out'>{_esc(text)}</pre>" if text.strip() else ""
-
-
-def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
-    """HTML feedback: the learner's code and outputs, and for each test its visible code, result and
-    message. Hidden test code is never shown: test cells are shown as released."""
-    released_src = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in spec.released.cells}
-    by_test = {t["id"]: t for t in tests}
+def _summary(spec: Spec, tests: list[dict], notes: list[str]) -> str:
     score = sum(t["points"] for t in tests)
     rows = "".join(f"<tr><td>{_esc(q)}</td><td>{s:g} / {m:g}</td></tr>"
                    for q, (s, m) in questions({"tests": tests}).items())
-    body = [f"<h1>Feedback: {_esc(spec.name)}</h1><p><b>Score: {score:g} / {spec.max_score:g}</b></p>",
-            f"<table><tr><th>question</th><th>points</th></tr>{rows}</table>"]
+    parts = [f"<section class='qkv-summary'><h1>Feedback: {_esc(spec.name)}</h1>",
+             f"<table><tr><th>question</th><th>points</th></tr>{rows}",
+             f"<tr><th>total</th><th class='qkv-total'>{score:g} / {spec.max_score:g}</th></tr>"
+             "</table>"]
     if notes:
-        body.append("<div class='notes'><b>Notes from the grader</b><ul>"
-                    + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
-    if nb is not None:
-        for cell in nb.cells:
-            info = cell.get("metadata", {}).get("nbgrader", {})
-            cid = info.get("grade_id") if info.get("grade") else None
-            if cid in by_test:
-                t = by_test[cid]
-                cls, verdict = ("pass", "passed") if t["passed"] else ("fail", "failed")
-                msg = "" if t["passed"] else f"<p><b>What is wrong:</b> {_esc(t['message'])}</p>"
-                body.append(f"<div class='test {cls}'><p><b>Test {_esc(cid)}</b>: {verdict}, "
-                            f"{t['points']:g} / {t['max_points']:g} points</p>"
-                            f"<pre>{_esc(released_src.get(cid, ''))}</pre>{msg}</div>")
-            elif cell.cell_type == "markdown":
-                body.append(f"<div class='md'><pre>{_esc(cell.source)}</pre></div>")
-            elif cell.cell_type == "code":
-                body.append(f"<pre>{_esc(cell.source)}</pre>{_outputs_html(cell)}")
-    else:
-        body.append("<ul>" + "".join(f"<li>{_esc(t['id'])}: 0 / {t['max_points']:g}</li>" for t in tests) + "</ul>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(spec.name)} feedback</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+        parts.append("<div class='qkv-notes'><b>Notes from the grader</b><ul>"
+                     + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul></div>")
+    parts.append("<p>Under each test cell: its points and, when it failed, what is wrong.</p>"
+                 "</section>")
+    return "".join(parts)
+
+
+def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
+    """The notebook as the learner sees it: test cells as released, each with its result attached."""
+    released = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in spec.released.cells}
+    by_test = {t["id"]: t for t in tests}
+    shown = copy.deepcopy(nb if nb is not None else spec.released)
+    for cell in shown.cells:
+        info = cell.get("metadata", {}).get("nbgrader", {})
+        gid = info.get("grade_id")
+        if info.get("grade") and gid in by_test:
+            t = by_test[gid]
+            cell.source = released[gid].source if gid in released else ""
+            cell.metadata["qkv_test"] = {
+                "id": gid, "passed": bool(t["passed"]), "message": t.get("message", ""),
+                "points_text": f"{t['points']:g} / {t['max_points']:g}"}
+        trusted = info.get("locked") and not info.get("solution")  # restored from the instructor's
+        if cell.cell_type == "raw" and not trusted:  # nbconvert would paste a raw cell in as HTML
+            cell.cell_type, cell.source = "markdown", f"```\n{cell.source}\n```"
+            for key in ("raw_mimetype", "format"):
+                cell.metadata.pop(key, None)
+        if cell.cell_type == "markdown" and not trusted:  # the learner's: HTML in it shown as text
+            from nbconvert.filters import clean_html
+
+            cell.source = clean_html(cell.source)
+        if cell.cell_type == "code":
+            # only text and images: HTML or scripts a learner's code displays stay out of the page
+            for out in cell.get("outputs", []):
+                data = out.get("data")
+                if data:
+                    for key in [k for k in data if k not in ("text/plain", "image/png",
+                                                             "image/jpeg")]:
+                        del data[key]
+                    if not data:
+                        data["text/plain"] = "[a rich output, not shown in feedback]"
+    return shown
+
+
+def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
+    """The feedback page for one submission (``nb``: the executed notebook, outputs scrubbed; None when
+    none could be run, and the released notebook is shown with every test's reason)."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file="qkv_feedback.html.j2",
+                            extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})])
+    resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,
+                 "qkv_summary": _summary(spec, tests, notes),
+                 "metadata": {"name": f"{spec.name} feedback"}}
+    body, _ = exporter.from_notebook_node(_shown_notebook(spec, nb, tests), resources=resources)
+    return body
+
+
+def mathjax_source() -> Path:
+    """The MathJax that the `sphinx-mathjax-offline` package ships (in requirements.txt)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("sphinx-mathjax-offline")
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError("the sphinx-mathjax-offline package is not installed (it is in "
+                                "requirements.txt): feedback pages need its MathJax")
+    path = Path(list(found.submodule_search_locations)[0]) / "static" / "mathjax" / Path(MATHJAX).name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall sphinx-mathjax-offline")
+    return path
+
+
+def write_feedback(out: Path, student: str, name: str, page: str, submission: Path) -> Path:
+    """Write one page in nbgrader's layout under ``out/feedback``, with ``timestamp.txt`` (the one
+    ``nbgrader collect`` wrote, else the notebook's time) and ``submission_secret.txt`` when collected.
+    MathJax is copied once into the feedback root."""
+    root = out / "feedback"
+    mathjax = root / MATHJAX
+    if not mathjax.is_file():
+        mathjax.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mathjax_source(), mathjax)
+    folder = root / student / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.html").write_text(page, encoding="utf-8")
+    for fname in COLLECT_FILES:
+        if (submission / fname).is_file():
+            shutil.copyfile(submission / fname, folder / fname)
+    if not (submission / "submission_secret.txt").is_file():
+        # not collected by nbgrader (handed in otherwise): `release_feedback` still needs a secret for
+        # every page; a random one, which nobody else can guess the file name from
+        (folder / "submission_secret.txt").write_text(secrets.token_hex(16))
+    if not (submission / "timestamp.txt").is_file():
+        nb = submission / f"{name}.ipynb"
+        when = datetime.fromtimestamp(nb.stat().st_mtime if nb.is_file() else 0, timezone.utc)
+        (folder / "timestamp.txt").write_text(when.strftime("%Y-%m-%d %H:%M:%S.%f %Z"))
+    return folder / f"{name}.html"

@@ -2,12 +2,16 @@
 
 Writes into --out DIR:
   gradebook.db        nbgrader's gradebook (SQLite unless --db gives another URL): one auto score per test cell
-  grades.csv          student,assignment,score,max_score
-  questions.csv       student,assignment,question,score,max_score
-  report.csv          every submission's status and what the grader noticed or repaired; ignored files
+  grades.csv          student,assignment,score,max_score,status,timestamp (score empty: not submitted)
+  grades_wide.csv     one row per student, one column per assignment: for an LMS import
+  questions.csv       student,assignment,question,score,max_score (submitted work only)
+  report.csv          every submission's status and what the grader noticed or repaired
+  ignored.csv         files and folders in SUBMISSIONS that were not graded, and why
+  report.html         the class report: scores per question, failure messages ranked, what needs a look
   report.png          the score distribution of every question
-  feedback/<student>/<assignment>.html   test results and messages (hidden test code is never shown, not even
-                                         what a submission's own code reads of it and prints)
+  feedback/<student>/<assignment>/<assignment>.html   the learner's notebook rendered, with each test's
+                      points and message (hidden test code is never shown), in nbgrader's layout with
+                      timestamp.txt, for `nbgrader release_feedback`
   results/<student>/<assignment>.json    the grader's record; a re-run skips submissions that did not change
 
 Workers (--workers N) are long-lived processes that only execute notebooks; this process alone writes the
@@ -19,6 +23,7 @@ gets its score and a reason in report.csv, and costs the others no more than its
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -26,10 +31,12 @@ from pathlib import Path
 
 from qkv_grading import sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
-from qkv_grading.discover import discover, submission_key
+from qkv_grading.discover import collected_timestamp, discover, submission_key, submitted
+from qkv_grading.feedback import write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
-from qkv_grading.report import load_results, write_figure, write_tables
+from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
+from qkv_grading.results import needs_a_look, not_submitted
 from qkv_grading.workers import Runner
 
 
@@ -85,6 +92,8 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 pass
         todo.append(((student, name, str(path), timeout), key))
     keys = {(j[0], j[1]): key for j, key in todo}
+    absent = [not_submitted(specs[j[1]], j[0]) for j, _ in todo if not submitted(Path(j[2]))]
+    todo = [(j, key) for j, key in todo if submitted(Path(j[2]))]
     if sandboxed:
         sandbox.require()
     runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers, sandboxed) if todo else None
@@ -95,26 +104,28 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
             for name in runner.specs:
                 writer.prepare(name)
-            for result in runner.results([j for j, _ in todo], progress):
-                student, name = result["student"], result["assignment"]
-                executed.append((student, name))
-                result["key"] = keys[(student, name)]
-                feedback = result.pop("feedback")
-                fb = out / "feedback" / student / f"{name}.html"
-                fb.parent.mkdir(parents=True, exist_ok=True)
-                fb.write_text(feedback, encoding="utf-8")
+        ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
+        for result in itertools.chain(ran, absent):
+            student, name = result["student"], result["assignment"]
+            executed.append((student, name))
+            result["key"] = keys[(student, name)]
+            path = submissions / student / name / f"{name}.ipynb"
+            if "feedback" in result:
+                result["timestamp"] = collected_timestamp(path)
+                write_feedback(out, student, name, result.pop("feedback"), path.parent)
                 writer.record(result)
-                record = out / "results" / student / f"{name}.json"
-                record.parent.mkdir(parents=True, exist_ok=True)
-                tmp = record.with_suffix(".tmp")
-                tmp.write_text(result_json(result))
-                os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+            record = out / "results" / student / f"{name}.json"
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(result_json(result))
+            os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
         results = Graded(load_results(out))
         results.executed = executed
         notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                         "grader's user can, solutions/ included"]
         write_tables(out, results, ignored, notices)
         write_figure(out, results)
+        write_class_report(out, results)
     finally:
         if writer is not None:
             writer.close()
@@ -137,9 +148,9 @@ def main(args: argparse.Namespace) -> int:
     except (GradebookMismatch, sandbox.SandboxMissing, InstructorError) as exc:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2
-    problems = [r for r in results if r["status"] != "graded" or r["notes"]]
+    problems = [r for r in results if needs_a_look(r)]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
-          f"the last run): grades.csv, questions.csv, report.csv, report.png, feedback/ "
-          f"({len(problems)} with notes in report.csv)")
+          f"the last run): grades.csv, grades_wide.csv, questions.csv, report.csv, ignored.csv, "
+          f"report.html, report.png, feedback/ ({len(problems)} with notes in report.csv)")
     return 0

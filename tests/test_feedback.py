@@ -1,0 +1,210 @@
+"""Feedback pages, opened in a real browser with no network (Debian's chromium, as the site test drives it),
+and handed back through `nbgrader release_feedback` in nbgrader's own course layout.
+
+A small batch, graded once in nbgrader's layout (``COURSE/submitted`` in, ``COURSE/feedback`` out): a
+learner with a misconception on 04 whose folder carries what `nbgrader collect` writes, a learner whose
+code reads the hidden tests back and prints them (01), and an empty notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv,
+                             submit)
+from qkv_grading.grade import grade
+from test_site import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.slow
+
+NAME = "04_cache_notation"
+MISTAKE = next(m for m in MISCONCEPTIONS if m[0] == NAME and m[1] == "q1")
+STAMP = "2026-11-20 09:15:02.123456 UTC"
+SECRET = "0123456789abcdef"
+OUTSIDE = "http://192.0.2.1"  # TEST-NET-1: never a real host
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    course = tmp_path_factory.mktemp("course")
+    subs = course / "submitted"
+    nb = filled(NAME, MISTAKE[3])
+    # what a learner may add that would make a page ask a host for something: it must not get through
+    nb.cells += [nbformat.v4.new_markdown_cell(f"My notes <img src='{OUTSIDE}/md.png'> $x_i$"),
+                 nbformat.v4.new_raw_cell(f"<script src='{OUTSIDE}/raw.js'></script>"),
+                 nbformat.v4.new_code_cell("from IPython.display import HTML\n"
+                                           f"HTML(\"<img src='{OUTSIDE}/out.png'>\")")]
+    folder = submit(subs, "ada", NAME, nb).parent
+    (folder / "timestamp.txt").write_text(STAMP)
+    (folder / "submission_secret.txt").write_text(SECRET)
+    submit(subs, "peek", BAD, peeking_notebook())
+    submit(subs, "empty", NAME, nbformat.v4.new_notebook())
+    (subs / "__MACOSX" / "ada").mkdir(parents=True)
+    (subs / "__MACOSX" / "ada" / "._x").write_text("")
+    (subs / "ada" / ".DS_Store").write_text("")
+    (folder / "Thumbs.db").write_text("")
+    grade(subs, course, ROOT, workers=1, timeout=20, progress=False)
+    return course
+
+
+def _record(course: Path, student: str, name: str) -> dict:
+    return json.loads((course / "results" / student / f"{name}.json").read_text())
+
+
+def test_feedback_is_written_in_nbgraders_layout_with_the_collected_timestamp(course):
+    folder = course / "feedback" / "ada" / NAME
+    assert (folder / f"{NAME}.html").is_file()
+    assert (folder / "timestamp.txt").read_text() == STAMP
+    assert (folder / "submission_secret.txt").read_text() == SECRET
+    assert (course / "feedback" / "mathjax" / "tex-svg-full.js").is_file()
+    # a notebook without a collected timestamp gets one too: release_feedback needs it
+    assert (course / "feedback" / "peek" / BAD / "timestamp.txt").read_text().strip()
+    rows = {(r["student"], r["assignment"]): r for r in read_csv(course / "grades.csv")}
+    assert rows[("ada", NAME)]["timestamp"] == STAMP
+
+
+def test_collect_files_and_debris_are_not_graded_and_debris_is_reported_once(course):
+    ignored = read_csv(course / "ignored.csv")
+    paths = [r["path"] for r in ignored]
+    assert sorted(paths) == ["__MACOSX", "ada/.DS_Store", f"ada/{NAME}/Thumbs.db"], paths
+    assert not any(r["student"] == "" for r in read_csv(course / "report.csv"))
+    assert "__MACOSX" not in {r["student"] for r in read_csv(course / "grades.csv")}
+
+
+def test_an_empty_notebook_gets_one_note(course):
+    record = _record(course, "empty", NAME)
+    assert record["notes"] == ["empty notebook (no cells): graded as left blank"]
+    assert record["score"] == 0
+    # and the class report lists it among the submissions that need a human look
+    page = (course / "report.html").read_text()
+    look = page[page.index("id='needs-a-look'"):page.index(f"<h2 id='{BAD}'>")]
+    assert "data-student='empty'" in look and "empty notebook" in look
+
+
+def test_nbgrader_release_feedback_hands_the_page_back(course, tmp_path):
+    from nbgrader.utils import notebook_hash
+
+    exchange = tmp_path / "exchange"
+    exchange.mkdir()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "nbgrader"), "release_feedback", NAME,
+         "--course", "qkv-course", f"--Exchange.root={exchange}", f"--CourseDirectory.root={course}"],
+        capture_output=True, text=True, cwd=course, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    released = exchange / "qkv-course" / "feedback" / f"{notebook_hash(secret=SECRET, notebook_id=NAME)}.html"
+    assert released.read_bytes() == (course / "feedback" / "ada" / NAME / f"{NAME}.html").read_bytes()
+
+
+# ---- in a browser ------------------------------------------------------------------------------------------
+
+PAGE_JS = r"""
+() => {
+  const tests = [...document.querySelectorAll(".qkv-test")].map(el => ({
+    id: el.dataset.test, passed: el.classList.contains("qkv-pass"),
+    message: (el.querySelector(".qkv-message") || {textContent: ""}).textContent,
+    after: (el.previousElementSibling || {className: ""}).className}));
+  const clone = document.body.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, mjx-container").forEach(el => el.remove());
+  const text = clone.textContent;
+  return {tests, mjx: document.querySelectorAll("mjx-container").length,
+          raw: (text.match(/\$\$|\\\(|\*\*/g) || []).length, shown: document.body.innerText,
+          html: document.documentElement.outerHTML, total: document.querySelector(".qkv-total").textContent,
+          width: document.documentElement.scrollWidth};
+}
+"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def pages(course):
+    """Each feedback page of the batch, opened at phone width from a server of the feedback folder alone;
+    every request the page made is recorded."""
+    from playwright import sync_api  # in requirements.txt: missing, it must fail, not skip
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing; run `make system-deps` (Debian's chromium package)")
+    handler = functools.partial(_Quiet, directory=str(course / "feedback"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    seen: dict = {}
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 390, "height": 844})
+            for student, name in (("ada", NAME), ("peek", BAD)):
+                requests: list[str] = []
+
+                def guard(route, request, requests=requests):
+                    requests.append(request.url)
+                    route.continue_() if request.url.startswith(base) else route.abort()
+
+                page = context.new_page()
+                page.route("**/*", guard)
+                page.goto(f"{base}{student}/{name}/{name}.html", wait_until="load")
+                try:  # MathJax typesets after load; a page whose math never renders fails below
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('mjx-container').length > 0", timeout=30_000)
+                except sync_api.TimeoutError:
+                    pass
+                page.wait_for_load_state("networkidle")
+                seen[student] = dict(page.evaluate(PAGE_JS), requests=requests)
+                page.close()
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return seen
+
+
+def test_a_feedback_page_renders_its_markdown_and_math(pages):
+    page = pages["ada"]
+    assert page["mjx"] >= 5 and page["raw"] == 0, (page["mjx"], page["raw"])
+
+
+def test_each_test_shows_its_points_and_message_under_its_cell(course, pages):
+    record = _record(course, "ada", NAME)
+    shown = {t["id"]: t for t in pages["ada"]["tests"]}
+    assert list(shown) == [t["id"] for t in record["tests"]]
+    for t in record["tests"]:
+        assert shown[t["id"]]["passed"] == t["passed"]
+        assert shown[t["id"]]["message"] == t["message"]
+        assert "jp-CodeCell" in shown[t["id"]]["after"]  # right under the test cell
+    assert any(not t["passed"] and t["message"] for t in record["tests"])
+    assert pages["ada"]["total"] == f"{record['score']:g} / {record['max_score']:g}"
+
+
+def test_a_feedback_page_contains_no_hidden_test_line(course, pages):
+    assert "[hidden test code removed]" in pages["peek"]["html"]  # what the notebook printed, scrubbed
+    for student, name in (("ada", NAME), ("peek", BAD)):
+        shown = "".join(pages[student]["html"].split()) + "".join(pages[student]["shown"].split())
+        leaked = [line for line in hidden_lines(name) if line in shown]
+        assert not leaked, (student, leaked[:3])
+
+
+def test_a_feedback_page_asks_for_nothing_beyond_its_folder(pages):
+    for student, page in pages.items():
+        assert page["requests"], student
+        outside = [u for u in page["requests"] if "127.0.0.1" not in u.split("/")[2]]
+        assert not outside, (student, outside)
+        assert any(u.endswith("/mathjax/tex-svg-full.js") for u in page["requests"])
+
+
+def test_a_feedback_page_fits_a_phone_screen(pages):
+    for student, page in pages.items():
+        assert page["width"] <= 390, (student, page["width"])
