@@ -107,6 +107,13 @@ def own_work(name: str, forbidden):
             f"write. Write it yourself; other helpers are fine.")
 
 
+def not_written(name: str) -> str:
+    """The one message for an answer that is not there yet: a stub that raises NotImplementedError, and a
+    name that is not defined because its cell has not run (or raised) read the same to a learner."""
+    return (f"{name} is not written yet: write your answer where it says YOUR CODE HERE, run that cell, "
+            f"then this test")
+
+
 # ---- the three kinds of probe ------------------------------------------------------------------------
 
 def _live(name: str, thunk, forbidden):
@@ -117,9 +124,9 @@ def _live(name: str, thunk, forbidden):
     except AssertionError:
         raise
     except NotImplementedError:
-        raise AssertionError(f"{name} is not written yet (it raises NotImplementedError)") from None
+        raise AssertionError(not_written(name)) from None
     except NameError as exc:
-        raise AssertionError(f"{exc}: run the cell that defines it first") from None
+        raise AssertionError(not_written(getattr(exc, "name", None) or name)) from None
     except Exception as exc:
         raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from None
     return wire.loads(wire.dumps(result))  # exactly what the grader receives
@@ -142,7 +149,7 @@ def _probe(name: str, thunk, forbidden=()):
 
 def _learner(name: str, namespace: dict):
     if name not in namespace:
-        raise NameError(f"{name} is not defined")
+        raise NameError(f"{name} is not defined", name=name)
     return namespace[name]
 
 
@@ -205,3 +212,47 @@ def replaying(records: list):
         yield
     finally:
         _MODE.reset(token)
+
+
+# ---- a failing test in a learner's notebook shows its message --------------------------------------------
+
+TEST_HEADING = "# Test"  # how every test cell of an exercise begins
+
+
+def _in_a_test_cell(tb) -> bool:
+    """Whether a traceback passes through a test cell (its code starts with ``TEST_HEADING``) or a probe
+    part run by ``run_probe_part``."""
+    import linecache
+
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename == "<test>" or linecache.getline(filename, 1).startswith(TEST_HEADING):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _message_only(shell, etype, value, tb, tb_offset=None):
+    """IPython's handler for AssertionError: a failing test cell shows ``AssertionError: message``, not
+    the frames of the check helpers it went through; the learner's own cells keep the full traceback.
+    The cell still ends in an error output, so the notebook, nbgrader and ``qkv check`` see it fail."""
+    if _in_a_test_cell(tb):
+        stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    else:
+        stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    shell._showtraceback(etype, value, stb)
+
+
+def show_test_failures_as_messages() -> None:
+    """In an IPython kernel (a learner's notebook), let a failing test show its message alone.
+    Outside IPython (the grader's process, pytest) this does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and AssertionError not in getattr(shell, "custom_exceptions", ()):
+        shell.set_custom_exc((AssertionError,), _message_only)
+
+
+show_test_failures_as_messages()  # on import: every test cell imports this module first
