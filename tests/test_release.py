@@ -235,3 +235,26 @@ def test_exercise_5_lays_the_cache_out_as_chapter_4_does():
     intro = read_notebook(release_path(ROOT, "05_cached_decoding")).cells[0].source
     assert "laid out `(batch, tau, positions, head_dim)`, as in\nchapter 4" in intro
     assert "(heads, positions, head_dim)" not in intro and "k_i[None, None, None, :]" in intro
+
+
+def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys):
+    import shutil as _shutil
+
+    from qkv_grading import cli
+
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    published = ROOT / "graded-by-a-test"
+    assert not published.exists()
+    assert cli.main(["grade", str(subs), "--out", str(published), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "git does not ignore it" in err and "grading-out" in err and not published.exists()
+    ignored = ROOT / "grading-out" / "by-a-test"
+    try:
+        assert cli.main(["grade", str(subs), "--out", str(ignored), "--no-progress"]) == 0
+        assert cli.main(["grade", str(subs), "--out", str(tmp_path / "outside"), "--no-progress"]) == 0
+    finally:
+        _shutil.rmtree(ignored, ignore_errors=True)
+    guide = (ROOT / "book" / "07_exercises.md").read_text()
+    assert "--out graded " not in guide and "qkv grade SUBMISSIONS --out grading-out/" in guide
+    assert "nbgrader export --CourseDirectory.db_url=sqlite:///grading-out/week1/gradebook.db --to " in guide
