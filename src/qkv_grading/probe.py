@@ -125,8 +125,8 @@ def _live(name: str, thunk, forbidden):
         raise
     except NotImplementedError:
         raise AssertionError(not_written(name)) from None
-    except NameError as exc:
-        raise AssertionError(not_written(getattr(exc, "name", None) or name)) from None
+    except _NotDefined as exc:
+        raise AssertionError(not_written(exc.name)) from None
     except Exception as exc:
         raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from None
     return wire.loads(wire.dumps(result))  # exactly what the grader receives
@@ -147,9 +147,13 @@ def _probe(name: str, thunk, forbidden=()):
     return value
 
 
+class _NotDefined(NameError):
+    """The name a test asks for is not in the learner's namespace (not a NameError inside their code)."""
+
+
 def _learner(name: str, namespace: dict):
     if name not in namespace:
-        raise NameError(f"{name} is not defined", name=name)
+        raise _NotDefined(f"{name} is not defined", name=name)
     return namespace[name]
 
 
