@@ -1,9 +1,10 @@
-# Two entry points do all set-up from a fresh clone:
+# Entry points that do all set-up from a fresh clone:
+#   make lab    opens JupyterLab on the exercises, for a learner
 #   make book   builds the site into _build/html
 #   make test   runs the whole test suite (it builds the site first: the browser test visits it)
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install book test test-fast test-gpu system-deps release clean
+.PHONY: install lab book test test-fast test-gpu system-deps release clean
 
 install: $(STAMP)
 
@@ -23,6 +24,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
+
+# A learner's JupyterLab on exercises/: the venv's bin on PATH (so `!qkv check NAME` works in a cell and
+# `qkv check NAME` in its terminal), nbgrader's instructor tools turned off (learner/jupyter/), listening
+# on 127.0.0.1 only. LAB_ARGS passes more options, e.g. LAB_ARGS="--no-browser --port=8890".
+LAB_ARGS ?=
+lab: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" \
+	JUPYTER_CONFIG_DIR="$(CURDIR)/learner/jupyter" \
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)/exercises" --ServerApp.ip=127.0.0.1 $(LAB_ARGS)
 
 # Debian packages the tests need (a real browser). Installs only what is missing.
 system-deps:

@@ -18,16 +18,10 @@ c.CourseDirectory.release_directory = "exercises"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-c.CourseDirectory.db_assignments = [
-    {"name": "01_weighted_average"},
-    {"name": "02_qkv_roles"},
-    {"name": "03_zeroed_values"},
-    {"name": "04_cache_notation"},
-    {"name": "05_cached_decoding"},
-]
-
-# Every cell gets 60 s (an infinite loop costs one minute, not the whole batch); long outputs are cut.
-c.Execute.timeout = 60
+# Every cell gets 30 s, as in `qkv grade` and `qkv check` (an infinite loop costs half a minute, not the
+# whole batch); long outputs are cut. The assignments are the folders of solutions/: nbgrader 0.9 has no
+# setting that lists them.
+c.Execute.timeout = 30
 c.Execute.interrupt_on_timeout = True
 c.LimitOutput.max_lines = 200
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

@@ -97,6 +97,13 @@ MISCONCEPTIONS = [
         def weighted_average(values, weights):
             values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
             return (weights[..., :, None] * values).sum(axis=-2) / values.shape[-2]"""}),
+    ("01_weighted_average", "q2", "chapter 1's version: weights not divided by their sum", {"q2_answer": """
+        def weighted_average(values, weights):
+            return np.einsum("...n,...nd->...d", np.asarray(weights, dtype=float), np.asarray(values, dtype=float))"""}),
+    ("01_weighted_average", "q2", "divides by the sum of every weight of the array, not each row's", {"q2_answer": """
+        def weighted_average(values, weights):
+            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+            return (weights[..., :, None] * values).sum(axis=-2) / weights.sum()"""}),
     ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
         from qkv.reference import weighted_average as _library_average
         def weighted_average(values, weights):
@@ -301,16 +308,16 @@ MISCONCEPTIONS = [
         def decode_step(x_i, cache, W_q, W_k, W_v):
             q_i, k_i, v_i = x_i @ W_q, x_i @ W_k, x_i @ W_v
             if cache.length == 0:
-                cache.update(k_i[None, None, :], v_i[None, None, :])
+                cache.update(k_i[None, None, None, :], v_i[None, None, None, :])
                 return v_i
-            out = attention(q_i[None, None, :], cache.keys, cache.values)[0, 0]
-            cache.update(k_i[None, None, :], v_i[None, None, :])
+            out = attention(q_i[None, None, None, :], cache.keys, cache.values)[0, 0, 0]
+            cache.update(k_i[None, None, None, :], v_i[None, None, None, :])
             return out"""}),
     ("05_cached_decoding", "q1", "caches the inputs x and recomputes every key and value", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
-            X_seen, _ = cache.update(x_i[None, None, :], x_i[None, None, :])  # (1, i, d): x_1 .. x_i
+            X_seen, _ = cache.update(x_i[None, None, None, :], x_i[None, None, None, :])  # (1, 1, i, d)
             K, V = X_seen @ W_k, X_seen @ W_v
-            return attention((x_i @ W_q)[None, None, :], K, V)[0, 0]"""}),
+            return attention((x_i @ W_q)[None, None, None, :], K, V)[0, 0, 0]"""}),
     ("05_cached_decoding", "q1", "keeps the past inputs in a list and recomputes the prefix", {"q1_answer": """
         PAST = []
         def decode_step(x_i, cache, W_q, W_k, W_v):
@@ -319,15 +326,15 @@ MISCONCEPTIONS = [
             PAST.append(x_i)
             X_seen = np.stack(PAST)
             K, V = X_seen @ W_k, X_seen @ W_v  # every key and value again
-            cache.update(K[-1][None, None, :], V[-1][None, None, :])
-            return attention((x_i @ W_q)[None, None, :], K[None], V[None])[0, 0]"""}),
+            cache.update(K[-1][None, None, None, :], V[-1][None, None, None, :])
+            return attention((x_i @ W_q)[None, None, None, :], K[None, None], V[None, None])[0, 0, 0]"""}),
     # the same two, with the matrices copied first, so the counting W_k and W_v see nothing: the cache's
     # contents, caches filled beforehand and two caches used in turn must still catch them
     ("05_cached_decoding", "q1", "caches the inputs x, matrices copied (unseen by the counter)", {"q1_answer": """
         def decode_step(x_i, cache, W_q, W_k, W_v):
             W_q, W_k, W_v = (np.array(W) for W in (W_q, W_k, W_v))
-            X_seen, _ = cache.update(x_i[None, None, :], x_i[None, None, :])
-            return attention((x_i @ W_q)[None, None, :], X_seen @ W_k, X_seen @ W_v)[0, 0]"""}),
+            X_seen, _ = cache.update(x_i[None, None, None, :], x_i[None, None, None, :])
+            return attention((x_i @ W_q)[None, None, None, :], X_seen @ W_k, X_seen @ W_v)[0, 0, 0]"""}),
     ("05_cached_decoding", "q1", "past inputs in a list, matrices copied (unseen by the counter)", {"q1_answer": """
         PAST = []
         def decode_step(x_i, cache, W_q, W_k, W_v):
@@ -336,8 +343,8 @@ MISCONCEPTIONS = [
                 PAST.clear()
             PAST.append(x_i)
             K, V = np.stack(PAST) @ W_k, np.stack(PAST) @ W_v
-            cache.update(K[-1][None, None, :], V[-1][None, None, :])
-            return attention((x_i @ W_q)[None, None, :], K[None], V[None])[0, 0]"""}),
+            cache.update(K[-1][None, None, None, :], V[-1][None, None, None, :])
+            return attention((x_i @ W_q)[None, None, None, :], K[None, None], V[None, None])[0, 0, 0]"""}),
     ("05_cached_decoding", "q2", "window start not clipped at position 1", {"q2_answer": """
         def window(K, i, n_c):
             return np.asarray(K)[i - n_c:i]"""}),
@@ -373,17 +380,19 @@ MISCONCEPTIONS = [
         def running_means(K):
             memory = CumulativeAverageMemory()
             return np.stack([memory.update(k, k)[0] for k in np.asarray(K, dtype=float)])"""}),
-    ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "B"'}),
-    ("05_cached_decoding", "q4", "believes only the last average matters", {"q4_answer": 'step_10_answer = "A"'}),
+    ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "C"'}),
+    ("05_cached_decoding", "q4", "takes y_2 for ȳ_2: not an input, so no effect", {"q4_answer": 'step_10_answer = "A"'}),
 ]
 
 # ---- valid answers written differently from the solution: each must get full marks -------------------
 
 ALTERNATIVES = [
     ("01_weighted_average", "q1", "sum of products in a loop", {"q1_answer": _Q1 + "output = sum(w * v for w, v in zip(weights, values))"}),
-    ("01_weighted_average", "q2", "einsum over the item axis", {"q2_answer": """
+    ("01_weighted_average", "q2", "einsum over the item axis, normalised after", {"q2_answer": """
         def weighted_average(values, weights):
-            return np.einsum("...n,...nd->...d", np.asarray(weights, dtype=float), np.asarray(values, dtype=float))"""}),
+            weights = np.asarray(weights, dtype=float)
+            total = np.einsum("...n,...nd->...d", weights, np.asarray(values, dtype=float))
+            return total / weights.sum(axis=-1)[..., None]"""}),
     ("01_weighted_average", "q3", "log-sum-exp with the row maximum", {"q3_answer": """
         def softmax(x):
             x = np.asarray(x, dtype=float)
@@ -454,10 +463,10 @@ ALTERNATIVES = [
         def decode_step(x_i, cache, W_q, W_k, W_v):
             W_q, W_k, W_v = (np.array(W, dtype=float) for W in (W_q, W_k, W_v))
             k_i, v_i = np.dot(x_i, W_k), np.dot(x_i, W_v)
-            K, V = cache.update(k_i.reshape(1, 1, -1), v_i.reshape(1, 1, -1))
-            scores = K[0] @ np.dot(x_i, W_q) / np.sqrt(len(x_i))
+            K, V = cache.update(k_i.reshape(1, 1, 1, -1), v_i.reshape(1, 1, 1, -1))
+            scores = K[0, 0] @ np.dot(x_i, W_q) / np.sqrt(len(x_i))
             w = np.exp(scores - scores.max())
-            return (w / w.sum()) @ V[0]"""}),
+            return (w / w.sum()) @ V[0, 0]"""}),
     ("05_cached_decoding", "q2", "list of rows by position", {"q2_answer": """
         def window(K, i, n_c):
             K = np.asarray(K)
@@ -466,7 +475,7 @@ ALTERNATIVES = [
         def running_means(K):
             K = np.asarray(K, dtype=float)
             return np.cumsum(K, axis=0) / np.arange(1, len(K) + 1)[:, None]"""}),
-    ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "c"'}),
+    ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "b"'}),
 ]
 
 

@@ -1,6 +1,7 @@
 """`qkv check NOTEBOOK`, a learner's self-check, through the command line's entry point (real kernels)."""
 
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -78,7 +79,7 @@ def test_a_deleted_or_edited_test_cell_is_reported_and_restored(capsys, tmp_path
     code, out, _ = _check(capsys, path)
     assert f"note: locked cell q1_value was {edit}; restored" in out
     assert code == 1 and _verdicts(out)["q1"] == "FAILED"
-    assert re.search(r"^      q1_value: each component of a weighted average", out, flags=re.M)
+    assert re.search(r"^      q1_value: a component of output lies outside the range", out, flags=re.M)
     assert _verdicts(out)["q2"] == _verdicts(out)["q3"] == "passed"
 
 
@@ -103,3 +104,88 @@ def test_an_unknown_exercise_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and "cannot tell which exercise" in err and "--assignment" in err
     code, out, _ = _check(capsys, path, "--assignment", "03_zeroed_values")  # told which: every question fails
     assert code == 1 and set(_verdicts(out).values()) == {"FAILED"}
+
+
+# ---- issue 15: a learner's first hour ---------------------------------------------------------------------
+
+def test_an_exercise_is_checked_by_its_name_from_anywhere_in_the_repository(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    qkv = Path(sys.executable).parent / "qkv"
+    env = dict(os.environ, PATH=f"{qkv.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    for cwd, given in [(ROOT / "book", "05_cached_decoding"), (ROOT, "05_cached_decoding.ipynb"),
+                       (ROOT / "exercises" / "05_cached_decoding", "05_cached_decoding.ipynb")]:
+        run = subprocess.run(["qkv", "check", given, "--timeout", "20"], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1, (cwd, given, run.stderr)  # the blank released notebook: every question fails
+        released = ROOT / "exercises" / "05_cached_decoding" / "05_cached_decoding.ipynb"
+        assert run.stdout.startswith("05_cached_decoding: checking "), run.stdout
+        assert (cwd / run.stdout.splitlines()[0].split("checking ", 1)[1]).resolve() == released
+
+
+def test_an_unknown_name_lists_the_exercises(capsys):
+    code, out, err = _check(capsys, "06_no_such_exercise")
+    assert code == 2 and "no exercise of that name" in err and "01_weighted_average" in err
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_an_unsolved_notebook_gives_one_wording(capsys, tmp_path, name):
+    """Whether an answer raises NotImplementedError or its name was never defined, the learner reads the same
+    sentence."""
+    path = write_nb(read_notebook(release_path(ROOT, name)), tmp_path / f"{name}.ipynb")
+    code, out, _ = _check(capsys, path)
+    messages = re.findall(r"^      q\d+_\w+: (.+)$", out, flags=re.M)
+    assert code == 1 and messages
+    for m in messages:
+        assert re.fullmatch(r"\w+ is not written yet: write your answer where it says YOUR CODE HERE, run that "
+                            r"cell, then this test", m), m
+
+
+def _run_in_a_kernel(nb):
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=60, allow_errors=True, kernel_name="python3").execute()
+    return {c.metadata["nbgrader"].get("grade_id"): c for c in nb.cells if c.cell_type == "code"}
+
+
+def test_a_failing_test_in_the_learners_notebook_shows_its_message_alone():
+    """In the learner's own kernel a failing test shows `AssertionError: message`, not the frames of the check
+    helpers; the learner's own cells keep their traceback, and the cell still fails (an error output)."""
+    nb = filled("01_weighted_average", {
+        "q1_answer": "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\n"
+                     "weights = np.array([0.2, 0.7, 0.1])\noutput = (weights[:, None] * values).sum(axis=1)",
+        "q2_answer": "def weighted_average(values, weights):\n    return values[..., 0, :] / 0 + undefined_name"})
+    cells = _run_in_a_kernel(nb)
+    shape = [o for o in cells["q1_shape"].outputs if o.output_type == "error"]
+    assert len(shape) == 1 and shape[0].ename == "AssertionError"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(shape[0].traceback))
+    assert text.splitlines() == [f"AssertionError: {shape[0].evalue}"], text
+    assert shape[0].evalue.startswith("output has shape (3,), expected (2,)")
+    # a probe's own failure (the learner's function raised) reads the same way
+    example = [o for o in cells["q2_example"].outputs if o.output_type == "error"][0]
+    assert len(example.traceback) == 1 and "weighted_average raised NameError" in example.evalue
+    # a learner's own error, outside a test cell, keeps IPython's full traceback
+    own = nbformat.v4.new_code_cell("def f():\n    assert 1 == 2, 'mine'\nf()")
+    own.metadata["nbgrader"] = {}
+    nb.cells.append(own)
+    cells = _run_in_a_kernel(nb)
+    mine = [o for o in nb.cells[-1].outputs if o.output_type == "error"][0]
+    assert mine.evalue == "mine" and len(mine.traceback) > 1
+
+
+def test_q1_value_says_what_it_checks(capsys, tmp_path):
+    """Its visible part checks each component's range, says so when that fails, and says the exact value is
+    checked when graded."""
+    name = "01_weighted_average"
+    cells = _run_in_a_kernel(filled(name, {"q1_answer": _Q1_ANSWER + "output = np.array([9.0, 2.5])"}))
+    error = [o for o in cells["q1_value"].outputs if o.output_type == "error"][0]
+    assert "between 2 and 8" in error.evalue and "between 0 and 10" in error.evalue
+    within = _run_in_a_kernel(filled(name, {"q1_answer": _Q1_ANSWER + "output = weights[::-1] @ values"}))
+    printed = "".join(o.get("text", "") for o in within["q1_value"].outputs)
+    assert "checked when graded: the exact value of output" in printed
+    assert not [o for o in within["q1_value"].outputs if o.output_type == "error"]
+
+
+_Q1_ANSWER = "values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights = np.array([0.2, 0.7, 0.1])\n"

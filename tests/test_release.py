@@ -11,8 +11,8 @@ from grading_helpers import ROOT
 
 
 class Args:
-    def __init__(self, root, check):
-        self.root, self.check = str(root), check
+    def __init__(self, root, check, sync_only=True):
+        self.root, self.check, self.sync_only = str(root), check, sync_only
 
 
 def _copy_course(tmp_path):
@@ -143,3 +143,123 @@ def test_the_visible_test_of_the_cache_set_checks_its_form_not_its_size():
     released = read_notebook(release_path(ROOT, "04_cache_notation"))
     form = next(c for c in released.cells if c.metadata["nbgrader"]["grade_id"] == "q1_form")
     assert not re.search(r"len\(\s*pairs\s*\)\s*[=<>!]", form.source), form.source
+
+
+# ---- issue 15: what a learner and an instructor meet ---------------------------------------------------
+
+@pytest.mark.slow
+def test_check_grades_every_solution_against_its_hidden_tests(tmp_path, capsys):
+    """A hidden test whose expected value is wrong is found by `qkv release --check`, not in class."""
+    course = _copy_course(tmp_path)
+    assert release.main(Args(course, check=True, sync_only=False)) == 0
+    assert "every solution gets full marks" in capsys.readouterr().out
+    src = source_path(course, "01_weighted_average")
+    text = src.read_text()
+    broken = text.replace("reference.weighted_average(V, w / w.sum(axis=-1, keepdims=True))",
+                          "reference.weighted_average(V, w / w.sum(axis=-1, keepdims=True)) + 1e-3")
+    assert broken != text
+    src.write_text(broken)
+    assert release.main(Args(course, check=False)) == 0  # in sync: the hidden part is not released
+    capsys.readouterr()
+    assert release.main(Args(course, check=True, sync_only=False)) == 1
+    out = capsys.readouterr().out
+    assert "in sync" in out and "01_weighted_average: the solution scores 9 of 10" in out
+    assert re.search(r"^      q2_batched: weighted_average with leading axes", out, flags=re.M)
+
+
+def test_nbgrader_knows_every_setting_of_the_config():
+    """nbgrader 0.9 warns about settings it does not know (db_assignments was one) on every command."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    nbgrader = Path(sys.executable).parent / "nbgrader"
+    run = subprocess.run([str(nbgrader), "list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "not recognized" not in run.stdout + run.stderr, run.stderr
+
+
+def test_nbgrader_cell_timeout_is_the_one_qkv_uses():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from qkv_grading import check, grade
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    parser = __import__("argparse").ArgumentParser()
+    check.configure(parser)
+    assert config.Execute.timeout == grade.DEFAULT_TIMEOUT == parser.get_default("timeout")
+
+
+def _checks_part(source: str) -> str:
+    from qkv_grading.probe import split
+
+    return split(source)[1]
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_a_visible_test_whose_checks_are_all_hidden_says_so(name):
+    """Released, such a cell has nothing to check: it must print "checked when graded", never run green."""
+    for cell in read_notebook(release_path(ROOT, name)).cells:
+        if not cell.metadata["nbgrader"].get("grade"):
+            continue
+        lines = [ln.strip() for ln in _checks_part(cell.source).splitlines()]
+        checks = [ln for ln in lines if ln and not ln.startswith(("#", "from ", "import ", "print("))]
+        if not checks:
+            assert 'print("checked when graded' in cell.source, cell.metadata["nbgrader"]["grade_id"]
+
+
+def test_exercise_1_asks_for_a_weighted_average_the_chapter_does_not_print():
+    """Chapter 1 shows the library's weighted_average, which takes weights summing to 1 only; exercise 1
+    question 2 asks for weights of any scale, so the chapter's code does not answer it."""
+    import numpy as np
+
+    from qkv import reference
+
+    chapter = (ROOT / "book" / "01_weighted_average.md").read_text()
+    assert ":pyobject: weighted_average" in chapter  # the pairing of chapter and library stays
+    cell = next(c for c in read_notebook(release_path(ROOT, "01_weighted_average")).cells
+                if c.metadata["nbgrader"]["grade_id"] == "q2_example")
+    assert "np.array([2.0, 7.0, 1.0])" in cell.source
+    with pytest.raises(ValueError):
+        reference.weighted_average(np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]]), np.array([2.0, 7.0, 1.0]))
+
+
+def test_exercise_5_question_4_is_not_answered_in_chapter_5():
+    """Chapter 5 says outright that s(ȳ_1 … ȳ_9) depends on ȳ_2; the exercise asks about an outcome that
+    reads the last average alone, which the chapter does not discuss."""
+    chapter = " ".join((ROOT / "book" / "05_bounded_memory.md").read_text().split())
+    assert "it is *not* independent of $\\bar{\\mathbf{y}}_2$" in chapter
+    text = next(c for c in read_notebook(release_path(ROOT, "05_cached_decoding")).cells
+                if c.metadata["nbgrader"]["grade_id"] == "q4_text").source
+    assert "s'(\\bar{y}_{k-1})" in text and "the last average alone" in text
+    assert "s'(" not in chapter and "last average alone" not in chapter
+
+
+def test_exercise_5_lays_the_cache_out_as_chapter_4_does():
+    chapter = (ROOT / "book" / "04_kv_cache.md").read_text()
+    assert "laid out `(batch, tau, positions, head_dim)`" in chapter
+    intro = read_notebook(release_path(ROOT, "05_cached_decoding")).cells[0].source
+    assert "laid out `(batch, tau, positions, head_dim)`, as in\nchapter 4" in intro
+    assert "(heads, positions, head_dim)" not in intro and "k_i[None, None, None, :]" in intro
+
+
+def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys):
+    import shutil as _shutil
+
+    from qkv_grading import cli
+
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    published = ROOT / "graded-by-a-test"
+    assert not published.exists()
+    assert cli.main(["grade", str(subs), "--out", str(published), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "git does not ignore it" in err and "grading-out" in err and not published.exists()
+    ignored = ROOT / "grading-out" / "by-a-test"
+    try:
+        assert cli.main(["grade", str(subs), "--out", str(ignored), "--no-progress"]) == 0
+        assert cli.main(["grade", str(subs), "--out", str(tmp_path / "outside"), "--no-progress"]) == 0
+    finally:
+        _shutil.rmtree(ignored, ignore_errors=True)
+    guide = (ROOT / "book" / "07_exercises.md").read_text()
+    assert "--out graded " not in guide and "qkv grade SUBMISSIONS --out grading-out/" in guide
+    assert "nbgrader export --CourseDirectory.db_url=sqlite:///grading-out/week1/gradebook.db --to " in guide

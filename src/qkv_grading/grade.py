@@ -26,6 +26,8 @@ import argparse
 import itertools
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,6 +136,24 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     return results
 
 
+def published_by_git(out: Path, root: Path) -> str | None:
+    """Why ``out`` must not hold grades (a folder inside the course repository that git does not ignore:
+    a commit would publish every learner's grades and feedback), or None when it may."""
+    out, root = out.resolve(), root.resolve()
+    if not out.is_relative_to(root) or not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    rel = out.relative_to(root).as_posix()
+    if rel == ".":
+        return f"--out {out} is the course repository itself: write the grades outside it"
+    check = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--", rel + "/"],
+                           capture_output=True, text=True)
+    if check.returncode != 1:  # 0: ignored; 128: git could not tell (not a work tree, say)
+        return None
+    return (f"--out {out} is inside the course repository and git does not ignore it, so a commit "
+            f"would publish the grades and feedback: write outside the repository (e.g. --out "
+            f"../grades) or into an ignored folder such as {root / 'grading-out'}")
+
+
 def main(args: argparse.Namespace) -> int:
     submissions = Path(args.submissions)
     if not submissions.is_dir():
@@ -141,6 +161,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     root = find_root(args.root)
     out = Path(args.out)
+    refusal = published_by_git(out, root)
+    if refusal:
+        print(f"qkv grade: {refusal}", file=sys.stderr)
+        return 2
     try:
         results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout,
                         sandboxed=not args.no_sandbox, db=args.db,

@@ -95,16 +95,30 @@ def own_work(name: str, forbidden):
         if event == "call" and frame.f_code in codes:
             seen.append(codes[frame.f_code])
 
+    def breach() -> AssertionError:
+        return AssertionError(
+            f"{name} calls the course library's own {seen[0]}, which does what this question asks you to "
+            f"write. Write it yourself; other helpers are fine.")
+
     previous = sys.getprofile()
     sys.setprofile(profiler if codes else previous)
     try:
         yield
+    except Exception:
+        if seen:  # the library's function refused the call (weights of another scale, say): the breach first
+            raise breach() from None
+        raise
     finally:
         sys.setprofile(previous)
     if seen:
-        raise AssertionError(
-            f"{name} calls the course library's own {seen[0]}, which does what this question asks you to "
-            f"write. Write it yourself; other helpers are fine.")
+        raise breach()
+
+
+def not_written(name: str) -> str:
+    """The one message for an answer that is not there yet: a stub that raises NotImplementedError, and a
+    name that is not defined because its cell has not run (or raised) read the same to a learner."""
+    return (f"{name} is not written yet: write your answer where it says YOUR CODE HERE, run that cell, "
+            f"then this test")
 
 
 # ---- the three kinds of probe ------------------------------------------------------------------------
@@ -117,9 +131,9 @@ def _live(name: str, thunk, forbidden):
     except AssertionError:
         raise
     except NotImplementedError:
-        raise AssertionError(f"{name} is not written yet (it raises NotImplementedError)") from None
-    except NameError as exc:
-        raise AssertionError(f"{exc}: run the cell that defines it first") from None
+        raise AssertionError(not_written(name)) from None
+    except _NotDefined as exc:
+        raise AssertionError(not_written(exc.name)) from None
     except Exception as exc:
         raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from None
     return wire.loads(wire.dumps(result))  # exactly what the grader receives
@@ -140,9 +154,13 @@ def _probe(name: str, thunk, forbidden=()):
     return value
 
 
+class _NotDefined(NameError):
+    """The name a test asks for is not in the learner's namespace (not a NameError inside their code)."""
+
+
 def _learner(name: str, namespace: dict):
     if name not in namespace:
-        raise NameError(f"{name} is not defined")
+        raise _NotDefined(f"{name} is not defined", name=name)
     return namespace[name]
 
 
@@ -205,3 +223,47 @@ def replaying(records: list):
         yield
     finally:
         _MODE.reset(token)
+
+
+# ---- a failing test in a learner's notebook shows its message --------------------------------------------
+
+TEST_HEADING = "# Test"  # how every test cell of an exercise begins
+
+
+def _in_a_test_cell(tb) -> bool:
+    """Whether a traceback passes through a test cell (its code starts with ``TEST_HEADING``) or a probe
+    part run by ``run_probe_part``."""
+    import linecache
+
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename == "<test>" or linecache.getline(filename, 1).startswith(TEST_HEADING):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _message_only(shell, etype, value, tb, tb_offset=None):
+    """IPython's handler for AssertionError: a failing test cell shows ``AssertionError: message``, not
+    the frames of the check helpers it went through; the learner's own cells keep the full traceback.
+    The cell still ends in an error output, so the notebook, nbgrader and ``qkv check`` see it fail."""
+    if _in_a_test_cell(tb):
+        stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    else:
+        stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    shell._showtraceback(etype, value, stb)
+
+
+def show_test_failures_as_messages() -> None:
+    """In an IPython kernel (a learner's notebook), let a failing test show its message alone.
+    Outside IPython (the grader's process, pytest) this does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and AssertionError not in getattr(shell, "custom_exceptions", ()):
+        shell.set_custom_exc((AssertionError,), _message_only)
+
+
+show_test_failures_as_messages()  # on import: every test cell imports this module first

@@ -5,6 +5,9 @@ cleared, instruction and test cells locked with nbgrader checksums, and nothing 
 (timestamps, random ids) is written. Files other than the notebook in solutions/NAME/ are copied as they are.
 
 With --check nothing is written: the command exits 1 and lists what differs when exercises/ is out of date.
+It also grades every solution against all of its tests, hidden ones included, with the grader's own run
+and judge (in the sandbox when bwrap is installed), and exits 1 unless each gets full marks: a hidden test
+whose expected value is wrong is found here, not when a class is graded. --sync-only skips that step.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import difflib
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, read_notebook,
@@ -20,7 +24,11 @@ from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, fin
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if exercises/ is out of date")
+    parser.add_argument("--check", action="store_true",
+                        help="only compare, and grade the solutions; exit 1 if exercises/ is out of date or a "
+                             "solution loses a point")
+    parser.add_argument("--sync-only", action="store_true",
+                        help="with --check: compare exercises/ with solutions/, without grading the solutions")
     parser.add_argument("--root", default=None, help="the course repository (default: found from the working directory)")
 
 
@@ -88,6 +96,34 @@ def release(root: Path) -> list[str]:
     return touched
 
 
+@dataclass(frozen=True)
+class SolutionGrade:
+    """One solution graded as a submission: its score, and the message of every test it failed."""
+
+    assignment: str
+    score: float
+    max_score: float
+    failures: tuple[str, ...]
+
+
+def grade_solutions(root: Path, timeout: float = 30.0) -> list[SolutionGrade]:
+    """Run each solution notebook, hidden tests included, and judge it as ``qkv grade`` does: the solution
+    runs in a kernel (sandboxed when bwrap is installed), the checks in this process."""
+    from qkv_grading import execute, sandbox
+    from qkv_grading.judge import judge_run
+    from qkv_grading.run import run_in_kernel
+    from qkv_grading.spec import load_spec
+
+    execute.configure(None, sandbox.available())
+    grades = []
+    for name in ASSIGNMENTS:
+        spec = load_spec(root, name, hidden=True)
+        result = judge_run(run_in_kernel(read_notebook(source_path(root, name)), spec, timeout=timeout), spec)
+        failures = tuple(f"{t['id']}: {t['message']}" for t in result["tests"] if not t["passed"])
+        grades.append(SolutionGrade(name, result["score"], result["max_score"], failures))
+    return grades
+
+
 def main(args: argparse.Namespace) -> int:
     root = find_root(args.root)
     if args.check:
@@ -97,6 +133,25 @@ def main(args: argparse.Namespace) -> int:
             print("\n".join("  " + line for line in lines))
             return 1
         print(f"{RELEASE_DIR}/ is in sync with {SOURCE_DIR}/ ({len(ASSIGNMENTS)} assignments)")
+        if getattr(args, "sync_only", False):
+            return 0
+        from qkv_grading.judge import InstructorError
+
+        try:
+            grades = grade_solutions(root)
+        except InstructorError as exc:
+            print(f"a solution cannot be graded: {exc}")
+            return 1
+        short = [g for g in grades if g.failures or g.score < g.max_score]
+        for g in grades:
+            print(f"  {g.assignment}: the solution scores {g.score:g} of {g.max_score:g}")
+            for failure in g.failures:
+                print(f"      {failure}")
+        if short:
+            print(f"{len(short)} solution(s) lose points against their own tests, hidden ones included: fix "
+                  f"the tests (or the solutions) in {SOURCE_DIR}/, then run `qkv release`")
+            return 1
+        print("every solution gets full marks from all of its tests, hidden ones included")
         return 0
     touched = release(root)
     print("\n".join(touched) if touched else f"{RELEASE_DIR}/ already up to date")
