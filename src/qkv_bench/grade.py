@@ -55,7 +55,6 @@ def _nbgrader_course(work: Path, root: Path, names: list[str]) -> Path:
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\n"
         f"c.CourseDirectory.root = {str(course)!r}\n"
-        "c.CourseDirectory.db_assignments = [" + ", ".join(f"{{'name': {n!r}}}" for n in names) + "]\n"
         "c.Execute.timeout = 30\n")
     return course
 
