@@ -105,7 +105,7 @@ def decode_row(config: LlamaConfig, batch: int, prompt: int, new_tokens: int, re
     return DecodeRow(batch, prompt, new_tokens, tps["torch"], tps.get("numpy"), tps["hf"])
 
 
-def _step_ms(model, batch: int, position: int, repeats: int, backend: str) -> tuple[float, int]:
+def step_ms(model, batch: int, position: int, repeats: int, backend: str) -> tuple[float, int]:
     """One decode step at ``position`` (counted from 1) after position − 1 cached positions of
     random keys and values; returns (milliseconds, the cache's bytes)."""
     c = model.config
@@ -139,7 +139,7 @@ def step_row(config: LlamaConfig, backend: str, batch: int, position: int,
         hf = _hf_model(shape, 0)
         model = _ours({k: v.detach() for k, v in hf.state_dict().items()}, shape, backend)
         del hf
-        out[name] = _step_ms(model, batch, position, repeats, backend)
+        out[name] = step_ms(model, batch, position, repeats, backend)
     mib = 2.0**20
     return StepRow(backend, batch, position, out["gqa"][0], out["mha"][0],
                    out["gqa"][1] / mib, out["mha"][1] / mib)

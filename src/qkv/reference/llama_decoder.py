@@ -42,20 +42,25 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def grouped_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask) -> np.ndarray:
-    """q (batch, τ, n, head_dim) against k, v (batch, g, i, head_dim), unchecked: the r = τ/g query
-    heads of a group read the same key/value head, so they are stacked as r·n query rows of it
-    (no copy of the keys). ``mask`` is (n, i) or None. Returns like q."""
+    """q (batch, τ, n, head_dim) against k, v (batch, g, i, head_dim), unchecked.
+
+    The r = τ/g query heads of a group read the same key/value head, so they are
+    stacked as r·n query rows of it (the keys are not copied). ``mask``: (n, i) or None.
+    Returns like q.
+    """
     b, tau, n, head_dim = q.shape
     g = k.shape[1]
-    q = q.reshape(b, g, (tau // g) * n, head_dim)  # (batch, g, r·n, head_dim): heads h in a group
+    # (batch, g, r·n, head_dim): query head h (from 0) lands in group h // r
+    q = q.reshape(b, g, (tau // g) * n, head_dim)
     if mask is not None:
-        mask = np.tile(mask, (tau // g, 1))  # (r·n, i): the same causal mask for each member
+        mask = np.tile(mask, (tau // g, 1))  # (r·n, i): one causal mask per member
     return attend(q, k, v, mask).reshape(b, tau, n, head_dim)
 
 
 @dataclass
 class LlamaBlock:
-    """One block: x + attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)). Weights as (in, out)."""
+    """One block: x + attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)).
+    Weights are stored as (in, out)."""
 
     tau: int  # query heads
     g: int  # key/value heads, n_kv_heads
@@ -69,13 +74,14 @@ class LlamaBlock:
 
     def attention(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
                   cache: KVCache | None) -> np.ndarray:
-        """Self-attention of x (batch, n, d) at the positions whose angles are cos, sin (n, head_dim),
-        reading the earlier positions' rotated keys from ``cache``."""
+        """Self-attention of x (batch, n, d) at the positions whose angles are
+        cos, sin (n, head_dim), reading earlier positions' rotated keys from
+        ``cache``."""
         d = x.shape[-1]
         head_dim = d // self.tau
         q, k, v = np.split(x @ self.W_qkv, [d, d + self.g * head_dim], axis=-1)
         q = apply_rope(_split_heads(q, self.tau), cos, sin)  # (batch, τ, n, head_dim)
-        k = apply_rope(_split_heads(k, self.g), cos, sin)  # (batch, g, n, head_dim), rotated
+        k = apply_rope(_split_heads(k, self.g), cos, sin)  # (batch, g, n, head_dim)
         v = _split_heads(v, self.g)
         if cache is not None:
             k, v = cache.update(k, v)  # rotated K_{≤i}, V_{≤i}: (batch, g, i, head_dim)

@@ -52,13 +52,13 @@ def _angles(positions: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
-    """[x₁, x₂] -> [−x₂, x₁], halves of the last axis: the 90° turn of every pair."""
+    """[x₁, x₂] -> [−x₂, x₁], halves of the last axis: every pair turned by 90°."""
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
 def rope(x, positions, base: float = 10000.0) -> np.ndarray:
-    """x (..., n, head_dim) rotated as the n positions given (counted from 1, one per row)."""
+    """x (..., n, head_dim) rotated as the n positions given (from 1, one per row)."""
     x = checks.float_array("x", x)
     checks.ndim_at_least("x", x, 2, "(..., positions, head_dim)")
     cos, sin = rope_angles(positions, x.shape[-1], base)
@@ -69,5 +69,6 @@ def rope(x, positions, base: float = 10000.0) -> np.ndarray:
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Unchecked: x (..., n, head_dim) rotated by angles (n, head_dim) from ``rope_angles``."""
+    """Unchecked: x (..., n, head_dim) turned by the angles of ``rope_angles``,
+    (n, head_dim): each pair (x_j, x_{j+head_dim/2}) turned as a complex number."""
     return x * cos + rotate_half(x) * sin
