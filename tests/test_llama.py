@@ -166,3 +166,18 @@ def test_the_cache_shrinks_by_the_group_size():
         model.prefill(np.zeros((1, 20), dtype=np.int64), cache)
         sizes[name] = cache.nbytes
     assert sizes["MHA"] == 2 * sizes["GQA-4"] == 4 * sizes["GQA-2"] == 8 * sizes["MQA"]
+
+
+def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
+    from qkv_bench.decode_llama import DecodeRow, StepRow, format_tables, step_ms
+
+    config = LlamaConfig.tiny(n_kv_heads=2)
+    for backend in ("numpy", "torch"):
+        model = load(backend, random_state_dict(config), config)
+        ms, nbytes = step_ms(model, 2, 50, 1, backend)
+        assert ms > 0
+        assert nbytes == cache_bytes("grouped-query", 50, n_layer=2, tau=8, head_dim=8,
+                                     bytes_per_number=4, batch=2, groups=2)
+    text = format_tables([DecodeRow(1, 512, 32, 30.0, 20.0, 10.0)],
+                         [StepRow("torch", 8, 2048, 5.0, 10.0, 1.0, 4.0)], config)
+    assert "3.00" in text and "2.00" in text and "0.50" in text  # torch/HF, numpy/HF, GQA/MHA
