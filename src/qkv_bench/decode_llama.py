@@ -77,6 +77,7 @@ def _ours(state_dict, config: LlamaConfig, backend: str):
 
 def _decode_tps(generate, batch: int, new_tokens: int, repeats: int) -> float:
     """Tokens/s of the decode steps alone: batch·(N − 1) tokens over t(N) − t(1)."""
+    generate(2)  # warm-up: allocations, thread pools, oneDNN's first-call set-up
     t_one = best_time(lambda: generate(1), repeats)
     t_all = best_time(lambda: generate(new_tokens), repeats)
     return batch * (new_tokens - 1) / max(t_all - t_one, 1e-9)
@@ -152,20 +153,26 @@ def format_tables(decode: list[DecodeRow], steps: list[StepRow], config: LlamaCo
              "decode steps only (t(N) − t(1)), tokens/s:",
              f"  {'batch':>5} {'prompt':>6} {'new':>4} {'torch':>9} {'numpy':>9} {'HF':>9} "
              f"{'torch/HF':>8} {'numpy/HF':>8}"]
-    for r in decode:
-        np_tps = "-" if r.numpy_tps is None else f"{r.numpy_tps:9.1f}"
-        np_ratio = "-" if r.numpy_tps is None else f"{r.numpy_tps / r.hf_tps:8.2f}"
-        lines.append(f"  {r.batch:>5} {r.prompt:>6} {r.new_tokens:>4} {r.torch_tps:9.1f} "
-                     f"{np_tps:>9} {r.hf_tps:9.1f} {r.torch_tps / r.hf_tps:8.2f} {np_ratio:>8}")
+    lines += [format_decode_row(r) for r in decode]
     lines.append("one decode step with a full cache, ms (GQA beside the same model with "
                  "n_kv_heads = τ):")
     lines.append(f"  {'backend':>7} {'batch':>5} {'position':>8} {'GQA':>8} {'MHA':>8} "
                  f"{'GQA/MHA':>8} {'cache GQA':>10} {'cache MHA':>10}")
-    for s in steps:
-        lines.append(f"  {s.backend:>7} {s.batch:>5} {s.position:>8} {s.gqa_ms:8.2f} "
-                     f"{s.mha_ms:8.2f} {s.gqa_ms / s.mha_ms:8.2f} {s.gqa_cache_mib:7.0f} MiB "
-                     f"{s.mha_cache_mib:6.0f} MiB")
+    lines += [format_step_row(s) for s in steps]
     return "\n".join(lines)
+
+
+def format_decode_row(r: DecodeRow) -> str:
+    np_tps = "-" if r.numpy_tps is None else f"{r.numpy_tps:9.1f}"
+    np_ratio = "-" if r.numpy_tps is None else f"{r.numpy_tps / r.hf_tps:8.2f}"
+    return (f"  {r.batch:>5} {r.prompt:>6} {r.new_tokens:>4} {r.torch_tps:9.1f} "
+            f"{np_tps:>9} {r.hf_tps:9.1f} {r.torch_tps / r.hf_tps:8.2f} {np_ratio:>8}")
+
+
+def format_step_row(s: StepRow) -> str:
+    return (f"  {s.backend:>7} {s.batch:>5} {s.position:>8} {s.gqa_ms:8.2f} "
+            f"{s.mha_ms:8.2f} {s.gqa_ms / s.mha_ms:8.2f} {s.gqa_cache_mib:7.0f} MiB "
+            f"{s.mha_cache_mib:6.0f} MiB")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -179,11 +186,17 @@ def main(args: argparse.Namespace) -> int:
     if prompt + new_tokens > config.n_positions:
         raise ValueError(f"prompt {prompt} + new tokens {new_tokens} exceed n_positions="
                          f"{config.n_positions}")
-    position = checks.positive_int("position", args.step_position)
-    decode = [decode_row(config, b, prompt, new_tokens, args.repeats, numpy=not args.no_numpy)
-              for b in batches]
-    backends = ["torch"] + ([] if args.no_numpy else ["numpy"])
-    steps = [step_row(config, backend, max(batches), position, args.repeats)
-             for backend in backends]
-    print(format_tables(decode, steps, config), flush=True)
+    position = checks.non_negative_int("step position", args.step_position)
+    print(format_tables([], [], config).split("\n")[0], flush=True)
+    decode = []
+    for b in batches:  # each row printed as soon as it is measured: a slow machine shows progress
+        decode.append(decode_row(config, b, prompt, new_tokens, args.repeats,
+                                 numpy=not args.no_numpy))
+        print(format_decode_row(decode[-1]), flush=True)
+    steps = []
+    if position:  # --step-position 0 skips the step table
+        for backend in ["torch"] + ([] if args.no_numpy else ["numpy"]):
+            steps.append(step_row(config, backend, max(batches), position, args.repeats))
+            print(format_step_row(steps[-1]), flush=True)
+    print("\n" + format_tables(decode, steps, config), flush=True)
     return 0
