@@ -181,3 +181,12 @@ def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
     text = format_tables([DecodeRow(1, 512, 32, 30.0, 20.0, 10.0)],
                          [StepRow("torch", 8, 2048, 5.0, 10.0, 1.0, 4.0)], config)
     assert "3.00" in text and "2.00" in text and "0.50" in text  # torch/HF, numpy/HF, GQA/MHA
+
+
+def test_a_llama_decoder_refuses_gpt2_weights():
+    from qkv.reference.llama_decoder import LlamaDecoder
+    from qkv.torch_llama import LlamaCachedDecoder
+
+    for cls in (LlamaDecoder, LlamaCachedDecoder):
+        with pytest.raises(TypeError, match="from_gpt2_state_dict"):
+            cls.from_gpt2_state_dict({}, n_head=4)

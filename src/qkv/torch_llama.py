@@ -137,6 +137,11 @@ class LlamaCachedDecoder(CachedDecoder):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
+    @classmethod
+    def from_gpt2_state_dict(cls, *args, **kwargs):
+        raise TypeError("LlamaCachedDecoder is Llama-shaped; load GPT-2 weights with "
+                        "CachedDecoder.from_gpt2_state_dict")
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype

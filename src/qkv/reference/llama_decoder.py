@@ -145,6 +145,11 @@ class LlamaDecoder(Decoder):
         return cls(config, get(PREFIX + "embed_tokens.weight"), blocks,
                    get(PREFIX + "norm.weight"), t(HEAD))
 
+    @classmethod
+    def from_gpt2_state_dict(cls, *args, **kwargs):
+        raise TypeError("LlamaDecoder is Llama-shaped; load GPT-2 weights with "
+                        "Decoder.from_gpt2_state_dict")
+
     @property
     def dtype(self) -> np.dtype:
         return self.embed.dtype
