@@ -169,9 +169,12 @@ def test_the_cache_shrinks_by_the_group_size():
 
 
 def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
-    from qkv_bench.decode_llama import DecodeRow, StepRow, format_tables, step_ms
+    from qkv_bench.decode_llama import DecodeRow, StepRow, decode_row, format_tables, step_ms
 
     config = LlamaConfig.tiny(n_kv_heads=2)
+    row = decode_row(config, batch=2, prompt=8, new_tokens=4, repeats=1, numpy=True)
+    assert (row.batch, row.prompt, row.new_tokens) == (2, 8, 4)
+    assert min(row.torch_tps, row.numpy_tps, row.hf_tps) > 0
     for backend in ("numpy", "torch"):
         model = load(backend, random_state_dict(config), config)
         ms, nbytes = step_ms(model, 2, 50, 1, backend)
