@@ -180,6 +180,26 @@ MISCONCEPTIONS = [
             if mask is not None:
                 w = w * (mask == 0)
             return w @ v"""}),
+    ("02_qkv_roles", "q4", "groups taken round-robin (every g-th query head)", {"q4_answer": """
+        def kv_head(h, tau, g):
+            return (h - 1) % g + 1
+        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
+            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
+    ("02_qkv_roles", "q4", "floor instead of ceiling (heads from 0 on one side)", {"q4_answer": """
+        def kv_head(h, tau, g):
+            return h * g // tau
+        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
+            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
+    ("02_qkv_roles", "q4", "cache counts tau heads (forgets the sharing)", {"q4_answer": """
+        def kv_head(h, tau, g):
+            return -(-h * g // tau)
+        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
+            return 2 * n_layer * tau * i * head_dim * bytes_per_number * batch"""}),
+    ("02_qkv_roles", "q4", "cache counts keys only", {"q4_answer": """
+        def kv_head(h, tau, g):
+            return -(-h * g // tau)
+        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
+            return n_layer * g * i * head_dim * bytes_per_number * batch"""}),
     ("03_zeroed_values", "q1", "believes the weights vanish too", {"q1_answer": """
         def zeroed_value_experiment(Q, K, V):
             return attention(Q, K, np.zeros_like(V)), np.zeros((len(Q), len(K)))"""}),
@@ -412,6 +432,14 @@ ALTERNATIVES = [
                 scores = scores + mask
             e = np.exp(scores - scores.max(axis=-1, keepdims=True))
             return np.einsum("...mn,...nd->...md", e / e.sum(axis=-1, keepdims=True), v)"""}),
+    ("02_qkv_roles", "q4", "group size and math.ceil, bytes from the per-position size", {"q4_answer": """
+        import math
+        def kv_head(h, tau, g):
+            group_size = tau // g
+            return math.ceil(h / group_size)
+        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
+            per_position = n_layer * 2 * g * head_dim * bytes_per_number
+            return per_position * i * batch"""}),
     ("03_zeroed_values", "q1", "weights by hand, output from zero values", {"q1_answer": """
         def zeroed_value_experiment(Q, K, V):
             scores = Q @ K.T / np.sqrt(Q.shape[-1])

@@ -440,3 +440,25 @@ def sampling(temperature, top_k, seed) -> tuple[float, int | None, int | None]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed must be an int or None, got {seed!r} (of type {type(seed).__name__})")
     return float(temperature), top_k, None if seed is None else int(seed)
+
+
+# --- rotary positions and Llama-shaped models (chapter 5) ---------------------------------------------
+def positions(positions_) -> np.ndarray:
+    """Positions counted from 1, as a 1-D int64 array: a sequence of ints ≥ 1 (or one int)."""
+    p = np.asarray(positions_)
+    if p.dtype == object or p.dtype == bool or not np.issubdtype(p.dtype, np.integer):
+        if not (np.issubdtype(p.dtype, np.floating) and p.size and np.all(p == np.round(p))):
+            raise TypeError(f"positions must be integers counted from 1, got {positions_!r}")
+    p = np.atleast_1d(p).astype(np.int64)
+    if p.ndim != 1:
+        raise ValueError(f"positions must be one position per row, shape (n,); got shape {p.shape}")
+    if p.size and p.min() < 1:
+        raise ValueError(f"positions count from 1 in this course; got {int(p.min())}")
+    return p
+
+
+def kv_heads_divide(n_head: int, n_kv_heads: int, where: str) -> None:
+    """Grouped-query attention: the τ query heads split into n_kv_heads equal groups."""
+    if n_head % n_kv_heads:
+        raise ValueError(f"{where}: n_kv_heads={n_kv_heads} must divide n_head={n_head}, "
+                         "so that each key/value head serves the same number of query heads")

@@ -153,6 +153,17 @@ class CachedDecoder(nn.Module):
         model.eval().requires_grad_(False)
         return model.compile_decode() if fast else model
 
+    @classmethod
+    def from_llama_state_dict(cls, state_dict: Mapping, n_head: int, device=None,
+                              dtype=torch.float32, fast: bool = False,
+                              **options) -> "CachedDecoder":
+        """A Llama-shaped decoder (rotary positions, RMSNorm, SwiGLU, grouped-query attention)
+        from ``LlamaForCausalLM`` parameter names: see ``qkv.torch_llama``."""
+        from qkv.torch_llama import LlamaCachedDecoder
+
+        return LlamaCachedDecoder.from_llama_state_dict(state_dict, n_head, device, dtype, fast,
+                                                        **options)
+
     def compile_decode(self) -> "CachedDecoder":
         """Turn on the speed paths (``qkv.torch_fast``): oneDNN-prepacked linear weights for float32 on a
         CPU, a CUDA graph of the decode step on a GPU. Same numbers, fewer trips to memory and to the

@@ -55,9 +55,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="time the torch decoder's lesson path, without its speed paths (fast=False)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face (then no ratio ours/HF)")
+    parser.add_argument("--model", choices=["gpt2", "llama"], default="gpt2",
+                        help="gpt2 (default): the tables above; llama: the Llama-shaped decoders "
+                             "beside HF LlamaForCausalLM, and GQA against MHA (qkv_bench.decode_llama)")
+    parser.add_argument("--llama-batch", type=int, action="append",
+                        help="with --model llama: a batch to time; repeat it (default: 1 and 8)")
+    parser.add_argument("--step-position", type=int, default=2048,
+                        help="with --model llama: the position of the timed step (default: 2048)")
+    parser.add_argument("--no-numpy", action="store_true",
+                        help="with --model llama: time the torch decoder and HF only")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.model == "llama":
+        from qkv_bench import decode_llama
+
+        try:
+            return decode_llama.main(args)
+        except (ValueError, TypeError, ImportError) as exc:
+            print(f"qkv bench decode: {exc}", file=sys.stderr)
+            return 2
     presets = args.preset or [DEFAULT_PRESET]
     settings = dict(backend=args.backend, batch=args.batch, prompt=args.prompt,
                     uncached_tokens=args.uncached_tokens, dtype=args.dtype, repeats=args.repeats)

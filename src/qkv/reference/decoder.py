@@ -139,6 +139,15 @@ class Decoder:
         return cls(config, get(PREFIX + "wte.weight"), get(PREFIX + "wpe.weight"), blocks,
                    get(PREFIX + "ln_f.weight"), get(PREFIX + "ln_f.bias"))
 
+    @classmethod
+    def from_llama_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64,
+                              **options) -> "Decoder":
+        """A Llama-shaped decoder (rotary positions, RMSNorm, SwiGLU, grouped-query attention)
+        from ``LlamaForCausalLM`` parameter names: see ``qkv.reference.llama_decoder``."""
+        from qkv.reference.llama_decoder import LlamaDecoder
+
+        return LlamaDecoder.from_llama_state_dict(state_dict, n_head, dtype, **options)
+
     @property
     def dtype(self) -> np.dtype:
         return self.wte.dtype
