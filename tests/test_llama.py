@@ -193,3 +193,14 @@ def test_a_llama_decoder_refuses_gpt2_weights():
     for cls in (LlamaDecoder, LlamaCachedDecoder):
         with pytest.raises(TypeError, match="from_gpt2_state_dict"):
             cls.from_gpt2_state_dict({}, n_head=4)
+
+
+def test_left_padding_is_refused_clearly_and_an_all_ones_mask_is_no_padding(shape, backend, prompts):
+    config, sd, _ = shape
+    model = load(backend, sd, config)
+    padded = np.ones(prompts.shape, dtype=np.int64)
+    padded[1, :3] = 0
+    with pytest.raises(ValueError, match="no left padding"):
+        model.generate(prompts, 2, attention_mask=padded)
+    ones = array(model.generate(prompts, 4, attention_mask=np.ones(prompts.shape, dtype=np.int64)))
+    np.testing.assert_array_equal(ones, array(model.generate(prompts, 4)))

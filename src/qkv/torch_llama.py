@@ -158,9 +158,13 @@ class LlamaCachedDecoder(CachedDecoder):
         return StaticKVCache(c.n_layer, batch, c.n_kv_heads, max_positions, c.head_dim,
                              self.dtype, self.device)
 
-    def logits(self, ids: torch.Tensor, cache: StaticKVCache | None = None) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, cache: StaticKVCache | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
         """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in
         ``cache`` -> logits (batch, n, vocab)."""
+        if mask is not None:  # a left-padded batch would need rotary positions per row
+            raise ValueError("the Llama-shaped decoder takes no left padding (attention_mask with "
+                             "zeros) yet: decode prompts of different lengths one at a time")
         start = 0 if cache is None else cache.length
         cos = self.cos[start : start + ids.shape[1]]  # (n, head_dim)
         sin = self.sin[start : start + ids.shape[1]]

@@ -154,10 +154,14 @@ class LlamaDecoder(Decoder):
     def dtype(self) -> np.dtype:
         return self.embed.dtype
 
-    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None) -> np.ndarray:
+    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None,
+               mask: np.ndarray | None = None) -> np.ndarray:
         """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in
         ``cache`` -> logits (batch, n, vocab). No position is added to x: it enters as a rotation
         of q and k inside each block."""
+        if mask is not None:  # a left-padded batch would need rotary positions per row
+            raise ValueError("the Llama-shaped decoder takes no left padding (attention_mask with "
+                             "zeros) yet: decode prompts of different lengths one at a time")
         start = 0 if cache is None else cache.length
         cos, sin = self.cos[start : start + ids.shape[1]], self.sin[start : start + ids.shape[1]]
         x = self.embed[ids]  # (batch, n, d)
