@@ -304,3 +304,29 @@ def test_a_postgresql_gradebook_holds_the_rows_of_sqlite_and_nbgrader_exports_it
     assert proc.returncode == 0, proc.stderr[-3000:]
     exported = {(r["student_id"], r["assignment"]): float(r["raw_score"]) for r in read_csv(csv_path)}
     assert exported == expected
+
+
+# ---- what a worker is given --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_a_worker_gets_neither_solutions_nor_checks(name):
+    import nbformat
+
+    from qkv_grading.probe import split
+    from qkv_grading.workers import for_workers
+
+    spec = load_spec(ROOT, name)
+    sent = nbformat.writes(for_workers(spec).runnable)
+    secret = set()
+    for cell in spec.runnable.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("solution"):
+            secret.update(ln.strip() for ln in cell.source.splitlines() if "SOLUTION" not in ln)
+        elif info.get("grade"):
+            secret.update(ln.strip() for ln in split(cell.source)[1].splitlines()[1:])
+    public = nbformat.writes(spec.released) + "".join(
+        split(c.source)[0] for c in spec.runnable.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    secret = {ln for ln in secret if len(ln) >= 12 and ln not in public}
+    assert secret, "nothing to look for"
+    leaked = [ln for ln in secret if ln in sent]
+    assert not leaked, leaked[:3]

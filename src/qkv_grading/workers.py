@@ -1,8 +1,8 @@
 """Running notebooks in kernels on Dask workers (``dask.distributed``): a local cluster of worker
 processes, or a running cluster (``dask scheduler`` and ``dask worker``, dask-jobqueue on Slurm,
 dask-kubernetes). A worker needs the course package and bubblewrap, never ``solutions/``: each task
-carries what it needs as data (the assignment's ``Spec``, sent once to every worker, and the submitted
-notebook). Workers return data (``KernelRun``); the points are awarded in the process that runs
+carries what it needs as data (the assignment's ``Spec``, sent once to every worker without solutions or
+checks, and the submitted notebook). Workers return data (``KernelRun``); the points are awarded in the process that runs
 ``qkv grade``, by ``qkv_grading.judge``, and that process alone writes the gradebook and the files.
 
 A notebook that kills its worker (a kill of the worker process, memory blown past the worker's limit)
@@ -48,6 +48,26 @@ class Job:
     assignment: str
     path: str
     timeout: float
+
+
+def for_workers(spec):
+    """What a worker gets of an assignment: the released notebook, and the instructor's notebook without
+    what the worker does not need: each answer cell holds the released stub (never the solution), and each
+    test cell only its probe part (never the checks or the expected values, which stay in this process)."""
+    import copy
+
+    from qkv_grading.probe import CHECKS_MARK, split
+    from qkv_grading.spec import Spec
+
+    stubs = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in spec.released.cells}
+    runnable = copy.deepcopy(spec.runnable)
+    for cell in runnable.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("solution"):
+            cell.source = stubs.get(info.get("grade_id"), "")
+        elif info.get("grade"):
+            cell.source = split(cell.source)[0] + CHECKS_MARK + " (kept by the grader) ----\n"
+    return Spec(spec.name, spec.released, runnable, spec.fingerprint)
 
 
 def _worker_setup(sandboxed: bool) -> None:
@@ -116,7 +136,7 @@ class Runner:
         try:
             self.client.register_plugin(_KernelReaper(), name=_KernelReaper.name)
             # the assignments travel once to every worker, not once per notebook
-            self.spec_futures = {name: self.client.scatter(spec, broadcast=True, hash=False)
+            self.spec_futures = {name: self.client.scatter(for_workers(spec), broadcast=True, hash=False)
                                  for name, spec in specs.items()}
         except BaseException:
             self.close()
