@@ -215,13 +215,17 @@ def test_a_stopped_run_leaves_no_process_and_resumes_where_it_stopped(tmp_path, 
         expected[(f"s{k}", name)] = 0.0 if k % 3 == 2 else FULL[name]
     out = tmp_path / "out"
     grader = subprocess.Popen(_qkv(str(subs), "--out", str(out), "--workers", "2"), env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              start_new_session=True)
     try:
         _wait(lambda: len(list(out.glob("results/*/*.json"))) >= 2, 300, "two results")
         # the local cluster's workers and the kernels they run (a warm one at least)
         children = _wait(lambda: [p for p in _descendants(grader.pid) if "bwrap" in p.name()]
                          and _descendants(grader.pid), 30, "kernels")
-        grader.send_signal(signum)
+        if signum == signal.SIGINT:  # Ctrl-C in a terminal: to every process of the foreground group
+            os.killpg(grader.pid, signum)
+        else:  # kill PID
+            grader.send_signal(signum)
         stdout, stderr = grader.communicate(timeout=120)
     finally:
         if grader.poll() is None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -121,10 +123,18 @@ class Runner:
         self.cluster = None
         with dask.config.set(SCHEDULER_CONFIG):
             if scheduler is None:
-                self.cluster = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address=None, memory_limit=0,
-                    silence_logs=50)
+                # Ctrl-C in a terminal reaches every process of the group: the workers are started
+                # ignoring it (the disposition survives their exec), and this process stops them
+                main = threading.current_thread() is threading.main_thread()
+                before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+                try:
+                    self.cluster = LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                        silence_logs=50)
+                finally:
+                    if main:
+                        signal.signal(signal.SIGINT, before)
                 self.client = Client(self.cluster)
             else:
                 try:
