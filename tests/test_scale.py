@@ -334,3 +334,28 @@ def test_a_worker_gets_neither_solutions_nor_checks(name):
     assert secret, "nothing to look for"
     leaked = [ln for ln in secret if ln in sent]
     assert not leaked, leaked[:3]
+
+
+def test_a_run_stopped_between_gradebook_and_record_is_repaired_next_time(tmp_path):
+    # the state a stop leaves between the two writes: the gradebook row is there (its scores not yet
+    # set, say), the result record is not
+    import sqlite3
+
+    subs = tmp_path / "subs"
+    name = ASSIGNMENTS[3]
+    submit(subs, "ada", name, filled(name))
+    out = tmp_path / "out"
+    run = lambda: subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "1"),  # noqa: E731
+                                 env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "results" / "ada" / f"{name}.json").unlink()
+    with sqlite3.connect(out / "gradebook.db") as db:
+        assert db.execute("UPDATE grade SET auto_score = NULL").rowcount > 0
+    assert set(_gradebook_rows(f"sqlite:///{out / 'gradebook.db'}").values()) == {None}
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(1 run now, 0 unchanged" in proc.stdout
+    rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")
+    assert None not in rows.values() and sum(rows.values()) == FULL[name]
+    assert _grades(out) == {("ada", name): FULL[name]}

@@ -130,7 +130,7 @@ class Runner:
                 try:
                     self.cluster = LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=0,
                         silence_logs=50)
                 finally:
                     if main:
