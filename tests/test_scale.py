@@ -359,3 +359,23 @@ def test_a_run_stopped_between_gradebook_and_record_is_repaired_next_time(tmp_pa
     rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")
     assert None not in rows.values() and sum(rows.values()) == FULL[name]
     assert _grades(out) == {("ada", name): FULL[name]}
+
+
+def test_a_notebook_that_kills_its_worker_gets_zero_and_the_others_lose_nothing(tmp_path):
+    # Without the sandbox a kernel's parent is the worker process itself (in the sandbox, the
+    # sandbox's own init is, and the worker is out of reach): this notebook kills every worker it is on.
+    name = ASSIGNMENTS[0]
+    subs = tmp_path / "subs"
+    submit(subs, "killer", name, filled(name, {
+        "q1_answer": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"}))
+    for k in range(3):
+        submit(subs, f"s{k}", name, filled(name))
+    out = tmp_path / "out"
+    proc = subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "2", "--no-sandbox"),
+                          env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(4 run now" in proc.stdout
+    assert _grades(out) == {("killer", name): 0.0, **{(f"s{k}", name): FULL[name] for k in range(3)}}
+    report = {r["student"]: r for r in read_csv(out / "report.csv") if r.get("student")}
+    assert report["killer"]["status"] == "error"
+    assert "killed the grading worker, 3 times on 3 workers" in str(report["killer"])

@@ -2,8 +2,9 @@
 processes, or a running cluster (``dask scheduler`` and ``dask worker``, dask-jobqueue on Slurm,
 dask-kubernetes). A worker needs the course package and bubblewrap, never ``solutions/``: each task
 carries what it needs as data (the assignment's ``Spec``, sent once to every worker without solutions or
-checks, and the submitted notebook). Workers return data (``KernelRun``); the points are awarded in the process that runs
-``qkv grade``, by ``qkv_grading.judge``, and that process alone writes the gradebook and the files.
+checks, and the submitted notebook). Workers return data (``KernelRun``); the points are awarded in
+the process that runs ``qkv grade``, by ``qkv_grading.judge``, and that process alone writes the
+gradebook and the files.
 
 A notebook that kills its worker (a kill of the worker process, memory blown past the worker's limit)
 takes down the task running there. Dask's scheduler counts that against the task and runs it again on
@@ -28,9 +29,9 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from distributed.scheduler import KilledWorker
 
-ALLOWED_FAILURES = 2  # a notebook may be on 3 workers that died before it is the one blamed
-KILLED_NOTE = ("grading this notebook killed the grading worker {n} times (does it kill its parent "
-               "process, or use up the memory?)")
+ALLOWED_FAILURES = 2  # the third worker that dies running a notebook is one too many: it is blamed
+KILLED_NOTE = ("grading this notebook killed the grading worker, {n} times on {n} workers (does it kill "
+               "its parent process, or use up the memory?)")
 # The scheduler settings the guide asks a cluster to use too (see book/07, "Grading a large course").
 SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
@@ -182,9 +183,9 @@ class Runner:
                 spec = self.specs[job.assignment]
                 try:
                     result = judge_run(fut.result(), spec)
-                except KilledWorker:  # the scheduler gave up on it: it killed every worker it ran on
+                except KilledWorker as exc:  # the scheduler gave up: it killed every worker it ran on
                     result = empty_result(spec, "error",
-                                          KILLED_NOTE.format(n=ALLOWED_FAILURES + 1))
+                                          KILLED_NOTE.format(n=exc.allowed_failures + 1))
                 yield _judged(result, job)
                 del live[fut]
                 fut.release()
