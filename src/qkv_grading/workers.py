@@ -98,6 +98,11 @@ def _run_on_worker(spec, submission, timeout: float, sandboxed: bool):
             f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
 
 
+def _given(value):
+    """A task that returns its argument (an assignment, for the tasks that depend on it)."""
+    return value
+
+
 class _KernelReaper(WorkerPlugin):
     """A Dask worker plugin: a worker that closes (the run is over, stopped, or the cluster shuts
     it down) kills its kernels at once and removes their scratch folders, so none outlives it."""
@@ -146,8 +151,10 @@ class Runner:
                         f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
         try:
             self.client.register_plugin(_KernelReaper(), name=_KernelReaper.name)
-            # the assignments travel once to every worker, not once per notebook
-            self.spec_futures = {name: self.client.scatter(for_workers(spec), broadcast=True, hash=False)
+            # Each assignment is a task of its own, whose result the workers fetch once and keep. Not
+            # scattered data: a task's result that dies with every worker holding it is computed again.
+            self.spec_futures = {name: self.client.submit(_given, for_workers(spec), pure=False,
+                                                          key=f"qkv-spec-{name}-{uuid.uuid4().hex}")
                                  for name, spec in specs.items()}
         except BaseException:
             self.close()
