@@ -379,3 +379,35 @@ def test_a_notebook_that_kills_its_worker_gets_zero_and_the_others_lose_nothing(
     report = {r["student"]: r for r in read_csv(out / "report.csv") if r.get("student")}
     assert report["killer"]["status"] == "error"
     assert "killed the grading worker, 3 times on 3 workers" in str(report["killer"])
+
+
+def test_a_lost_scheduler_stops_the_run_and_the_next_run_grades_the_rest(tmp_path):
+    name = ASSIGNMENTS[0]
+    subs = tmp_path / "subs"
+    for k in range(5):
+        submit(subs, f"s{k}", name, filled(name))
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], env=_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                               "--memory-limit", "0", "--no-dashboard"], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out"
+    try:
+        grader = subprocess.Popen(_qkv(str(subs), "--out", str(out), "--scheduler", address), env=_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        _wait(lambda: list(out.glob("results/*/*.json")), 300, "a first result")
+        scheduler.kill()
+        _, stderr = grader.communicate(timeout=180)
+    finally:
+        _stop([worker, scheduler])
+    assert grader.returncode == 130, stderr[-3000:]
+    assert "lost the Dask scheduler" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    stored = len(list(out.glob("results/*/*.json")))
+    proc = subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "1"), env=_env(),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"({5 - stored} run now, {stored} unchanged" in proc.stdout
+    assert _grades(out) == {(f"s{k}", name): FULL[name] for k in range(5)}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -90,6 +91,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
     (Ctrl-C, SIGTERM, the scheduler lost)."""
+    from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
     from qkv_grading.results import result_json
@@ -138,7 +140,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 tmp = record.with_suffix(".tmp")
                 tmp.write_text(result_json(result))
                 os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
-    except (KeyboardInterrupt, CommClosedError) as exc:
+    except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
         why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
                if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
         raise Interrupted(why, len(executed), len(todo) - len(executed)) from None
@@ -170,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
         raise Stopped()
 
     previous = signal.signal(signal.SIGTERM, stop)
+    # a lost scheduler is said once, below, in words: not also as the Dask client's reconnect tracebacks
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     try:
         results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout,
                         sandboxed=not args.no_sandbox, scheduler=args.scheduler, db=args.db,
