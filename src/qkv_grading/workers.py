@@ -78,11 +78,11 @@ def _worker_setup(sandboxed: bool) -> None:
     (removed with the worker), and run sandboxed unless the instructor said otherwise."""
     from qkv_grading import execute
 
-    if execute.SCRATCH_ROOT is None or not os.path.isdir(execute.SCRATCH_ROOT):
+    scratch = execute.SCRATCH_ROOT
+    if scratch is None or not os.path.isdir(scratch):
         os.environ.setdefault("MPLBACKEND", "Agg")
         scratch = tempfile.mkdtemp(prefix="qkv-grade-")
-        execute.configure(scratch, sandboxed)
-    execute.SANDBOX = sandboxed
+    execute.configure(scratch, sandboxed)
 
 
 def _run_on_worker(spec, submission, timeout: float, sandboxed: bool):
@@ -207,6 +207,12 @@ class Runner:
         client, cluster = getattr(self, "client", None), self.cluster
         self.client = self.cluster = None
         try:
+            if client is not None and cluster is None and client.status == "running":
+                # a running cluster: its workers stop this run's kernels and remove their folders
+                try:
+                    client.unregister_worker_plugin(_KernelReaper.name)
+                except Exception:  # the scheduler is gone: its workers go with it, or stay idle
+                    pass
             if client is not None:
                 client.close(timeout=10)
         finally:
