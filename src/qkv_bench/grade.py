@@ -5,7 +5,7 @@ expects and is given its best case: one `nbgrader autograde ASSIGNMENT` process 
 student), with the assignments generated beforehand (untimed). `qkv grade` runs as its own process too,
 with --workers processes. Both timings include process start-up. The scores of both are checked to be full.
 
-Then the scaling table (--scaling, on by default): the same notebooks graded inside this process, the
+Then the scaling table (alone with --no-nbgrader): the same notebooks graded inside this process, the
 kernel runs and the judging only (no process or cluster start-up, no files written), directly (one notebook
 after another, no Dask) and through Dask with 1 and 2 local workers, and with --scheduler on a running
 cluster. The overhead is what Dask with 1 worker adds over running the same notebooks directly.
