@@ -197,10 +197,12 @@ def bench(root: Path, students: int, workers: list[int], names: list[str], work:
 def _print_scaling(sc: Scaling) -> None:
     print(f"scaling, {sc.notebooks} notebooks graded inside one process (kernel runs and judging; "
           f"start-up apart):")
-    print(f"  {'how':<32} {'s/notebook':>10} {'start-up s':>10}")
-    print(f"  {'directly, no Dask':<32} {sc.direct_s / sc.notebooks:>10.2f} {'':>10}")
+    width = max(32, *(len(label) + 6 for label in sc.dask_s))
+    print(f"  {'how':<{width}} {'s/notebook':>10} {'start-up s':>10}")
+    print(f"  {'directly, no Dask':<{width}} {sc.direct_s / sc.notebooks:>10.2f} {'':>10}")
     for label, seconds in sc.dask_s.items():
-        print(f"  {'Dask, ' + label:<32} {seconds / sc.notebooks:>10.2f} {sc.startup_s[label]:>10.1f}")
+        print(f"  {'Dask, ' + label:<{width}} {seconds / sc.notebooks:>10.2f} "
+              f"{sc.startup_s[label]:>10.1f}")
     print(f"  overhead of Dask (1 local worker over directly): {100 * sc.overhead:+.1f}% (goal: under 5%)")
 
 
