@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs, when they are missing: chromium for the
-# real-browser test of the site, bubblewrap for the sandbox `qkv grade` runs learners' kernels in.
+# real-browser test of the site, bubblewrap for the sandbox `qkv grade` runs learners' kernels in,
+# and PostgreSQL's server (initdb, pg_ctl) for the tests that grade into a throw-away PostgreSQL gradebook.
 # Safe to run again; does nothing when all are present.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
   echo "system-deps: need these Debian packages and cannot install them without root: ${missing[*]}" >&2

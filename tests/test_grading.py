@@ -9,7 +9,6 @@ import copy
 import csv
 import html
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from unittest import mock
 
@@ -31,7 +29,7 @@ from qkv_grading import execute
 from qkv_grading.course import ASSIGNMENTS, dumps, read_notebook, source_path
 from qkv_grading.spec import load_spec
 from qkv_grading.grade import grade
-from qkv_grading.workers import _init_worker, _warm_up
+from qkv_grading.workers import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -342,23 +340,28 @@ def test_a_kernel_that_never_answers_is_stopped_and_its_folder_removed(scratch, 
     assert list(scratch.iterdir()) == []
 
 
-def test_a_worker_told_to_stop_kills_its_kernels_and_removes_their_folders(tmp_path):
-    # what a pool does to the surviving workers when one of them dies
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=({}, str(scratch), True))
+def _boot_a_kernel() -> tuple[str, int]:
+    """On a Dask worker: boot the kernel a worker keeps warm; return its scratch root and the worker's pid."""
+    from qkv_grading import execute, workers
+
+    workers._worker_setup(sandboxed=True)
+    assert execute.prewarm() is None
+    return execute.SCRATCH_ROOT, os.getpid()
+
+
+def test_a_worker_that_stops_kills_its_kernels_and_removes_their_folders():
+    # what the local cluster does to its workers when a run ends or is stopped (SIGTERM, Ctrl-C)
+    runner = Runner({}, workers=1)
     try:
-        assert pool.submit(_warm_up).result(timeout=120) is None
-        (folder,) = scratch.iterdir()
+        scratch, worker = runner.client.submit(_boot_a_kernel, pure=False).result(timeout=120)
+        (folder,) = Path(scratch).iterdir()
         kernel = _process_in(folder)
-        worker = int(Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
-        os.kill(worker, signal.SIGTERM)
-        assert _gone(worker)
-        assert list(scratch.iterdir()) == []  # removed by the worker itself, before it went
-        assert _gone(kernel, seconds=0.5)  # killed by the worker, not a second later by its parent poller
+        assert _alive(worker) and _alive(kernel)
     finally:
-        pool.shutdown(wait=True)
+        runner.close()
+    assert _gone(worker)
+    assert not Path(scratch).exists()  # removed by the worker itself, before it went
+    assert _gone(kernel, seconds=0.5)  # killed by the worker, not later by its sandbox noticing
 
 
 # ---- the gradebook -----------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class LlamaBlock(nn.Module):
         if mask is not None:
             mask = mask.repeat(tau // g, 1)  # (r·n, i)
         heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (batch, g, r·n, hd)
-        return self.o_proj(heads.view(b, tau, n, hd).transpose(1, 2).reshape(b, n, d))
+        return self.o_proj(heads.reshape(b, tau, n, hd).transpose(1, 2).reshape(b, n, d))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # each (batch, n, d_ff)

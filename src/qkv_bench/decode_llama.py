@@ -63,7 +63,15 @@ def _hf_model(config: LlamaConfig, seed: int):
     return LlamaForCausalLM(config.to_hf()).eval()
 
 
-def _ours(state_dict, config: LlamaConfig, backend: str):
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work, so that a clock reading after it counts it."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _ours(state_dict, config: LlamaConfig, backend: str, device: str = "cpu"):
     if backend == "numpy":
         from qkv.reference import Decoder
 
@@ -72,18 +80,20 @@ def _ours(state_dict, config: LlamaConfig, backend: str):
                                              n_positions=config.n_positions)
     from qkv.torch_decoder import CachedDecoder
 
-    return CachedDecoder.from_llama_state_dict(state_dict, n_head=config.n_head, device="cpu",
+    return CachedDecoder.from_llama_state_dict(state_dict, n_head=config.n_head, device=device,
                                                fast=True, n_positions=config.n_positions)
 
 
-def _ours_steps(model, ids: np.ndarray, new_tokens: int) -> float:
+def _ours_steps(model, ids: np.ndarray, new_tokens: int, device: str = "cpu") -> float:
     """Seconds of our decoder's N − 1 decode steps after the prompt: the loop of ``generate``,
     with the clock started after the prefill."""
     cache = model.new_cache(ids.shape[0], ids.shape[1] + new_tokens)
     token = model.prefill(ids, cache)[:, -1].argmax(-1)
+    _sync(device)
     start = time.perf_counter()
     for _ in range(new_tokens - 1):
         token = model.decode_step(token, cache).argmax(-1)
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -100,7 +110,7 @@ class _StepClock:
 
 
 def decode_row(config: LlamaConfig, batch: int, prompt: int, new_tokens: int, repeats: int,
-               numpy: bool, seed: int = 0) -> DecodeRow:
+               numpy: bool, seed: int = 0, device: str = "cpu") -> DecodeRow:
     """Tokens/s of N − 1 decode steps after a prompt (the prefill not counted), best of
     ``repeats``, for HF ``generate`` (clocked by a logits processor), torch and NumPy."""
     import torch
@@ -108,8 +118,9 @@ def decode_row(config: LlamaConfig, batch: int, prompt: int, new_tokens: int, re
 
     hf = _hf_model(config, seed)
     sd = {k: v.detach() for k, v in hf.state_dict().items()}
+    hf = hf.to(device)
     ids = np.random.default_rng(seed).integers(0, config.vocab_size, (batch, prompt))
-    t_ids = torch.from_numpy(ids)
+    t_ids = torch.from_numpy(ids).to(device)
 
     def hf_steps() -> float:
         clock = _StepClock()
@@ -118,11 +129,12 @@ def decode_row(config: LlamaConfig, batch: int, prompt: int, new_tokens: int, re
                         do_sample=False, use_cache=True,
                         attention_mask=torch.ones_like(t_ids),
                         logits_processor=LogitsProcessorList([clock]))
+        _sync(device)
         return clock.stamps[-1] - clock.stamps[0]
 
     contenders = {"hf": hf_steps}
-    ours_torch = _ours(sd, config, "torch")
-    contenders["torch"] = lambda: _ours_steps(ours_torch, ids, new_tokens)
+    ours_torch = _ours(sd, config, "torch", device)
+    contenders["torch"] = lambda: _ours_steps(ours_torch, ids, new_tokens, device)
     if numpy:
         ours_np = _ours(sd, config, "numpy")
         contenders["numpy"] = lambda: _ours_steps(ours_np, ids, new_tokens)
@@ -136,7 +148,8 @@ def decode_row(config: LlamaConfig, batch: int, prompt: int, new_tokens: int, re
     return DecodeRow(batch, prompt, new_tokens, tps["torch"], tps.get("numpy"), tps["hf"])
 
 
-def step_ms(model, batch: int, position: int, repeats: int, backend: str) -> tuple[float, int]:
+def step_ms(model, batch: int, position: int, repeats: int, backend: str,
+            device: str = "cpu") -> tuple[float, int]:
     """One decode step at ``position`` (counted from 1) after position − 1 cached positions of
     random keys and values; returns (milliseconds, the cache's bytes)."""
     c = model.config
@@ -148,38 +161,43 @@ def step_ms(model, batch: int, position: int, repeats: int, backend: str) -> tup
         if backend == "torch":
             import torch
 
-            k = torch.from_numpy(k)
+            k = torch.from_numpy(k).to(device)
         cache[layer].update(k, k)
     token = np.zeros(batch, dtype=np.int64)
 
     def step() -> None:
         cache.truncate(position - 1)
         model.decode_step(token, cache)
+        _sync(device)
 
     step()
     return 1e3 * best_time(step, max(repeats, 3)), cache.nbytes
 
 
 def step_row(config: LlamaConfig, backend: str, batch: int, position: int,
-             repeats: int) -> StepRow:
+             repeats: int, device: str = "cpu") -> StepRow:
     from dataclasses import replace
 
     out = {}
     for name, g in (("gqa", config.n_kv_heads), ("mha", config.n_head)):
         shape = replace(config, n_kv_heads=g)
         hf = _hf_model(shape, 0)
-        model = _ours({k: v.detach() for k, v in hf.state_dict().items()}, shape, backend)
+        model = _ours({k: v.detach() for k, v in hf.state_dict().items()}, shape, backend,
+                      device if backend == "torch" else "cpu")
         del hf
-        out[name] = step_ms(model, batch, position, repeats, backend)
+        out[name] = step_ms(model, batch, position, repeats, backend,
+                            device if backend == "torch" else "cpu")
     mib = 2.0**20
     return StepRow(backend, batch, position, out["gqa"][0], out["mha"][0],
                    out["gqa"][1] / mib, out["mha"][1] / mib)
 
 
-def format_tables(decode: list[DecodeRow], steps: list[StepRow], config: LlamaConfig) -> str:
+def format_tables(decode: list[DecodeRow], steps: list[StepRow], config: LlamaConfig,
+                  device: str = "cpu") -> str:
+    where = "CPU" if device == "cpu" else f"torch and HF on {device}, NumPy on the CPU"
     lines = [f"qkv bench decode --model llama: {config.n_layer} layers, width {config.n_embd}, "
              f"τ={config.n_head} query heads, n_kv_heads={config.n_kv_heads}, "
-             f"{config.n_positions} positions, float32, CPU, {os.cpu_count()} cores",
+             f"{config.n_positions} positions, float32, {where}, {os.cpu_count()} CPU cores",
              "decode steps only (the prefill not counted), tokens/s:",
              f"  {'batch':>5} {'prompt':>6} {'new':>4} {'torch':>9} {'numpy':>9} {'HF':>9} "
              f"{'torch/HF':>8} {'numpy/HF':>8}"]
@@ -217,16 +235,20 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"prompt {prompt} + new tokens {new_tokens} exceed n_positions="
                          f"{config.n_positions}")
     position = checks.non_negative_int("step position", args.step_position)
-    print(format_tables([], [], config).split("\n")[0], flush=True)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(format_tables([], [], config, device).split("\n")[0], flush=True)
     decode = []
     for b in batches:  # each row printed as soon as it is measured: a slow machine shows progress
         decode.append(decode_row(config, b, prompt, new_tokens, args.repeats,
-                                 numpy=not args.no_numpy))
+                                 numpy=not args.no_numpy, device=device))
         print(format_decode_row(decode[-1]), flush=True)
     steps = []
     if position:  # --step-position 0 skips the step table
         for backend in ["torch"] + ([] if args.no_numpy else ["numpy"]):
-            steps.append(step_row(config, backend, max(batches), position, args.repeats))
+            steps.append(step_row(config, backend, max(batches), position, args.repeats,
+                                  device))
             print(format_step_row(steps[-1]), flush=True)
-    print("\n" + format_tables(decode, steps, config), flush=True)
+    print("\n" + format_tables(decode, steps, config, device), flush=True)
     return 0

@@ -4,6 +4,11 @@ Both grade the same submissions: --students copies of every solution notebook. n
 expects and is given its best case: one `nbgrader autograde ASSIGNMENT` process per assignment (not one per
 student), with the assignments generated beforehand (untimed). `qkv grade` runs as its own process too,
 with --workers processes. Both timings include process start-up. The scores of both are checked to be full.
+
+Then the scaling table (alone with --no-nbgrader): the same notebooks graded inside this process, the
+kernel runs and the judging only (no process or cluster start-up, no files written), directly (one notebook
+after another, no Dask) and through Dask with 1 and 2 local workers, and with --scheduler on a running
+cluster. The overhead is what Dask with 1 worker adds over running the same notebooks directly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS, find_root
@@ -30,6 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="benchmark only this assignment (repeatable; default all five)")
     parser.add_argument("--root", default=None, help="the course repository (default: found from the working directory)")
     parser.add_argument("--keep", default=None, help="keep the work folder here instead of a temporary one")
+    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="also grade on this running Dask cluster (qkv grade --scheduler)")
+    parser.add_argument("--no-nbgrader", action="store_true",
+                        help="skip the comparison with nbgrader autograde (only the scaling table)")
 
 
 def _env() -> dict:
@@ -67,7 +77,92 @@ def _nbgrader_scores(course: Path) -> list[float]:
         return [s.score / s.max_score for a in gb.assignments for s in gb.assignment_submissions(a.name)]
 
 
-def bench(root: Path, students: int, workers: list[int], names: list[str], work: Path) -> dict:
+@dataclass
+class Scaling:
+    """Seconds per notebook inside one process: directly, and through Dask (startup not counted)."""
+
+    notebooks: int
+    direct_s: float
+    dask_s: dict[str, float]  # "1 local worker", "2 local workers", "cluster tcp://..." -> seconds
+    startup_s: dict[str, float]  # the same keys -> seconds to start (or reach) the cluster
+
+    @property
+    def overhead(self) -> float:
+        """What Dask with one local worker adds over running the same notebooks directly (a fraction)."""
+        return self.dask_s["1 local worker"] / self.direct_s - 1
+
+
+def _jobs(subs: Path, names: list[str]) -> list:
+    from qkv_grading.discover import discover
+    from qkv_grading.workers import Job
+
+    found, _ = discover(subs, names)
+    return [Job(student, name, str(path), 30.0) for student, name, path in found]
+
+
+def _direct(specs: dict, jobs: list) -> float:
+    """Run and judge every notebook here, one after another, as a single Dask worker would."""
+    from qkv_grading import execute, workers
+    from qkv_grading.judge import judge_run
+    from qkv_grading.run import read_submission
+
+    workers._worker_setup(sandboxed=True)
+    execute.prewarm()  # as a Dask worker's first notebook would find after the first run
+    start = time.perf_counter()
+    for job in jobs:
+        spec = specs[job.assignment]
+        run = workers._run_on_worker(spec, read_submission(Path(job.path), spec), job.timeout, True)
+        assert judge_run(run, spec)["score"] == spec.max_score
+    elapsed = time.perf_counter() - start
+    execute.shutdown_warm()
+    return elapsed
+
+
+def _through_dask(specs: dict, jobs: list, workers: int, scheduler: str | None) -> tuple[float, float]:
+    """(seconds to start or reach the cluster, seconds to grade ``jobs`` on it)."""
+    from qkv_grading.workers import Runner
+
+    start = time.perf_counter()
+    runner = Runner(specs, workers, scheduler=scheduler)
+    try:
+        for _ in runner.results(jobs[: max(1, workers)], progress=False):  # warm kernels, as _direct
+            pass
+        started = time.perf_counter()
+        results = list(runner.results(jobs, progress=False))
+        elapsed = time.perf_counter() - started
+    finally:
+        runner.close()
+    assert all(r["score"] == specs[r["assignment"]].max_score for r in results)
+    return started - start, elapsed
+
+
+def scaling(root: Path, subs: Path, names: list[str], scheduler: str | None) -> Scaling:
+    from qkv_grading.spec import load_spec
+
+    specs = {name: load_spec(root, name, hidden=True) for name in names}
+    jobs = _jobs(subs, names)
+    direct = _direct(specs, jobs)
+    dask_s, startup_s = {}, {}
+    runs = [("1 local worker", 1, None), ("2 local workers", 2, None)]
+    if scheduler:
+        runs.append((f"cluster {scheduler}", 1, scheduler))
+    for label, workers, address in runs:
+        startup_s[label], dask_s[label] = _through_dask(specs, jobs, workers, address)
+    return Scaling(len(jobs), direct, dask_s, startup_s)
+
+
+def _submissions(root: Path, students: int, names: list[str], work: Path) -> Path:
+    subs = work / "submissions"
+    for k in range(students):
+        for name in names:
+            folder = subs / f"s{k:03d}" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "solutions" / name / f"{name}.ipynb", folder / f"{name}.ipynb")
+    return subs
+
+
+def bench(root: Path, students: int, workers: list[int], names: list[str], work: Path,
+          scheduler: str | None = None) -> dict:
     nbgrader = [sys.executable, "-m", "nbgrader"]
     course = _nbgrader_course(work, root, names)
     for name in names:  # untimed set-up: the gradebook learns the assignments
@@ -82,39 +177,71 @@ def bench(root: Path, students: int, workers: list[int], names: list[str], work:
 
     t_nbgrader = sum(_run(nbgrader + ["autograde", name, "--force"], course) for name in names)
     rows = []
-    for w in workers:  # each into a fresh output folder: nothing is skipped as already graded
-        out = work / f"qkv_out_{w}"
+    runs = [(f"--workers {w}", ["--workers", str(w)]) for w in workers]
+    if scheduler:
+        runs.append((f"--scheduler {scheduler}", ["--scheduler", scheduler]))
+    for k, (label, flags) in enumerate(runs):  # each into a fresh output folder: nothing is skipped
+        out = work / f"qkv_out_{k}"
         t_qkv = _run([sys.executable, "-m", "qkv_grading.cli", "grade", str(subs), "--out", str(out),
-                      "--workers", str(w), "--no-progress", "--root", str(root)], root)
+                      *flags, "--no-progress", "--root", str(root)], root)
         with open(out / "grades.csv") as f:
             scores = [float(r["score"]) / float(r["max_score"]) for r in csv.DictReader(f)]
-        rows.append({"workers": w, "qkv_s": t_qkv, "ratio": t_nbgrader / t_qkv,
+        rows.append({"label": label, "qkv_s": t_qkv, "ratio": t_nbgrader / t_qkv,
                      "qkv_full": sum(s == 1.0 for s in scores)})
     nb_scores = _nbgrader_scores(course)
     return {"notebooks": n, "nbgrader_s": t_nbgrader, "rows": rows,
             "nbgrader_full": sum(s == 1.0 for s in nb_scores)}
 
 
+def _print_scaling(sc: Scaling) -> None:
+    print(f"scaling, {sc.notebooks} notebooks graded inside one process (kernel runs and judging; "
+          f"start-up apart):")
+    width = max(32, *(len(label) + 6 for label in sc.dask_s))
+    print(f"  {'how':<{width}} {'s/notebook':>10} {'start-up s':>10}")
+    print(f"  {'directly, no Dask':<{width}} {sc.direct_s / sc.notebooks:>10.2f} {'':>10}")
+    for label, seconds in sc.dask_s.items():
+        print(f"  {'Dask, ' + label:<{width}} {seconds / sc.notebooks:>10.2f} "
+              f"{sc.startup_s[label]:>10.1f}")
+    print(f"  overhead of Dask (1 local worker over directly): {100 * sc.overhead:+.1f}% (goal: under 5%)")
+
+
+def _work(args, fn):
+    if args.keep:
+        work = Path(args.keep)
+        work.mkdir(parents=True, exist_ok=True)
+        return fn(work)
+    with tempfile.TemporaryDirectory(prefix="qkv-bench-grade-") as tmp:
+        return fn(Path(tmp))
+
+
 def main(args: argparse.Namespace) -> int:
     root = find_root(args.root)
     names = args.assignment or list(ASSIGNMENTS)
     workers = args.workers or [1, 2]
-    if args.keep:
-        work = Path(args.keep)
-        work.mkdir(parents=True, exist_ok=True)
-        res = bench(root, args.students, workers, names, work)
-    else:
-        with tempfile.TemporaryDirectory(prefix="qkv-bench-grade-") as tmp:
-            res = bench(root, args.students, workers, names, Path(tmp))
-    n = res["notebooks"]
     cores = os.cpu_count()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    if args.no_nbgrader:
+        sc = _work(args, lambda w: scaling(root, _submissions(root, args.students, names, w), names,
+                                           args.scheduler))
+        print(f"{sc.notebooks} notebooks ({args.students} students x {len(names)} assignments), "
+              f"{cores} CPU cores")
+        _print_scaling(sc)
+        return 0
+
+    def both(work: Path):
+        res = bench(root, args.students, workers, names, work, args.scheduler)
+        return res, scaling(root, work / "submissions", names, args.scheduler)
+
+    res, sc = _work(args, both)
+    n = res["notebooks"]
     print(f"{n} notebooks ({args.students} students x {len(names)} assignments), {cores} CPU cores")
     print(f"nbgrader autograde (one process per assignment): {res['nbgrader_s']:.1f} s, "
           f"{res['nbgrader_s'] / n:.2f} s/notebook, {res['nbgrader_full']}/{n} full marks")
     for row in res["rows"]:
-        print(f"qkv grade --workers {row['workers']} (sandboxed):          {row['qkv_s']:.1f} s, "
+        print(f"qkv grade {row['label']} (sandboxed): {row['qkv_s']:.1f} s, "
               f"{row['qkv_s'] / n:.2f} s/notebook, {row['qkv_full']}/{n} full marks, "
               f"ratio (nbgrader / qkv) {row['ratio']:.2f}x")
+    _print_scaling(sc)
     return 0 if all(row["qkv_full"] == n for row in res["rows"]) else 1
 
 

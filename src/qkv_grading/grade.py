@@ -14,10 +14,18 @@ Writes into --out DIR:
                       timestamp.txt, for `nbgrader release_feedback`
   results/<student>/<assignment>.json    the grader's record; a re-run skips submissions that did not change
 
-Workers (--workers N) are long-lived processes that only execute notebooks; this process alone writes the
-gradebook and the files, so parallel grading cannot corrupt them. A bad submission (not JSON, metadata
+Workers are Dask worker processes that only execute notebooks: --workers N starts a local cluster of N,
+--scheduler tcp://HOST:PORT uses a running cluster (a worker needs the course package and bubblewrap, never
+solutions/). This process awards the points and alone writes the gradebook and the files, so parallel
+grading cannot corrupt them. A bad submission (not JSON, metadata
 stripped, cells deleted or edited, an endless loop, a crashing kernel, huge output, a missing notebook)
 gets its score and a reason in report.csv, and costs the others no more than its own timeouts.
+
+Stopping (Ctrl-C, kill, a lost scheduler) stops the workers and kernels this run started, and keeps every
+submission recorded so far; the same command again grades only the rest. Each submission's gradebook row is
+written before its result record, which is written last and atomically: a stop between the two leaves the
+record missing, so the next run grades that submission again and overwrites its row (scores are set, never
+added).
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +49,7 @@ from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
 from qkv_grading.results import needs_a_look, not_submitted
-from qkv_grading.workers import Runner
+from qkv_grading.workers import Job, Runner, SchedulerUnreachable
 
 
 DEFAULT_TIMEOUT = 30.0
@@ -48,7 +58,11 @@ DEFAULT_TIMEOUT = 30.0
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("submissions", help="folder of <student>/<assignment>/<assignment>.ipynb")
     parser.add_argument("--out", required=True, help="output folder (gradebook, CSVs, feedback, report)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel grading processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of the local Dask cluster (default 1)")
+    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="send the notebooks to a running Dask cluster instead (its workers need the "
+                             "course package and bubblewrap, not solutions/)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds each cell may run (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///OUT/gradebook.db)")
@@ -67,12 +81,28 @@ class Graded(list):
     executed: list[tuple[str, str]]
 
 
+class Stopped(KeyboardInterrupt):
+    """The grader was told to stop (SIGTERM); handled like Ctrl-C."""
+
+
+class Interrupted(Exception):
+    """Grading stopped before the end; what was recorded stays, and a re-run grades the rest."""
+
+    def __init__(self, why: str, recorded: int, left: int):
+        super().__init__(why)
+        self.why, self.recorded, self.left = why, recorded, left
+
+
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
-          sandboxed: bool = True,
+          sandboxed: bool = True, scheduler: str | None = None,
           db: str | None = None, only: list[str] | None = None, progress: bool = True) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
-    gradebook cannot take the assignments as they are now."""
+    gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
+    (Ctrl-C, SIGTERM, the scheduler lost)."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
     from qkv_grading.results import result_json
     from qkv_grading.spec import load_spec
 
@@ -92,20 +122,21 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                     continue  # graded before, unchanged: keep what was recorded
             except ValueError:
                 pass
-        todo.append(((student, name, str(path), timeout), key))
-    keys = {(j[0], j[1]): key for j, key in todo}
-    absent = [not_submitted(specs[j[1]], j[0]) for j, _ in todo if not submitted(Path(j[2]))]
-    todo = [(j, key) for j, key in todo if submitted(Path(j[2]))]
+        todo.append((Job(student, name, str(path), timeout), key))
+    keys = {(j.student, j.assignment): key for j, key in todo}
+    absent = [not_submitted(specs[j.assignment], j.student) for j, _ in todo if not submitted(Path(j.path))]
+    todo = [(j, key) for j, key in todo if submitted(Path(j.path))]
     if sandboxed:
         sandbox.require()
-    runner = Runner({n: specs[n] for n in {j[1] for j, _ in todo}}, workers, sandboxed) if todo else None
-    writer = None
+    runner = writer = None
     executed = []
     try:
-        if runner is not None:
+        if todo:
             writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
-            for name in runner.specs:
-                writer.prepare(name)
+            for name in {j.assignment for j, _ in todo}:
+                writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
+            runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers, sandboxed,
+                            scheduler=scheduler)
         ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
         for result in itertools.chain(ran, absent):
             student, name = result["student"], result["assignment"]
@@ -121,18 +152,24 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             tmp = record.with_suffix(".tmp")
             tmp.write_text(result_json(result))
             os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
-        results = Graded(load_results(out))
-        results.executed = executed
-        notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
-                                        "grader's user can, solutions/ included"]
-        write_tables(out, results, ignored, notices)
-        write_figure(out, results)
-        write_class_report(out, results)
+    except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
+        why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
+               if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
+        raise Interrupted(why, len(executed), len(todo) + len(absent) - len(executed)) from None
     finally:
-        if writer is not None:
-            writer.close()
-        if runner is not None:
-            runner.close()
+        try:
+            if runner is not None:
+                runner.close()
+        finally:
+            if writer is not None:
+                writer.close()
+    results = Graded(load_results(out))
+    results.executed = executed
+    notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
+                                    "grader's user can, solutions/ included"]
+    write_tables(out, results, ignored, notices)
+    write_figure(out, results)
+    write_class_report(out, results)
     return results
 
 
@@ -165,13 +202,27 @@ def main(args: argparse.Namespace) -> int:
     if refusal:
         print(f"qkv grade: {refusal}", file=sys.stderr)
         return 2
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    # a lost scheduler is said once, below, in words: not also as the Dask client's reconnect tracebacks
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     try:
         results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout,
-                        sandboxed=not args.no_sandbox, db=args.db,
+                        sandboxed=not args.no_sandbox, scheduler=args.scheduler, db=args.db,
                         only=args.assignment, progress=not args.no_progress)
-    except (GradebookMismatch, sandbox.SandboxMissing, InstructorError) as exc:
+    except (GradebookMismatch, sandbox.SandboxMissing, InstructorError, SchedulerUnreachable) as exc:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"qkv grade: {exc.why}: stopped its workers and kernels. {exc.recorded} submission(s) were "
+              f"recorded in {out} this run and are kept; {exc.left} were not graded. Run the same command "
+              f"again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     problems = [r for r in results if needs_a_look(r)]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "

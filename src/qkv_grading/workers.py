@@ -1,173 +1,225 @@
-"""Worker processes that run notebooks in kernels. Even one worker is a process of its own: a notebook
-that kills its kernel's parent then kills a worker, never the process that owns the gradebook. Workers
-return data (``KernelRun``); the points are awarded in the parent, by ``qkv_grading.judge``."""
+"""Running notebooks in kernels on Dask workers (``dask.distributed``): a local cluster of worker
+processes, or a running cluster (``dask scheduler`` and ``dask worker``, dask-jobqueue on Slurm,
+dask-kubernetes). A worker needs the course package and bubblewrap, never ``solutions/``: each task
+carries what it needs as data (the assignment's ``Spec``, sent once to every worker without solutions or
+checks, and the submitted notebook). Workers return data (``KernelRun``); the points are awarded in
+the process that runs ``qkv grade``, by ``qkv_grading.judge``, and that process alone writes the
+gradebook and the files.
+
+A notebook that kills its worker (a kill of the worker process, memory blown past the worker's limit)
+takes down the task running there. Dask's scheduler counts that against the task and runs it again on
+another worker; after ``allowed-failures`` such deaths it gives up with ``KilledWorker``, and the
+notebook gets 0 with a reason. The scheduler sends a worker only as many tasks as it has threads
+(``worker-saturation`` 1.0), so a worker's death casts suspicion on the notebook it was running alone.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import os
 import shutil
 import signal
 import sys
+import threading
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import dask
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed.scheduler import KilledWorker
 
-_SPECS: dict = {}
+ALLOWED_FAILURES = 2  # the third worker that dies running a notebook is one too many: it is blamed
+KILLED_NOTE = ("grading this notebook killed the grading worker, {n} times on {n} workers (does it kill "
+               "its parent process, or use up the memory?)")
+# The scheduler settings the guide asks a cluster to use too (see book/07, "Grading a large course").
+SCHEDULER_CONFIG = {
+    "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
 
 
-def _init_worker(specs: dict, scratch: str, sandboxed: bool) -> None:
-    """Each worker gets the prepared assignments once, at start: no per-submission set-up, no nbgrader import.
-    Its kernels work in folders under ``scratch``. A worker that is told to stop kills its kernels."""
+class SchedulerUnreachable(Exception):
+    """``--scheduler`` names a Dask scheduler that does not answer."""
+
+
+@dataclass
+class Job:
+    """One submission to grade: who, which assignment, the notebook's path (read by this process)."""
+
+    student: str
+    assignment: str
+    path: str
+    timeout: float
+
+
+def for_workers(spec):
+    """What a worker gets of an assignment: the released notebook, and the instructor's notebook without
+    what the worker does not need: each answer cell holds the released stub (never the solution), and each
+    test cell only its probe part (never the checks or the expected values, which stay in this process)."""
+    import copy
+
+    from qkv_grading.probe import CHECKS_MARK, split
+    from qkv_grading.spec import Spec
+
+    stubs = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in spec.released.cells}
+    runnable = copy.deepcopy(spec.runnable)
+    for cell in runnable.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("solution"):
+            cell.source = stubs.get(info.get("grade_id"), "")
+        elif info.get("grade"):
+            cell.source = split(cell.source)[0] + CHECKS_MARK + " (kept by the grader) ----\n"
+    return Spec(spec.name, spec.released, runnable, spec.fingerprint)
+
+
+def _worker_setup(sandboxed: bool) -> None:
+    """On a worker, before its first notebook: kernels work in a scratch folder of the worker's own
+    (removed with the worker), and run sandboxed unless the instructor said otherwise."""
     from qkv_grading import execute
 
-    _SPECS.update(specs)
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    scratch = execute.SCRATCH_ROOT
+    if scratch is None or not os.path.isdir(scratch):
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        scratch = tempfile.mkdtemp(prefix="qkv-grade-")
     execute.configure(scratch, sandboxed)
-    signal.signal(signal.SIGTERM, _stopped)
 
 
-def _stopped(signum, frame) -> None:
-    """SIGTERM in a worker: the pool broke (another worker died) and is stopping every worker. Kill this one's
-    kernels, the warm one and a busy one, so that none outlives it, and go."""
-    from qkv_grading.execute import kill_all_now
+def _run_on_worker(spec, submission, timeout: float, sandboxed: bool):
+    """A Dask task, on a worker: run one submission in a kernel and return its ``KernelRun`` (data,
+    never a grade). Leaves a kernel booting for the worker's next notebook."""
+    from qkv_grading.run import KernelRun, run_in_kernel
 
-    kill_all_now()
-    os._exit(128 + signum)
-
-
-def _started_marker(scratch: str, job: tuple) -> Path:
-    """The file a worker writes as it starts ``job``: after a worker dies, it tells the jobs that were running
-    (suspects) from those still queued (innocent: they only fell with the pool)."""
-    return Path(scratch) / "started" / hashlib.sha256(repr(job[:2]).encode()).hexdigest()[:24]
-
-
-def _grade_job(job: tuple[str, str, str, float]):
-    """In a worker: run one submission in a kernel. Returns (student, KernelRun): data, never a grade."""
-    from qkv_grading import execute
-    from qkv_grading.run import KernelRun, run_file
-
-    student, name, path, timeout = job
-    spec = _SPECS[name]
-    if execute.SCRATCH_ROOT is not None:
-        marker = _started_marker(execute.SCRATCH_ROOT, job)
-        marker.parent.mkdir(exist_ok=True)
-        marker.touch()
+    _worker_setup(sandboxed)
     try:
-        run = run_file(path, spec, timeout=timeout, prewarm=True)
+        return run_in_kernel(submission, spec, timeout=timeout, prewarm=True)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
-        run = KernelRun(name, "error", notes=[f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
-    return student, run
+        return KernelRun(spec.name, "error", notes=[
+            f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
 
 
-def _warm_up() -> str | None:
-    """Boot a kernel in the worker before the first submission arrives. Returns None, or why that failed:
-    the worker then starts a kernel for each notebook (a cold start), and grading goes on."""
-    from qkv_grading.execute import prewarm
+def _given(value):
+    """A task that returns its argument (an assignment, for the tasks that depend on it)."""
+    return value
 
-    try:
-        return prewarm()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+
+class _KernelReaper(WorkerPlugin):
+    """A Dask worker plugin: a worker that closes (the run is over, stopped, or the cluster shuts
+    it down) kills its kernels at once and removes their scratch folders, so none outlives it."""
+
+    name = "qkv-kernel-reaper"
+
+    def teardown(self, worker) -> None:
+        from qkv_grading import execute
+
+        execute.kill_all_now()
+        if execute.SCRATCH_ROOT:
+            shutil.rmtree(execute.SCRATCH_ROOT, ignore_errors=True)
 
 
 class Runner:
-    """Grades jobs in a pool of long-lived worker processes (one or more). Even one worker is a process of
-    its own: a notebook that kills its kernel's parent then kills a worker, never the process that owns the
-    gradebook. Created before the gradebook is opened, so that the workers boot while this process prepares
-    everything else."""
+    """Sends submissions to Dask workers and yields judged results as they come.
 
-    def __init__(self, specs: dict, workers: int, sandboxed: bool = True):
+    ``scheduler=None``: a local cluster of ``workers`` processes, one thread each, started here and
+    stopped by ``close``. ``scheduler="tcp://HOST:PORT"``: a running cluster, left running."""
+
+    def __init__(self, specs: dict, workers: int = 1, sandboxed: bool = True,
+                 scheduler: str | None = None):
         self.specs, self.workers, self.sandboxed = specs, workers, sandboxed
-        # Every kernel's scratch folder goes in here, removed as a whole at the end: also the folders of a
-        # worker that was killed before it could clean up.
-        self.scratch = tempfile.mkdtemp(prefix="qkv-grade-")
-        self.warm_ups: list = []  # the workers' first kernels, booted ahead of time
-        self.pool = self._new_pool()
-
-    def _new_pool(self):
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.specs, self.scratch, self.sandboxed))
-        self.warm_ups += [pool.submit(_warm_up) for _ in range(self.workers)]
-        return pool
-
-    def _replace_pool(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = self._new_pool()
-
-    def warm_failures(self) -> list[str]:
-        """Why kernels could not be booted ahead of time (those notebooks started their own kernels)."""
-        out = []
-        for fut in self.warm_ups:
-            if fut.done() and not fut.cancelled():
+        self.cluster = None
+        with dask.config.set(SCHEDULER_CONFIG):
+            if scheduler is None:
+                # Ctrl-C in a terminal reaches every process of the group: the workers are started
+                # ignoring it (the disposition survives their exec), and this process stops them
+                main = threading.current_thread() is threading.main_thread()
+                before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
                 try:
-                    why = fut.result()
-                except Exception as exc:  # the worker itself died: reported with its submissions
-                    why = None if isinstance(exc, BrokenProcessPool) else f"{type(exc).__name__}: {exc}"
-                if why:
-                    out.append(why)
-        return out
+                    self.cluster = LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=0,
+                        silence_logs=50)
+                finally:
+                    if main:
+                        signal.signal(signal.SIGINT, before)
+                self.client = Client(self.cluster)
+            else:
+                try:
+                    self.client = Client(scheduler, timeout="30s")
+                except OSError as exc:
+                    raise SchedulerUnreachable(
+                        f"no Dask scheduler answers at {scheduler} ({exc}); start one with "
+                        f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
+        try:
+            self.client.register_plugin(_KernelReaper(), name=_KernelReaper.name)
+            # Each assignment is a task of its own, whose result the workers fetch once and keep. Not
+            # scattered data: a task's result that dies with every worker holding it is computed again.
+            self.spec_futures = {name: self.client.submit(_given, for_workers(spec), pure=False,
+                                                          key=f"qkv-spec-{name}-{uuid.uuid4().hex}")
+                                 for name, spec in specs.items()}
+        except BaseException:
+            self.close()
+            raise
 
-    def results(self, jobs: list, progress: bool):
-        """Yield results as they come. A worker that dies (a notebook killed its kernel's parent, or memory ran
-        out) breaks the whole pool, and every unfinished job fails with it. Those that had not started are
-        graded again in a fresh pool; those that had (at most one per worker) are graded again one at a time,
-        so that one which kills its worker again is known to be the cause: it gets 0 and a reason."""
+    def results(self, jobs: list[Job], progress: bool):
+        """Yield one judged result per job, in the order they finish. A notebook that cannot be
+        read (missing, too large, not JSON) is judged here without a worker."""
         from tqdm import tqdm
 
         from qkv_grading.judge import empty_result, judge_run
+        from qkv_grading.run import read_submission
 
-        def judged(done) -> dict:  # points are awarded here, in the process that owns the gradebook
-            student, run = done
-            result = judge_run(run, self.specs[run.assignment])
-            result["student"] = student
-            return result
-
-        bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress,
+                   file=sys.stderr)
+        live: dict = {}  # future -> job, until its result is recorded
         try:
-            pending, suspects = list(jobs), []
-            while pending:
-                futures = {self.pool.submit(_grade_job, job): job for job in pending}
-                pending = []
-                for fut in as_completed(futures):
-                    try:
-                        result = judged(fut.result())
-                    except BrokenProcessPool:
-                        job = futures[fut]
-                        (suspects if _started_marker(self.scratch, job).exists() else pending).append(job)
-                        continue
-                    yield result
+            pending = as_completed()
+            for job in jobs:
+                spec = self.specs[job.assignment]
+                submission = read_submission(Path(job.path), spec)
+                if not isinstance(submission, dict):
+                    yield _judged(judge_run(submission, spec), job)
                     bar.update()
-                if pending or suspects:
-                    self._replace_pool()
-                if pending and len(pending) == len(futures):  # the pool broke before any job started
-                    suspects += pending
-                    pending = []
-            for job in suspects:  # alone in the pool: if the pool breaks now, this job broke it
-                _started_marker(self.scratch, job).unlink(missing_ok=True)
+                    continue
+                fut = self.client.submit(_run_on_worker, self.spec_futures[job.assignment],
+                                         submission, job.timeout, self.sandboxed, pure=False,
+                                         key=f"qkv-{job.assignment}-{job.student}-{uuid.uuid4().hex}")
+                live[fut] = job
+                pending.add(fut)
+            for fut in pending:
+                job = live[fut]
+                spec = self.specs[job.assignment]
                 try:
-                    result = judged(self.pool.submit(_grade_job, job).result())
-                except BrokenProcessPool:
-                    student, name, _, _ = job
-                    result = empty_result(self.specs[name], "error",
-                                          "grading this notebook killed the grading process, twice (does it kill "
-                                          "its parent process, or use up the memory?)")
-                    result["student"] = student
-                    self._replace_pool()
-                yield result
+                    result = judge_run(fut.result(), spec)
+                except KilledWorker as exc:  # the scheduler gave up: it killed every worker it ran on
+                    result = empty_result(spec, "error",
+                                          KILLED_NOTE.format(n=exc.allowed_failures + 1))
+                yield _judged(result, job)
+                del live[fut]
+                fut.release()
                 bar.update()
         finally:
             bar.close()
+            if live and self.client is not None:  # stopped early: nothing more is wanted of them
+                self.client.cancel(list(live), force=True)
 
     def close(self) -> None:
+        """Stop the local cluster (its workers kill their kernels); leave a running cluster running."""
+        client, cluster = getattr(self, "client", None), self.cluster
+        self.client = self.cluster = None
         try:
-            self.pool.shutdown(wait=True)
-            failures = self.warm_failures()
-            if failures:
-                print(f"qkv grade: {len(failures)} kernel(s) could not be started ahead of time, so notebooks "
-                      f"started their own (slower, same grades); first reason: {failures[0]}", file=sys.stderr)
+            if client is not None and cluster is None and client.status == "running":
+                # a running cluster: its workers stop this run's kernels and remove their folders
+                try:
+                    client.unregister_worker_plugin(_KernelReaper.name)
+                except Exception:  # the scheduler is gone: its workers go with it, or stay idle
+                    pass
+            if client is not None:
+                client.close(timeout=10)
         finally:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            if cluster is not None:
+                cluster.close(timeout=20)
+
+
+def _judged(result: dict, job: Job) -> dict:
+    result["student"] = job.student
+    return result
