@@ -111,7 +111,9 @@ def _standard(subs: Path, names=ASSIGNMENTS) -> dict:
 
 
 def _grades(out: Path) -> dict:
-    return {(r["student"], r["assignment"]): float(r["score"]) for r in read_csv(out / "grades.csv")}
+    """(student, assignment) -> score, for what was handed in (not-submitted rows have no score)."""
+    return {(r["student"], r["assignment"]): float(r["score"]) for r in read_csv(out / "grades.csv")
+            if r["status"] != "not submitted"}
 
 
 def _gradebook_rows(url: str) -> dict:
@@ -147,7 +149,10 @@ def test_a_cluster_gives_the_scores_of_one_local_worker(cluster, tmp_path):
     assert question_scores(on_cluster) == question_scores(local)
     grades = _grades(on_cluster)
     students = {"sol", "blank", *bad}
-    assert len(grades) == len(students) * len(ASSIGNMENTS)  # a student's missing notebooks get 0 too
+    rows = read_csv(on_cluster / "grades.csv")
+    assert len(rows) == len(students) * len(ASSIGNMENTS)  # everyone, on every assignment handed in
+    absent = {(r["student"], r["assignment"]) for r in rows if r["status"] == "not submitted"}
+    assert absent == {(s, a) for s in bad for a in ASSIGNMENTS if a != "01_weighted_average"}
     for key, score in expected.items():
         assert grades[key] == score, key
     for student, exp in bad.items():
@@ -168,7 +173,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_grades_nothing_twice(cluster,
         name = ASSIGNMENTS[k % 2 * 3]  # 01 or 04
         submit(subs, f"s{k}", name, filled(name))
         expected[(f"s{k}", name)] = FULL[name]
-        expected.setdefault((f"s{k}", ASSIGNMENTS[3 - k % 2 * 3]), 0.0)  # not submitted: 0
+        expected.setdefault((f"s{k}", ASSIGNMENTS[3 - k % 2 * 3]), None)  # not submitted: no score
     out = tmp_path / "out"
     grader = subprocess.Popen(_qkv(str(subs), "--out", str(out), "--scheduler", cluster["address"]),
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -185,11 +190,15 @@ def test_a_worker_killed_mid_run_loses_nothing_and_grades_nothing_twice(cluster,
     assert victims and all(not v.is_running() or v.status() == psutil.STATUS_ZOMBIE for v in victims)
     assert grader.returncode == 0, stderr[-3000:]
     assert f"graded {len(expected)} submission(s)" in stdout and f"({len(expected)} run now" in stdout
-    assert _grades(out) == expected  # every submission, full marks: nothing lost
+    handed_in = {key: score for key, score in expected.items() if score is not None}
+    assert _grades(out) == handed_in  # every submission, full marks: nothing lost
     rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")  # one row per test cell, never two
     for (student, name), score in expected.items():
         mine = {k: v for k, v in rows.items() if k[:2] == (student, name)}
-        assert sum(v or 0 for v in mine.values()) == score and (mine or not score)
+        if score is None:  # not submitted: no submission in the gradebook
+            assert not mine
+        else:
+            assert mine and sum(v or 0 for v in mine.values()) == score
     # the nanny restarted the worker: the cluster is whole again for the next test
     from distributed import Client
     with Client(cluster["address"], timeout="30s") as client:
