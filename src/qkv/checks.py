@@ -299,6 +299,15 @@ def model_room(start: int, n: int, config) -> None:
          f"the maximum length n_positions={config.n_positions} of this model")
 
 
+def start_position(cache, cache_type: type, config, batch: int, n: int) -> int:
+    """Where n new positions of ``batch`` sequences start: 0 without a cache (after checking the
+    model's length), else the length of a cache able to take them (``decoder_cache``)."""
+    if cache is None:
+        model_room(0, n, config)
+        return 0
+    return decoder_cache(cache, cache_type, config, batch, n)
+
+
 def decoder_cache(cache, cache_type: type, config, batch: int, n: int) -> int:
     """A decoder's cache, able to take n more positions for ``batch`` sequences; returns its length."""
     n_layer = config.n_layer

@@ -307,11 +307,8 @@ class CachedDecoder(nn.Module):
         the cache and the model's length; and the mask over the cache and ids, as a tensor there too,
         or None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
-        if cache is None:
-            start = 0
-            checks.model_room(0, ids.shape[1], self.config)
-        else:
-            start = checks.decoder_cache(cache, StaticKVCache, self.config, *ids.shape)
+        start = checks.start_position(cache, StaticKVCache, self.config, *ids.shape)
+        if cache is not None:
             checks.cache_place(cache, self.dtype, self.device)
         shape = (ids.shape[0], start + ids.shape[1])
         mask = checks.attention_mask(attention_mask, shape)

@@ -279,6 +279,11 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
         await asyncio.wait_for(client.async_execute_cell(cell, k, store_history=not _is_test(cell)),
                                timeout + 15)
 
+    def not_run(cells: list[int], why: str, note: str) -> None:
+        for k2 in cells:
+            result.cells[k2] = CellResult(False, "NotRun", f"not run: {why}")
+        result.notes.append(note)
+
     async def replay() -> None:
         for k in good:
             original = nb.cells[k]
@@ -323,18 +328,16 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             pos += 1
             await stop()
             if restarts > max_restarts:
-                for k2 in code[pos:]:
-                    result.cells[k2] = CellResult(False, "NotRun", "not run: too many timeouts or kernel crashes before it")
-                result.notes.append(f"stopped after {restarts} kernel restarts; the remaining cells were not run")
+                not_run(code[pos:], "too many timeouts or kernel crashes before it",
+                        f"stopped after {restarts} kernel restarts; the remaining cells were not run")
                 break
             try:
                 await start()
                 await replay()
             except Exception as exc:  # replaying failed (the same crash again): stop here
                 await stop()
-                for k2 in code[pos:]:
-                    result.cells[k2] = CellResult(False, "NotRun", "not run: the kernel could not be restored")
-                result.notes.append(f"could not restore the kernel after a crash: {type(exc).__name__}")
+                not_run(code[pos:], "the kernel could not be restored",
+                        f"could not restore the kernel after a crash: {type(exc).__name__}")
                 break
     finally:
         await stop()

@@ -245,11 +245,7 @@ class Decoder:
         """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length;
         and the mask over the cache and ids, None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
-        if cache is None:
-            start = 0
-            checks.model_room(0, ids.shape[1], self.config)
-        else:
-            start = checks.decoder_cache(cache, DecoderCache, self.config, *ids.shape)
+        start = checks.start_position(cache, DecoderCache, self.config, *ids.shape)
         shape = (ids.shape[0], start + ids.shape[1])
         mask = checks.attention_mask(attention_mask, shape)
         if mask is not None:
