@@ -11,6 +11,7 @@ that ``nbgrader release_feedback`` can hand them back.
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import secrets
 import shutil
@@ -111,9 +112,7 @@ def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
             for key in ("raw_mimetype", "format"):
                 cell.metadata.pop(key, None)
         if cell.cell_type == "markdown" and not trusted:  # the learner's: HTML in it shown as text
-            from nbconvert.filters import clean_html
-
-            cell.source = clean_html(cell.source)
+            cell.source = _clean(cell.source)
         if cell.cell_type == "code":
             # only text and images: HTML or scripts a learner's code displays stay out of the page
             for out in cell.get("outputs", []):
@@ -127,18 +126,57 @@ def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
     return shown
 
 
-def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
-    """The feedback page for one submission (``nb``: the executed notebook, outputs scrubbed; None when
-    none could be run, and the released notebook is shown with every test's reason)."""
-    from jinja2 import DictLoader
+@functools.lru_cache(maxsize=8192)
+def _code_html(source: str, language: str | None, magics: str | None) -> str:
+    """A code cell's input, highlighted and cleaned as nbconvert's lab template does it: remembered, since
+    most cells are the same in every submission of an assignment."""
+    from nbconvert.filters import Highlight2HTML, clean_html
+
+    return clean_html(Highlight2HTML()(source, language, {"magics_language": magics} if magics else None))
+
+
+@functools.lru_cache(maxsize=8192)
+def _clean(text: str) -> str:
+    from nbconvert.filters import clean_html
+
+    return clean_html(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _exporter():
+    """One HTML exporter per process (its templates are compiled once), with remembered filters."""
+    from jinja2 import DictLoader, pass_context
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="qkv_feedback.html.j2",
                             extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})])
+    markdown2html = functools.lru_cache(maxsize=8192)(
+        lambda source, path: exporter.markdown2html({"resources": {"metadata": {"path": path}}}, source))
+
+    @pass_context
+    def markdown(context, source):
+        if context.get("cell", {}).get("attachments"):
+            return exporter.markdown2html(context, source)
+        return markdown2html(source, context.get("resources", {}).get("metadata", {}).get("path", ""))
+
+    @pass_context
+    def highlight(context, source, language=None, metadata=None):
+        info = context.get("nb", {}).get("metadata", {}).get("language_info", {})
+        language = language or info.get("pygments_lexer", info.get("name")) or "ipython3"
+        return _code_html(source, language, (metadata or {}).get("magics_language"))
+
+    # highlight_code comes out cleaned already: the template's clean_html after it sees its own output
+    exporter.filters = {"highlight_code": highlight, "clean_html": _clean, "markdown2html": markdown}
+    return exporter
+
+
+def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
+    """The feedback page for one submission (``nb``: the executed notebook, outputs scrubbed; None when
+    none could be run, and the released notebook is shown with every test's reason)."""
     resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,
                  "qkv_summary": _summary(spec, tests, notes),
                  "metadata": {"name": f"{spec.name} feedback"}}
-    body, _ = exporter.from_notebook_node(_shown_notebook(spec, nb, tests), resources=resources)
+    body, _ = _exporter().from_notebook_node(_shown_notebook(spec, nb, tests), resources=resources)
     return body
 
 
