@@ -296,13 +296,13 @@ def scratch(tmp_path, monkeypatch):
 
 
 def test_a_given_cwd_is_honoured_even_with_a_warm_kernel(scratch, tmp_path):
-    assert execute.prewarm() is None and execute._WARM is not None
+    assert execute.prewarm() is None and len(execute._WARM) == execute.WARM_KERNELS
     here = tmp_path / "here"
     here.mkdir()
     nb = _notebook("import os; print(os.getcwd())")
     run = execute.run_notebook(nb, cwd=str(here), prewarm=True)
     assert run.cells[0].ok and nb.cells[0].outputs[0]["text"].strip() == str(here.resolve())
-    assert execute._WARM is not None and here.is_dir()  # the warm kernel waits for a notebook without a cwd
+    assert len(execute._WARM) == execute.WARM_KERNELS and here.is_dir()  # the warm kernels wait for a notebook without a cwd
 
 
 def test_a_failing_prewarm_falls_back_to_a_cold_start(scratch, monkeypatch):
@@ -318,11 +318,12 @@ def test_a_failing_prewarm_falls_back_to_a_cold_start(scratch, monkeypatch):
 
     monkeypatch.setattr(AsyncKernelManager, "start_kernel", start_kernel)
     failures = len(execute.WARM_FAILURES)
-    assert "no kernel for you" in execute.prewarm() and execute._WARM is None  # said, not raised
+    assert "no kernel for you" in execute.prewarm() and execute._WARM == []  # said, not raised
     nb = _notebook("print(1 + 1)")
     run = execute.run_notebook(nb, prewarm=True)  # starts cold, then fails to boot the next warm kernel
     assert run.cells[0].ok and nb.cells[0].outputs[0]["text"] == "2\n"
-    assert len(calls) == 3 and len(execute.WARM_FAILURES) == failures + 2 and execute._WARM is None
+    assert len(calls) == 3 and len(execute.WARM_FAILURES) == failures + 2 and execute._WARM == []
+    execute.shutdown_warm()  # and waits for the kernel that ran, killed at once, to be reaped
     assert list(scratch.iterdir()) == []  # the folders of the kernels that did not start are gone
 
 
@@ -354,14 +355,15 @@ def test_a_worker_that_stops_kills_its_kernels_and_removes_their_folders():
     runner = Runner({}, workers=1)
     try:
         scratch, worker = runner.client.submit(_boot_a_kernel, pure=False).result(timeout=120)
-        (folder,) = Path(scratch).iterdir()
-        kernel = _process_in(folder)
-        assert _alive(worker) and _alive(kernel)
+        kernels = [_process_in(folder) for folder in Path(scratch).iterdir()]
+        assert len(kernels) == execute.WARM_KERNELS
+        assert _alive(worker) and all(_alive(kernel) for kernel in kernels)
     finally:
         runner.close()
     assert _gone(worker)
     assert not Path(scratch).exists()  # removed by the worker itself, before it went
-    assert _gone(kernel, seconds=0.5)  # killed by the worker, not later by its sandbox noticing
+    for kernel in kernels:
+        assert _gone(kernel, seconds=0.5)  # killed by the worker, not later by its sandbox noticing
 
 
 # ---- the gradebook -----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import nbformat
@@ -126,9 +127,14 @@ def configure(scratch_root: str | None, sandboxed: bool) -> None:
     SCRATCH_ROOT, SANDBOX = scratch_root, sandboxed
 
 
-_WARM: object | None = None  # a kernel manager whose kernel is booting for the next notebook
+# Kernels booting for the next notebooks, oldest first: (kernel manager, task connecting a client to it).
+# Two, so that a worker rarely waits: a kernel takes longer to boot (imports) than a notebook to run.
+_WARM: list[tuple] = []
+WARM_KERNELS = 2
+_RETIRING: set = set()  # tasks finishing the shutdown of kernels already killed (see _retire)
 _LIVE: dict[int, tuple] = {}  # id(km) -> (km, scratch folder) for every kernel started here and not stopped yet
 _LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
 SCRATCH_ROOT: str | None = None  # where scratch folders are made (None: the system's temporary folder)
 WARM_FAILURES: list[str] = []  # why kernels could not be booted ahead of time (grading went on with cold starts)
 # Imported while a warm kernel boots, then the names are deleted: the learner's namespace starts empty,
@@ -168,32 +174,104 @@ async def _stop(km) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _boot_warm() -> None:
-    """Start booting the kernel for the next notebook. A failure is written down, never raised: the next
-    notebook then starts its own kernel (a cold start), and grading goes on."""
-    global _WARM
-    if _WARM is not None:
-        return
+async def _ready_client(km):
+    """A client connected to ``km``'s kernel once it answers (jupyter_client's handshake, which waits for
+    the kernel's first messages)."""
+    kc = km.client()
+    kc.start_channels()
     try:
-        _WARM = await _launch(None)
-    except Exception as exc:
-        WARM_FAILURES.append(f"{type(exc).__name__}: {exc}")
+        await kc.wait_for_ready(timeout=60)
+    except BaseException:
+        kc.stop_channels()
+        raise
+    return kc
+
+
+async def _boot_warm() -> None:
+    """Start booting the kernel for the next notebook, and connecting to it, in the background (while the
+    current notebook runs). A failure is written down, never raised: the next notebook then starts its own
+    kernel (a cold start), and grading goes on."""
+    while len(_WARM) < WARM_KERNELS:
+        try:
+            km = await _launch(None)
+        except Exception as exc:
+            WARM_FAILURES.append(f"{type(exc).__name__}: {exc}")
+            return
+        ready = _loop().create_task(_ready_client(km))
+        ready.add_done_callback(_seen)  # a kernel killed before it is used is no error worth a word
+        _WARM.append((km, ready))
+
+
+def _seen(task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _kill_now(km) -> None:
+    """SIGKILL a kernel's process group (it runs in a session of its own; sandboxed, the rest of its tree
+    dies with bwrap): the kernel stops at once, before anything else runs."""
+    pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+    if pgid and pgid != os.getpgid(0):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _retire(km, kc) -> None:
+    """Kill a kernel now; reap it, close its client and remove its folder in the background, so that the
+    next notebook does not wait for jupyter_client's shutdown polling."""
+    _kill_now(km)
+
+    async def finish():
+        if kc is not None:
+            kc.stop_channels()
+        await _stop(km)
+
+    task = _loop().create_task(finish())
+    _RETIRING.add(task)
+    task.add_done_callback(_RETIRING.discard)
 
 
 def _loop() -> asyncio.AbstractEventLoop:
+    """The process's one event loop for kernels, running in a thread of its own, so that the kernel booted
+    for the next notebook connects, and stopped kernels are reaped, while this process does other work."""
     global _LOOP
-    if _LOOP is None or _LOOP.is_closed():
-        _LOOP = asyncio.new_event_loop()  # one loop per process: the warm kernel's sockets live on it
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="qkv-kernels", daemon=True).start()
     return _LOOP
 
 
+def _call(coro):
+    """Run ``coro`` on the kernels' loop and wait for its result here; stopping here (Ctrl-C) cancels it,
+    and its ``finally`` stops its kernel."""
+    future = asyncio.run_coroutine_threadsafe(coro, _loop())
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+async def _shutdown_warm() -> None:
+    while _WARM:
+        km, ready = _WARM.pop()
+        kc = None
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            kc = ready.result()
+        ready.cancel()
+        _retire(km, kc)
+    await asyncio.gather(*_RETIRING, return_exceptions=True)
+
+
 def shutdown_warm() -> None:
-    """Stop the kernel kept warm for a next notebook (called at exit, and when a batch is done)."""
-    global _WARM
-    if _WARM is not None and _LOOP is not None and not _LOOP.is_closed():
-        km, _WARM = _WARM, None
+    """Stop the kernel kept warm for a next notebook, and finish stopping those retired (called at exit,
+    and when a batch is done)."""
+    if _LOOP is not None and not _LOOP.is_closed():
         try:
-            _LOOP.run_until_complete(_stop(km))
+            _call(_shutdown_warm())
         except Exception:
             pass
 
@@ -205,25 +283,19 @@ def kill_all_now() -> None:
     """Kill every kernel this process started (with whatever they started) and remove their scratch folders,
     at once and without the event loop: for a grading process told to stop (SIGTERM) in the middle of a
     notebook, when an orderly shutdown is not possible."""
-    global _WARM
     for km, folder in list(_LIVE.values()):
-        pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
-        if pgid and pgid != os.getpgid(0):
-            try:
-                os.killpg(pgid, signal.SIGKILL)  # a kernel runs in a session of its own
-            except OSError:
-                pass
+        _kill_now(km)
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
     _LIVE.clear()
-    _WARM = None
+    _WARM.clear()
 
 
 def prewarm() -> str | None:
     """Start booting a kernel for the next notebook now (a worker calls this before its first job).
     Returns None, or why no kernel could be started (then notebooks start their own, as without pre-warm)."""
     before = len(WARM_FAILURES)
-    _loop().run_until_complete(_boot_warm())
+    _call(_boot_warm())
     return WARM_FAILURES[-1] if len(WARM_FAILURES) > before else None
 
 
@@ -251,27 +323,26 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             raise
 
     async def start() -> None:
-        global _WARM
-        warm, _WARM = (_WARM, None) if cwd is None else (None, _WARM)  # a warm kernel sits in a scratch folder
-        try:
-            await connect(warm or await _launch(cwd))
-        except Exception:
-            if warm is None:
-                raise
-            WARM_FAILURES.append("a kernel booted ahead of time did not answer")
-            await connect(await _launch(cwd))  # a cold start instead
+        warm = _WARM.pop(0) if cwd is None and _WARM else None  # a warm kernel sits in a scratch folder
+        if warm is None:
+            await connect(await _launch(cwd))
+        else:
+            km, ready = warm
+            try:
+                client.km, client.kc = km, await ready  # connected while the last notebook ran
+                client.kc.allow_stdin = False
+            except Exception:
+                client.km = client.kc = None
+                _retire(km, None)
+                WARM_FAILURES.append("a kernel booted ahead of time did not answer")
+                await connect(await _launch(cwd))  # a cold start instead
         if prewarm:
             await _boot_warm()
 
     async def stop() -> None:
-        km = client.km
-        if km is not None:
-            try:
-                await client._async_cleanup_kernel()
-            except Exception:  # a kernel already gone: nothing left to stop
-                pass
+        if client.km is not None:
+            _retire(client.km, client.kc)
             client.km = client.kc = None
-            await _stop(km)
 
     async def execute(k: int, cell) -> None:
         # Test cells stay out of the kernel's input history (In, _ih, %history): code a learner runs later
@@ -354,4 +425,4 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: flo
     kept warm is used only without one.
     ``prewarm``: leave a kernel booting for the next call, so that a batch never waits for a kernel to start.
     """
-    return _loop().run_until_complete(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))
+    return _call(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))
