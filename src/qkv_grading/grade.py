@@ -39,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from qkv_grading import sandbox
@@ -132,11 +133,19 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     executed = []
     try:
         if todo:
-            writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+            # the gradebook opens (nbgrader stamps a new one by running alembic) while the workers start
+            pool = ThreadPoolExecutor(1)
+            opening = pool.submit(GradebookWriter, db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+            try:
+                runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers, sandboxed,
+                                scheduler=scheduler)
+            finally:
+                pool.shutdown()
+                writer = None if opening.exception() else opening.result()
+            if writer is None:
+                raise opening.exception()
             for name in {j.assignment for j, _ in todo}:
                 writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
-            runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers, sandboxed,
-                            scheduler=scheduler)
         ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
         for result in itertools.chain(ran, absent):
             student, name = result["student"], result["assignment"]

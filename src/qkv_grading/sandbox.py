@@ -72,6 +72,18 @@ def _dirs(paths: list[str]) -> list[str]:
     return args
 
 
+def _hidden() -> list[str]:
+    """Installed packages a graded kernel has no use for, hidden under an empty folder: the debugger
+    (debugpy), which ipykernel would otherwise import at every start (a third of a kernel's start-up)
+    and which opens sockets of its own."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("debugpy")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return ["--tmpfs", list(spec.submodule_search_locations)[0]]
+
+
 def command(scratch: str, limits: Limits = Limits()) -> list[str]:
     """The command prefix that runs a program in the sandbox, with ``scratch`` as its only writable place."""
     uid = 61000 + secrets.randbelow(4000)  # a user of its own: the process limit counts per user
@@ -86,7 +98,7 @@ def command(scratch: str, limits: Limits = Limits()) -> list[str]:
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
-        "--tmpfs", "/tmp", *_dirs(roots + [scratch]), *binds,
+        "--tmpfs", "/tmp", *_dirs(roots + [scratch]), *binds, *_hidden(),
         "--proc", "/proc", "--dev", "/dev", "--bind", scratch, scratch,
         "--chdir", scratch, "--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch,
         "--unsetenv", "JPY_PARENT_PID",  # the grader is outside its pid namespace: --die-with-parent instead
