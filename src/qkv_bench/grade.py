@@ -112,7 +112,7 @@ def _direct(specs: dict, jobs: list) -> float:
     for job in jobs:
         spec = specs[job.assignment]
         run = workers._run_on_worker(spec, read_submission(Path(job.path), spec), job.timeout, True)
-        assert judge_run(run, spec)["score"] == spec.max_score
+        assert judge_run(run, spec).score == spec.max_score
     elapsed = time.perf_counter() - start
     execute.shutdown_warm()
     return elapsed
@@ -132,7 +132,7 @@ def _through_dask(specs: dict, jobs: list, workers: int, scheduler: str | None) 
         elapsed = time.perf_counter() - started
     finally:
         runner.close()
-    assert all(r["score"] == specs[r["assignment"]].max_score for r in results)
+    assert all(r.score == specs[r.assignment].max_score for r in results)
     return started - start, elapsed
 
 

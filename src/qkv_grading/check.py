@@ -20,6 +20,7 @@ import nbformat
 
 from qkv_grading.course import ASSIGNMENTS, find_root, release_path
 from qkv_grading.probe import split
+from qkv_grading.results import TestResult
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -103,23 +104,23 @@ def main(args: argparse.Namespace) -> int:
                        if c.metadata.get("qkv", {}).get("hidden_tests") and _checked_only_when_graded(c)}
 
     print(f"{name}: checking {path}")
-    for note in result["notes"]:
+    for note in result.notes:
         print(f"  note: {note} (grading uses the released version)")
     failed = 0
-    by_question: dict[str, list[dict]] = {}
-    for t in result["tests"]:
-        by_question.setdefault(t["question"], []).append(t)
+    by_question: dict[str, list[TestResult]] = {}
+    for t in result.tests:
+        by_question.setdefault(t.question, []).append(t)
     for q, tests in by_question.items():
-        bad = [t for t in tests if not t["passed"]]
-        hidden_only = [t for t in tests if t["id"] in hidden_only_ids]
+        bad = [t for t in tests if not t.passed]
+        hidden_only = [t for t in tests if t.id in hidden_only_ids]
         if bad:
             failed += len(bad)
             print(f"  {q}: FAILED")
             for t in bad:
-                print(f"      {t['id']}: {t['message']}")
+                print(f"      {t.id}: {t.message}")
         else:
             extra = (" (more tests run when it is graded)"
-                     if any(info.get(t["id"], {}).get("hidden_tests") for t in tests) else "")
+                     if any(info.get(t.id, {}).get("hidden_tests") for t in tests) else "")
             if len(hidden_only) == len(tests):
                 print(f"  {q}: no visible test; it is checked when graded")
             else:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading.results import questions
+from qkv_grading.results import Result, TestResult
 from qkv_grading.spec import Spec
 
 MATHJAX = "mathjax/tex-svg-full.js"  # one file, every TeX extension, glyphs as SVG: no font requests
@@ -76,10 +76,11 @@ def _esc(text) -> str:
     return html.escape(str(text))
 
 
-def _summary(spec: Spec, tests: list[dict], notes: list[str]) -> str:
-    score = sum(t["points"] for t in tests)
+def _summary(spec: Spec, tests: list[TestResult], notes: list[str]) -> str:
+    result = Result(spec.name, "graded", tests, spec.max_score)
+    score = result.score
     rows = "".join(f"<tr><td>{_esc(q)}</td><td>{s:g} / {m:g}</td></tr>"
-                   for q, (s, m) in questions({"tests": tests}).items())
+                   for q, (s, m) in result.questions().items())
     parts = [f"<section class='qkv-summary'><h1>Feedback: {_esc(spec.name)}</h1>",
              f"<table><tr><th>question</th><th>points</th></tr>{rows}",
              f"<tr><th>total</th><th class='qkv-total'>{score:g} / {spec.max_score:g}</th></tr>"
@@ -92,10 +93,10 @@ def _summary(spec: Spec, tests: list[dict], notes: list[str]) -> str:
     return "".join(parts)
 
 
-def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
+def _shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> nbformat.NotebookNode:
     """The notebook as the learner sees it: test cells as released, each with its result attached."""
     released = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in spec.released.cells}
-    by_test = {t["id"]: t for t in tests}
+    by_test = {t.id: t for t in tests}
     shown = copy.deepcopy(nb if nb is not None else spec.released)
     for cell in shown.cells:
         info = cell.get("metadata", {}).get("nbgrader", {})
@@ -104,8 +105,8 @@ def _shown_notebook(spec: Spec, nb, tests: list[dict]) -> nbformat.NotebookNode:
             t = by_test[gid]
             cell.source = released[gid].source if gid in released else ""
             cell.metadata["qkv_test"] = {
-                "id": gid, "passed": bool(t["passed"]), "message": t.get("message", ""),
-                "points_text": f"{t['points']:g} / {t['max_points']:g}"}
+                "id": gid, "passed": t.passed, "message": t.message,
+                "points_text": f"{t.points:g} / {t.max_points:g}"}
         trusted = info.get("locked") and not info.get("solution")  # restored from the instructor's
         if cell.cell_type == "raw" and not trusted:  # nbconvert would paste a raw cell in as HTML
             cell.cell_type, cell.source = "markdown", f"```\n{cell.source}\n```"
@@ -170,7 +171,7 @@ def _exporter():
     return exporter
 
 
-def feedback_page(spec: Spec, nb, tests: list[dict], notes: list[str]) -> str:
+def feedback_page(spec: Spec, nb, tests: list[TestResult], notes: list[str]) -> str:
     """The feedback page for one submission (``nb``: the executed notebook, outputs scrubbed; None when
     none could be run, and the released notebook is shown with every test's reason)."""
     resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,

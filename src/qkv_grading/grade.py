@@ -49,7 +49,7 @@ from qkv_grading.feedback import write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
-from qkv_grading.results import needs_a_look, not_submitted
+from qkv_grading.results import not_submitted
 from qkv_grading.workers import Job, Runner, SchedulerUnreachable
 
 
@@ -104,7 +104,6 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
-    from qkv_grading.results import result_json
     from qkv_grading.spec import load_spec
 
     out.mkdir(parents=True, exist_ok=True)
@@ -148,18 +147,18 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
         ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
         for result in itertools.chain(ran, absent):
-            student, name = result["student"], result["assignment"]
+            student, name = result.student, result.assignment
             executed.append((student, name))
-            result["key"] = keys[(student, name)]
+            result.key = keys[(student, name)]
             path = submissions / student / name / f"{name}.ipynb"
-            if "feedback" in result:
-                result["timestamp"] = collected_timestamp(path)
-                write_feedback(out, student, name, result.pop("feedback"), path.parent)
+            if result.feedback is not None:
+                result.timestamp = collected_timestamp(path)
+                write_feedback(out, student, name, result.feedback, path.parent)
                 writer.record(result)
             record = out / "results" / student / f"{name}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
-            tmp.write_text(result_json(result))
+            tmp.write_text(result.to_json())
             os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
     except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
         why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
@@ -232,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    problems = [r for r in results if needs_a_look(r)]
+    problems = [r for r in results if r.needs_a_look()]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
           f"the last run): grades.csv, grades_wide.csv, questions.csv, report.csv, ignored.csv, "

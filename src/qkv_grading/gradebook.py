@@ -116,23 +116,23 @@ class GradebookWriter:
                 f"recorded submissions of it, and nbgrader cannot add or remove cells then. Nothing was graded; "
                 f"the gradebook keeps what it had. Undo the change, or grade into a new --out folder (or --db).")
 
-    def record(self, result: dict) -> None:
+    def record(self, result) -> None:
         import warnings
 
         from nbgrader.api import MissingEntry
 
         warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's add_submission, harmless
 
-        name, student = result["assignment"], result["student"]
+        name, student = result.assignment, result.student
         self.prepare(name)
         self.gb.update_or_create_student(student)
         try:
             self.gb.find_submission(name, student)
         except MissingEntry:
             self.gb.add_submission(name, student)
-        for t in result["tests"]:
-            grade = self.gb.find_grade(t["id"], name, name, student)
-            grade.auto_score = t["points"]  # overwritten, never added: a re-run cannot double-count
+        for t in result.tests:
+            grade = self.gb.find_grade(t.id, name, name, student)
+            grade.auto_score = t.points  # overwritten, never added: a re-run cannot double-count
         self.gb.db.commit()
 
     def close(self) -> None:

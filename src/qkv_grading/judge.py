@@ -1,7 +1,8 @@
 """Awarding the points, in the grader's own process: never in the learner's kernel.
 
-``judge_run`` turns a kernel's ``KernelRun`` into a result. The judge's namespace is built from the instructor's set-up cells (locked code cells that are neither
-answers nor tests), run here once per assignment. For each test cell, the whole cell runs here with
+``judge_run`` turns a kernel's ``KernelRun`` into a ``Result`` (``qkv_grading.results``). The judge's
+namespace is built from the instructor's set-up cells (locked code cells that are neither answers nor
+tests), run here once per assignment. For each test cell, the whole cell runs here with
 ``qkv_grading.probe`` replaying what the learner's code returned in the kernel; the expected values,
 the check helpers, NumPy and ``qkv.reference`` are this process's own, which no submission can reach.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from qkv_grading import probe, wire
 from qkv_grading.feedback import feedback_page
-from qkv_grading.results import short
+from qkv_grading.results import Result, short, tests_of
 
 if TYPE_CHECKING:
     from qkv_grading.run import KernelRun
@@ -85,14 +86,14 @@ class Judge:
         return Verdict(True)
 
 
-def empty_result(spec: Spec, status: str, reason: str) -> dict:
+def empty_result(spec: Spec, status: str, reason: str) -> Result:
     reason = spec.scrub(reason)
-    tests = [dict(t, points=0.0, passed=False, message=reason) for t in spec.tests]
-    return {"assignment": spec.name, "status": status, "notes": [reason], "tests": tests,
-            "score": 0.0, "max_score": spec.max_score, "feedback": feedback_page(spec, None, tests, [reason])}
+    tests = tests_of(spec, message=reason)
+    return Result(spec.name, status, tests, spec.max_score, notes=[reason],
+                  feedback=feedback_page(spec, None, tests, [reason]))
 
 
-def judge_run(run: KernelRun, spec: Spec) -> dict:
+def judge_run(run: KernelRun, spec: Spec) -> Result:
     """Award the points for a kernel's run, here, outside the kernel; hidden test code is scrubbed from
     everything a learner will see."""
     if run.nb is None:
@@ -101,15 +102,15 @@ def judge_run(run: KernelRun, spec: Spec) -> dict:
     for cell in run.nb.cells:
         scrub.outputs(cell)
     tests = []
-    for t in spec.tests:
-        kernel_error = run.errors.get(t["id"], "")
-        verdict = spec.judge.verdict(t["id"], run.records.get(t["id"]), kernel_error)
+    for t in tests_of(spec):
+        kernel_error = run.errors.get(t.id, "")
+        verdict = spec.judge.verdict(t.id, run.records.get(t.id), kernel_error)
         message = verdict.message
         if not verdict.passed and kernel_error and message == probe.NOT_BACK:
             message = kernel_error
-        tests.append(dict(t, points=t["max_points"] if verdict.passed else 0.0, passed=verdict.passed,
-                          message="" if verdict.passed else short(scrub(message))))
+        t.passed, t.points = verdict.passed, t.max_points if verdict.passed else 0.0
+        t.message = "" if verdict.passed else short(scrub(message))
+        tests.append(t)
     notes = [scrub(n) for n in run.notes]
-    score = sum(t["points"] for t in tests)
-    return {"assignment": spec.name, "status": run.status, "notes": notes, "tests": tests, "score": score,
-            "max_score": spec.max_score, "feedback": feedback_page(spec, run.nb, tests, notes)}
+    return Result(spec.name, run.status, tests, spec.max_score, notes=notes,
+                  feedback=feedback_page(spec, run.nb, tests, notes))

@@ -119,8 +119,8 @@ def grade_solutions(root: Path, timeout: float = 30.0) -> list[SolutionGrade]:
     for name in ASSIGNMENTS:
         spec = load_spec(root, name, hidden=True)
         result = judge_run(run_in_kernel(read_notebook(source_path(root, name)), spec, timeout=timeout), spec)
-        failures = tuple(f"{t['id']}: {t['message']}" for t in result["tests"] if not t["passed"])
-        grades.append(SolutionGrade(name, result["score"], result["max_score"], failures))
+        failures = tuple(f"{t.id}: {t.message}" for t in result.tests if not t.passed)
+        grades.append(SolutionGrade(name, result.score, result.max_score, failures))
     return grades
 
 

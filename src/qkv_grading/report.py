@@ -9,48 +9,43 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS
 from qkv_grading.discover import Ignored
-from qkv_grading.results import NOT_SUBMITTED, needs_a_look, questions
+from qkv_grading.results import Result
 
 
-def load_results(out: Path) -> list[dict]:
+def load_results(out: Path) -> list[Result]:
     results = []
     for path in sorted((out / "results").glob("*/*.json")):
         try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            results.append(Result.from_json(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):  # unreadable, or a record of another shape
             continue
-    return sorted(results, key=lambda r: (r["student"], r["assignment"]))
+    return sorted(results, key=lambda r: (r.student, r.assignment))
 
 
-def _submitted(r: dict) -> bool:
-    return r["status"] != NOT_SUBMITTED
+def _score(r: Result) -> str:
+    return f"{r.score:g}" if r.submitted else ""
 
 
-def _score(r: dict) -> str:
-    return f"{r['score']:g}" if _submitted(r) else ""
-
-
-def write_tables(out: Path, results: list[dict], ignored: list[Ignored],
+def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
                  notices: list[str] = ()) -> None:
     """The CSVs. ``notices`` (about the whole run) go in the class report, not in these tables."""
     with open(out / "grades.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp"])
         for r in results:
-            w.writerow([r["student"], r["assignment"], _score(r), f"{r['max_score']:g}", r["status"],
-                        r.get("timestamp", "")])
-    names = [a for a in ASSIGNMENTS if any(r["assignment"] == a for r in results)]
+            w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
+                        r.timestamp])
+    names = [a for a in ASSIGNMENTS if any(r.assignment == a for r in results)]
     wide: dict[str, dict[str, str]] = {}
     for r in results:
-        wide.setdefault(r["student"], {})[r["assignment"]] = _score(r)
-    maxima = {r["assignment"]: f"{r['max_score']:g}" for r in results}
+        wide.setdefault(r.student, {})[r.assignment] = _score(r)
+    maxima = {r.assignment: f"{r.max_score:g}" for r in results}
     with open(out / "grades_wide.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", *[f"{a} ({maxima[a]} points)" for a in names]])
@@ -60,15 +55,15 @@ def write_tables(out: Path, results: list[dict], ignored: list[Ignored],
         w = csv.writer(f)
         w.writerow(["student", "assignment", "question", "score", "max_score"])
         for r in results:
-            if _submitted(r):
-                for q, (s, m) in questions(r).items():
-                    w.writerow([r["student"], r["assignment"], q, f"{s:g}", f"{m:g}"])
+            if r.submitted:
+                for q, (s, m) in r.questions().items():
+                    w.writerow([r.student, r.assignment, q, f"{s:g}", f"{m:g}"])
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp", "notes"])
         for r in results:
-            w.writerow([r["student"], r["assignment"], _score(r), f"{r['max_score']:g}", r["status"],
-                        r.get("timestamp", ""), "; ".join(r["notes"])])
+            w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
+                        r.timestamp, "; ".join(r.notes)])
     with open(out / "ignored.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason"])
@@ -88,7 +83,7 @@ class Panel:
     means: dict[str, float]
 
 
-def write_figure(out: Path, results: list[dict]) -> list[Panel]:
+def write_figure(out: Path, results: list[Result]) -> list[Panel]:
     """report.png: every submitted score of every question, and its mean; returns what it plotted."""
     import matplotlib
 
@@ -96,17 +91,17 @@ def write_figure(out: Path, results: list[dict]) -> list[Panel]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [a for a in ASSIGNMENTS if any(r["assignment"] == a for r in results)]
+    names = [a for a in ASSIGNMENTS if any(r.assignment == a for r in results)]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4),
                              squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
     panels = []
     for ax, name in zip(axes[0], names):
-        mine = [r for r in results if r["assignment"] == name]
-        handed_in = [r for r in mine if _submitted(r)]
+        mine = [r for r in results if r.assignment == name]
+        handed_in = [r for r in mine if r.submitted]
         per_q: dict[str, list[float]] = {}
         for r in handed_in:
-            for q, (s, m) in questions(r).items():
+            for q, (s, m) in r.questions().items():
                 per_q.setdefault(q, []).append(s / m if m else 0.0)
         for x, (q, fractions) in enumerate(per_q.items()):
             ys = np.array(fractions)
@@ -138,17 +133,17 @@ def _e(text) -> str:
     return html.escape(str(text))
 
 
-def failure_ranking(results: list[dict], name: str, question: str) -> list[tuple[str, list[str]]]:
+def failure_ranking(results: list[Result], name: str, question: str) -> list[tuple[str, list[str]]]:
     """The failure messages of one question, each with the students who got it, most frequent first
     (a submission counts once per message)."""
     who: dict[str, list[str]] = {}
     for r in results:
-        if r["assignment"] != name or not _submitted(r):
+        if r.assignment != name or not r.submitted:
             continue
-        seen = {t["message"] for t in r["tests"]
-                if t["question"] == question and not t["passed"] and t["message"]}
+        seen = {t.message for t in r.tests
+                if t.question == question and not t.passed and t.message}
         for message in seen:
-            who.setdefault(message, []).append(r["student"])
+            who.setdefault(message, []).append(r.student)
     counts = Counter({m: len(s) for m, s in who.items()})
     return [(m, sorted(who[m])) for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
@@ -161,46 +156,46 @@ def _distribution(scores: list[float], full: float) -> str:
     return f"<table class='distribution'><tr><th>points</th><th>submissions</th><th></th></tr>{rows}</table>"
 
 
-def _feedback_link(r: dict) -> str:
-    href = f"feedback/{r['student']}/{r['assignment']}/{r['assignment']}.html"
-    return f"<a href='{_e(href)}'>{_e(r['student'])}</a>"
+def _feedback_link(r: Result) -> str:
+    href = f"feedback/{r.student}/{r.assignment}/{r.assignment}.html"
+    return f"<a href='{_e(href)}'>{_e(r.student)}</a>"
 
 
-def write_class_report(out: Path, results: list[dict]) -> Path:
+def write_class_report(out: Path, results: list[Result]) -> Path:
     """``report.html``: per question the score distribution and the failure messages ranked by how many
     submissions got each; the submissions that need a human look; what was not submitted or ignored.
     Self-contained (the figure is report.png beside it): it opens offline."""
-    names = [a for a in ASSIGNMENTS if any(r["assignment"] == a for r in results)]
+    names = [a for a in ASSIGNMENTS if any(r.assignment == a for r in results)]
     body = ["<h1>Class report</h1>"]
     notices = (out / "notices.txt").read_text().splitlines() if (out / "notices.txt").is_file() else []
     body += [f"<p class='notice'>{_e(n)}</p>" for n in notices]
-    students = sorted({r["student"] for r in results})
+    students = sorted({r.student for r in results})
     body.append(f"<p>{len(students)} students, {len(names)} assignments. Scores count submitted "
                 "work only; a student who did not hand an assignment in is listed as not submitted, "
                 "not as 0.</p><img src='report.png' alt='score per question, every assignment'>")
-    look = [r for r in results if needs_a_look(r)]
+    look = [r for r in results if r.needs_a_look()]
     body.append("<h2 id='needs-a-look'>Submissions that need a human look</h2>")
     if look:
         body.append("<table class='look'><tr><th>student</th><th>assignment</th><th>status</th>"
                     "<th>score</th><th>what the grader noticed</th></tr>" + "".join(
-                        f"<tr data-student='{_e(r['student'])}'><td>{_feedback_link(r)}</td>"
-                        f"<td>{_e(r['assignment'])}</td><td>{_e(r['status'])}</td>"
-                        f"<td>{_score(r)} / {r['max_score']:g}</td>"
-                        f"<td>{'<br>'.join(_e(n) for n in r['notes'])}</td></tr>" for r in look)
+                        f"<tr data-student='{_e(r.student)}'><td>{_feedback_link(r)}</td>"
+                        f"<td>{_e(r.assignment)}</td><td>{_e(r.status)}</td>"
+                        f"<td>{_score(r)} / {r.max_score:g}</td>"
+                        f"<td>{'<br>'.join(_e(n) for n in r.notes)}</td></tr>" for r in look)
                     + "</table>")
     else:
         body.append("<p>None: every submission ran cleanly.</p>")
     for name in names:
-        mine = [r for r in results if r["assignment"] == name]
-        handed_in = [r for r in mine if _submitted(r)]
-        absent = [r["student"] for r in mine if not _submitted(r)]
+        mine = [r for r in results if r.assignment == name]
+        handed_in = [r for r in mine if r.submitted]
+        absent = [r.student for r in mine if not r.submitted]
         body.append(f"<h2 id='{_e(name)}'>{_e(name)}</h2><p>{len(handed_in)} submitted; "
                     f"not submitted ({len(absent)}): "
                     f"<span class='not-submitted'>{_e(', '.join(absent) or 'none')}</span></p>")
         per_q: dict[str, list[float]] = {}
         full: dict[str, float] = {}
         for r in handed_in:
-            for q, (s, m) in questions(r).items():
+            for q, (s, m) in r.questions().items():
                 per_q.setdefault(q, []).append(s)
                 full[q] = m
         for q, scores in per_q.items():

@@ -1,8 +1,10 @@
-"""What grading produces, as data that crosses processes and is stored: a result per submission."""
+"""What grading produces, as typed data that crosses processes and is stored: a ``Result`` per submission,
+holding a ``TestResult`` per test cell."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 
 
 def short(message: str, limit: int = 600) -> str:
@@ -10,31 +12,82 @@ def short(message: str, limit: int = 600) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def questions(result: dict) -> dict[str, tuple[float, float]]:
-    """question -> (score, max_score), in the order the questions appear."""
-    out: dict[str, list[float]] = {}
-    for t in result["tests"]:
-        acc = out.setdefault(t["question"], [0.0, 0.0])
-        acc[0] += t["points"]
-        acc[1] += t["max_points"]
-    return {q: (s, m) for q, (s, m) in out.items()}
-
-
-def result_json(result: dict) -> str:
-    return json.dumps(result, indent=1, sort_keys=True)
-
-
 NOT_SUBMITTED = "not submitted"  # the student handed in nothing for the assignment: no score, not 0
 
 
-def not_submitted(spec, student: str) -> dict:
+@dataclass
+class TestResult:
+    """One test cell of one submission: its points, and what is wrong when it failed."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    id: str
+    question: str
+    max_points: float
+    points: float = 0.0
+    passed: bool = False
+    message: str = ""
+
+
+@dataclass
+class Result:
+    """One submission's grade. ``status``: "graded", "not submitted", or why nothing could be run
+    ("missing", "unreadable", "rejected", "error"); ``notes``: what the grader noticed or repaired.
+    ``feedback`` (the learner's page, HTML) is written to feedback/, never into the stored record."""
+
+    assignment: str
+    status: str
+    tests: list[TestResult]
+    max_score: float
+    notes: list[str] = field(default_factory=list)
+    student: str = ""
+    timestamp: str = ""
+    key: str = ""  # what the submission was graded from: a re-run skips it while this is unchanged
+    feedback: str | None = None
+
+    @property
+    def score(self) -> float:
+        return sum(t.points for t in self.tests)
+
+    @property
+    def submitted(self) -> bool:
+        return self.status != NOT_SUBMITTED
+
+    def questions(self) -> dict[str, tuple[float, float]]:
+        """question -> (score, max_score), in the order the questions appear."""
+        out: dict[str, list[float]] = {}
+        for t in self.tests:
+            acc = out.setdefault(t.question, [0.0, 0.0])
+            acc[0] += t.points
+            acc[1] += t.max_points
+        return {q: (s, m) for q, (s, m) in out.items()}
+
+    def needs_a_look(self) -> bool:
+        """A submission an instructor should open: anything but a clean run (a sandbox stop, a timeout,
+        a crash, a repaired or unreadable notebook)."""
+        return self.status not in ("graded", NOT_SUBMITTED) or bool(self.notes)
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        del record["feedback"]
+        record["score"] = self.score  # for whoever reads the file; computed again when loaded
+        return json.dumps(record, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        record = json.loads(text)
+        record.pop("score", None)
+        record.pop("feedback", None)
+        record["tests"] = [TestResult(**t) for t in record["tests"]]
+        return cls(**record)
+
+
+def tests_of(spec, **outcome) -> list[TestResult]:
+    """A ``TestResult`` for every test of ``spec``, each with the same ``outcome`` (points, passed,
+    message)."""
+    return [TestResult(t["id"], t["question"], t["max_points"], **outcome) for t in spec.tests]
+
+
+def not_submitted(spec, student: str) -> Result:
     """The record of an assignment a student did not hand in (no kernel runs, nothing is scored)."""
-    tests = [dict(t, points=0.0, passed=False, message="") for t in spec.tests]
-    return {"student": student, "assignment": spec.name, "status": NOT_SUBMITTED, "notes": [],
-            "tests": tests, "score": 0.0, "max_score": spec.max_score, "timestamp": ""}
-
-
-def needs_a_look(result: dict) -> bool:
-    """A submission an instructor should open: anything but a clean run (a sandbox stop, a timeout, a
-    crash, a repaired or unreadable notebook)."""
-    return result["status"] not in ("graded", NOT_SUBMITTED) or bool(result["notes"])
+    return Result(spec.name, NOT_SUBMITTED, tests_of(spec), spec.max_score, student=student)

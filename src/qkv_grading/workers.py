@@ -220,6 +220,6 @@ class Runner:
                 cluster.close(timeout=20)
 
 
-def _judged(result: dict, job: Job) -> dict:
-    result["student"] = job.student
+def _judged(result, job: Job):
+    result.student = job.student
     return result
