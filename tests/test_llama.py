@@ -168,6 +168,26 @@ def test_the_cache_shrinks_by_the_group_size():
     assert sizes["MHA"] == 2 * sizes["GQA-4"] == 4 * sizes["GQA-2"] == 8 * sizes["MQA"]
 
 
+def test_the_decoders_grouped_attention_equals_attention_per_query_head():
+    """grouped_attend (a group's query heads stacked as rows of its key/value head, Q Kᵀ taken
+    as (K Qᵀ)ᵀ) gives each query head h (from 0) Att(q^[h], K^[h // r], V^[h // r]), with
+    and without a causal mask over cached positions, for r = 1 (MHA) to τ (MQA)."""
+    from qkv.reference import attention, causal_mask
+    from qkv.reference.llama_decoder import grouped_attend
+
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((2, 8, 3, 4))  # (batch, τ, n, head_dim): 3 new positions
+    for g in (8, 4, 2, 1):
+        k, v = rng.standard_normal((2, 2, g, 7, 4))  # (batch, g, i, head_dim): 4 cached + 3
+        for mask in (None, causal_mask(3, 7)):
+            out = grouped_attend(q, k, v, mask)
+            assert out.shape == q.shape
+            r = 8 // g
+            for h in range(8):
+                expected = attention(q[:, h], k[:, h // r], v[:, h // r], mask)
+                np.testing.assert_allclose(out[:, h], expected, atol=1e-12)
+
+
 def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
     from qkv_bench.decode_llama import DecodeRow, StepRow, decode_row, format_tables, step_ms
 
