@@ -168,8 +168,29 @@ def test_the_cache_shrinks_by_the_group_size():
     assert sizes["MHA"] == 2 * sizes["GQA-4"] == 4 * sizes["GQA-2"] == 8 * sizes["MQA"]
 
 
+def test_the_decoders_grouped_attention_equals_attention_per_query_head():
+    """grouped_attend (a group's query heads stacked as rows of its key/value head, Q Kᵀ taken
+    as (K Qᵀ)ᵀ) gives each query head h (from 0) Att(q^[h], K^[h // r], V^[h // r]), with
+    and without a causal mask over cached positions, for r = 1 (MHA) to τ (MQA)."""
+    from qkv.reference import attention, causal_mask
+    from qkv.reference.llama_decoder import grouped_attend
+
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((2, 8, 3, 4))  # (batch, τ, n, head_dim): 3 new positions
+    for g in (8, 4, 2, 1):
+        k, v = rng.standard_normal((2, 2, g, 7, 4))  # (batch, g, i, head_dim): 4 cached + 3
+        for mask in (None, causal_mask(3, 7)):
+            out = grouped_attend(q, k, v, mask)
+            assert out.shape == q.shape
+            r = 8 // g
+            for h in range(8):
+                expected = attention(q[:, h], k[:, h // r], v[:, h // r], mask)
+                np.testing.assert_allclose(out[:, h], expected, atol=1e-12)
+
+
 def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
-    from qkv_bench.decode_llama import DecodeRow, StepRow, decode_row, format_tables, step_ms
+    from qkv_bench.decode_llama import (DecodeRow, StepRow, decode_row, format_tables, step_ms,
+                                       step_row)
 
     config = LlamaConfig.tiny(n_kv_heads=2)
     row = decode_row(config, batch=2, prompt=8, new_tokens=4, repeats=1, numpy=True)
@@ -181,6 +202,9 @@ def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
         assert ms > 0
         assert nbytes == cache_bytes("grouped-query", 50, n_layer=2, tau=8, head_dim=8,
                                      bytes_per_number=4, batch=2, groups=2)
+    row = step_row(config, "numpy", 2, 50, 1)  # the GQA and MHA steps, interleaved
+    assert row.gqa_ms > 0 and row.mha_ms > 0
+    assert row.mha_cache_mib == 4 * row.gqa_cache_mib  # τ = 8 heads against g = 2
     text = format_tables([DecodeRow(1, 512, 32, 30.0, 20.0, 10.0)],
                          [StepRow("torch", 8, 2048, 5.0, 10.0, 1.0, 4.0)], config)
     assert "3.00" in text and "2.00" in text and "0.50" in text  # torch/HF, numpy/HF, GQA/MHA
