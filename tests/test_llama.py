@@ -29,7 +29,8 @@ def load(backend: str, sd, config: LlamaConfig):
         return Decoder.from_llama_state_dict(sd, n_head=config.n_head, dtype=np.float32,
                                              n_positions=config.n_positions)
     return CachedDecoder.from_llama_state_dict(sd, n_head=config.n_head, device="cpu",
-                                               n_positions=config.n_positions)
+                                               n_positions=config.n_positions,
+                                               fast=backend == "torch-fast")
 
 
 def array(x) -> np.ndarray:
@@ -46,7 +47,8 @@ def shape(request):
     return config, sd, hf
 
 
-@pytest.fixture(scope="module", params=["numpy", "torch"])
+# torch-fast: the decode steps of qkv.torch_fast (what the benchmark times)
+@pytest.fixture(scope="module", params=["numpy", "torch", "torch-fast"])
 def backend(request):
     return request.param
 

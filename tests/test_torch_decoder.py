@@ -9,7 +9,7 @@ from qkv.config import DecoderConfig
 from qkv.gpt2 import random_state_dict
 from qkv.torch_cache import StaticKVCache
 from qkv.torch_decoder import CachedDecoder
-from qkv.torch_fast import PrepackedLinear, decode_static
+from qkv.torch_fast import decode_static
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,19 @@ def test_is_an_nn_module_with_parameters(ours, small_config, state_dict, prompts
 def test_fast_paths_give_the_same_tokens(state_dict, ours, prompts):
     fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
     assert fast.fast and not ours.fast and not fast.uses_cuda_graph  # no CUDA graph on a CPU
-    prepacked = torch.backends.mkldnn.is_available()
-    assert (type(fast.blocks[0].c_attn) is PrepackedLinear) == prepacked
-    assert type(ours.blocks[0].c_attn) is torch.nn.Linear
+    assert type(fast.blocks[0].c_attn) is type(ours.blocks[0].c_attn) is torch.nn.Linear
     assert fast.state_dict().keys() == ours.state_dict().keys()
     torch.testing.assert_close(fast.forward(prompts), ours.forward(prompts), rtol=0, atol=2e-5)
     torch.testing.assert_close(fast.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
     assert fast.nbytes == ours.nbytes
+    # The CPU's fast decode step (qkv.torch_fast.decode_eager) against the lesson's, step by step.
+    a, b = fast.new_cache(3), ours.new_cache(3)
+    fast.prefill(prompts[:, :4], a)
+    ours.prefill(prompts[:, :4], b)
+    for t in range(4, prompts.shape[1]):
+        torch.testing.assert_close(fast.decode_step(prompts[:, t], a),
+                                   ours.decode_step(prompts[:, t], b), rtol=0, atol=1e-5)
+    torch.testing.assert_close(a[0].keys, b[0].keys, rtol=0, atol=1e-6)
 
 
 def test_static_decode_step_matches_eager(ours, prompts):
@@ -215,7 +221,7 @@ def test_generate_checks_a_given_cache_before_starting(ours, prompts):
 
 
 def test_fast_paths_take_a_padded_batch(state_dict, ours):
-    """fast=True (prepacked weights on a CPU) keeps the mask: the same tokens as the lesson path."""
+    """fast=True keeps the mask (its padded steps take the lesson path): the same tokens."""
     fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
     ids = torch.from_numpy(np.random.default_rng(6).integers(0, 256, size=(2, 6)))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])

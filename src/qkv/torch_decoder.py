@@ -7,8 +7,8 @@ each linear layer is ``F.linear``, attention is ``F.scaled_dot_product_attention
 values live in a ``StaticKVCache`` written in place.
 
 GPT-2 stores its linear weights as Conv1D, (in, out); ``nn.Linear`` keeps (out, in), so they are
-transposed once, at load. ``fast=True`` turns on the speed paths of ``qkv.torch_fast``: oneDNN
-prepacked weights on a CPU, the decode step replayed as a CUDA graph on a GPU. The lesson code does not
+transposed once, at load. ``fast=True`` turns on the speed paths of ``qkv.torch_fast``: a decode
+step written for one token on a CPU, replayed as a CUDA graph on a GPU. The lesson code does not
 change; they change how the same numbers reach the processor.
 
 Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); each
@@ -165,12 +165,9 @@ class CachedDecoder(nn.Module):
                                                         **options)
 
     def compile_decode(self) -> "CachedDecoder":
-        """Turn on the speed paths (``qkv.torch_fast``): oneDNN-prepacked linear weights for float32 on a
-        CPU, a CUDA graph of the decode step on a GPU. Same numbers, fewer trips to memory and to the
-        GPU's launcher. Call it after moving the model; returns the model."""
-        from qkv import torch_fast
-
-        torch_fast.prepack_linears(self)
+        """Turn on the speed paths (``qkv.torch_fast``) for the decode steps of an unpadded batch: a
+        step written for one token on a CPU, a CUDA graph of it on a GPU. Same numbers, fewer
+        pauses between reading the weights. Returns the model."""
         self.fast = True
         return self
 
@@ -244,10 +241,10 @@ class CachedDecoder(nn.Module):
         vocab_size = self.config.vocab_size
         ids = checks.one_token_each(token_ids, vocab_size)
         ids, mask = self._checked(ids, cache, attention_mask)
-        # The speed path (qkv.torch_fast) replays a graph captured without padding; a
-        # padded batch takes the lesson path, the same numbers.
-        if self.uses_cuda_graph and mask is None:
-            return self._replay(ids[:, 0], cache)
+        # The speed paths (qkv.torch_fast) are written without padding; a padded batch
+        # takes the lesson path, the same numbers.
+        if self.fast and mask is None:
+            return self._fast_step(ids[:, 0], cache)
         return self.logits(ids, cache, mask)[:, -1]
 
     @torch.inference_mode()
@@ -295,9 +292,11 @@ class CachedDecoder(nn.Module):
             out[:, t] = pick(logits)
         return out
 
-    def _replay(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        from qkv.torch_fast import GraphedDecodeStep
+    def _fast_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        from qkv.torch_fast import GraphedDecodeStep, decode_eager
 
+        if not self.uses_cuda_graph:
+            return decode_eager(self, token, cache)
         if self._graph is None or not self._graph.fits(cache, token.shape[0]):
             self._graph = GraphedDecodeStep(self, cache, token.shape[0])
         return self._graph(token).clone()  # the replay's output is overwritten by the next

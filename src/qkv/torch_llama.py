@@ -104,7 +104,7 @@ class LlamaCachedDecoder(CachedDecoder):
                               rope_base: float = 10000.0) -> "LlamaCachedDecoder":
         """Build from ``LlamaForCausalLM`` parameter names mapped to arrays or tensors
         (``qkv.llama.read_state_dict`` reads the shape and names every problem). ``device=None``
-        picks CUDA when present; ``fast=True`` prepacks the linear layers on a CPU."""
+        picks CUDA when present; ``fast=True`` decodes with ``qkv.torch_fast``'s step."""
         config, sd = read_state_dict(state_dict, n_head, n_layer, n_positions=n_positions,
                                      rms_norm_eps=rms_norm_eps, rope_base=rope_base)
         device, dtype = checks.device(device), checks.float_dtype(dtype)
@@ -149,6 +149,11 @@ class LlamaCachedDecoder(CachedDecoder):
     @property
     def uses_cuda_graph(self) -> bool:
         return False  # the graphed step of qkv.torch_fast is GPT-2's; this one runs eagerly
+
+    def _fast_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        from qkv.torch_fast import decode_eager_llama
+
+        return decode_eager_llama(self, token, cache)
 
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> StaticKVCache:
         """An empty static cache of n_kv_heads heads per layer, (batch, n_kv_heads,

@@ -12,8 +12,8 @@ NumPy reference ``qkv.reference.Decoder`` in float32. ``--preset`` picks the mod
 than once, e.g. ``--preset toy --preset gpt2-small`` for one table per shape in the same run. The function
 ``measure`` returns the same numbers as a dict (the book's chapter 6 calls it with the small preset).
 
-The torch decoder runs with its speed paths (``fast=True``: oneDNN prepacking on a CPU, CUDA graphs on a
-GPU); ``--plain`` times the lesson path alone. With CUDA graphs a decode step has fixed shapes, so it attends over every slot of the
+The torch decoder runs with its speed paths (``fast=True``: a decode step written for one token on a CPU,
+CUDA graphs on a GPU); ``--plain`` times the lesson path alone. With CUDA graphs a decode step has fixed shapes, so it attends over every slot of the
 static cache, masking the ones not yet written: each step reads the whole cache, whatever its position. The
 bound then counts those bytes, and the table's title says so.
 """
