@@ -189,7 +189,7 @@ async def _ready_client(km):
 
 
 async def _boot_warm() -> None:
-    """Start booting the kernel for the next notebook, and connecting to it, in the background (while the
+    """Start booting kernels for the next notebooks, and connecting to them, in the background (while the
     current notebook runs). A failure is written down, never raised: the next notebook then starts its own
     kernel (a cold start), and grading goes on."""
     while len(_WARM) < WARM_KERNELS:
@@ -204,6 +204,7 @@ async def _boot_warm() -> None:
 
 
 def _seen(task) -> None:
+    """Mark a finished task's exception as seen (asyncio would print it at exit)."""
     if not task.cancelled():
         task.exception()
 
@@ -268,8 +269,8 @@ async def _shutdown_warm() -> None:
 
 
 def shutdown_warm() -> None:
-    """Stop the kernel kept warm for a next notebook, and finish stopping those retired (called at exit,
-    and when a batch is done)."""
+    """Stop the kernels kept warm for the next notebooks, and finish stopping those retired (called at
+    exit, and when a batch is done)."""
     if _LOOP is not None and not _LOOP.is_closed():
         try:
             _call(_shutdown_warm())
@@ -293,7 +294,7 @@ def kill_all_now() -> None:
 
 
 def prewarm() -> str | None:
-    """Start booting a kernel for the next notebook now (a worker calls this before its first job).
+    """Start booting kernels for the next notebooks now (a worker calls this before its first job).
     Returns None, or why no kernel could be started (then notebooks start their own, as without pre-warm)."""
     before = len(WARM_FAILURES)
     _call(_boot_warm())
@@ -424,6 +425,6 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: flo
 
     ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a kernel
     kept warm is used only without one.
-    ``prewarm``: leave a kernel booting for the next call, so that a batch never waits for a kernel to start.
+    ``prewarm``: leave kernels booting for the next calls, so that a batch rarely waits for a kernel to start.
     """
     return _call(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))

@@ -87,7 +87,7 @@ def _worker_setup(sandboxed: bool) -> None:
 
 def _run_on_worker(spec, submission, timeout: float, sandboxed: bool):
     """A Dask task, on a worker: run one submission in a kernel and return its ``KernelRun`` (data,
-    never a grade). Leaves a kernel booting for the worker's next notebook."""
+    never a grade). Leaves kernels booting for the worker's next notebooks."""
     from qkv_grading.run import KernelRun, run_in_kernel
 
     _worker_setup(sandboxed)
