@@ -39,12 +39,20 @@ def layer_names(layer: int) -> list[str]:
     return [f"{PREFIX}h.{layer}.{name}" for name in _BLOCK]
 
 
-def _symbolic_shapes(n_layer: int) -> dict[str, tuple[str, ...]]:
-    shapes = {PREFIX + name: dims for name, dims in _TOP.items()}
+def named_shapes(prefix: str, top: dict, block: dict, final: dict, names_of_layer, n_layer: int
+                 ) -> dict[str, tuple[str, ...]]:
+    """Every parameter name of a model laid out as ``top``, ``n_layer`` blocks, ``final`` (each a table
+    name -> symbolic shape; ``names_of_layer(k)`` names block k's), in that order. Shared with
+    ``qkv.llama``."""
+    shapes = {prefix + name: dims for name, dims in top.items()}
     for layer in range(n_layer):
-        shapes.update(zip(layer_names(layer), _BLOCK.values()))
-    shapes.update({PREFIX + name: dims for name, dims in _FINAL.items()})
+        shapes.update(zip(names_of_layer(layer), block.values()))
+    shapes.update({prefix + name: dims for name, dims in final.items()})
     return shapes
+
+
+def _symbolic_shapes(n_layer: int) -> dict[str, tuple[str, ...]]:
+    return named_shapes(PREFIX, _TOP, _BLOCK, _FINAL, layer_names, n_layer)
 
 
 def _sizes(config: DecoderConfig) -> dict[str, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qkv import checks
-from qkv.gpt2 import _shape, _tied, to_numpy
+from qkv.gpt2 import _shape, _tied, named_shapes, to_numpy
 
 PREFIX = "model."
 HEAD = "lm_head.weight"
@@ -114,11 +114,7 @@ def layer_names(layer: int) -> list[str]:
 
 
 def _symbolic_shapes(n_layer: int) -> dict[str, tuple[str, ...]]:
-    shapes = {PREFIX + name: dims for name, dims in _TOP.items()}
-    for layer in range(n_layer):
-        shapes.update(zip(layer_names(layer), _BLOCK.values()))
-    shapes.update({PREFIX + name: dims for name, dims in _FINAL.items()})
-    return shapes
+    return named_shapes(PREFIX, _TOP, _BLOCK, _FINAL, layer_names, n_layer)
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
