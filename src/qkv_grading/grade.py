@@ -86,6 +86,30 @@ class Stopped(KeyboardInterrupt):
     """The grader was told to stop (SIGTERM); handled like Ctrl-C."""
 
 
+_TOLD_TO_STOP: list[KeyboardInterrupt] = []  # stop signals received, kept in case Python swallowed them
+
+
+def _stop_signal(signum, frame):
+    """SIGINT and SIGTERM while grading: stop. The exception is also kept, because Python only reports
+    (and drops) one raised while it runs a callback such as a garbage-collector hook or ``__del__``."""
+    _TOLD_TO_STOP.append(Stopped() if signum == signal.SIGTERM else KeyboardInterrupt())
+    raise _TOLD_TO_STOP[-1]
+
+
+def _unraisable_unless_a_stop(hook):
+    """``sys.unraisablehook`` that says nothing of a swallowed stop signal (it is raised again)."""
+    def unraisable(info):
+        if not any(info.exc_value is told for told in _TOLD_TO_STOP):
+            hook(info)
+    return unraisable
+
+
+def _stop_if_told() -> None:
+    """Raise a stop signal that arrived but was swallowed where it was first raised."""
+    if _TOLD_TO_STOP:
+        raise _TOLD_TO_STOP[0]
+
+
 class Interrupted(Exception):
     """Grading stopped before the end; what was recorded stays, and a re-run grades the rest."""
 
@@ -147,6 +171,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
         ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
         for result in itertools.chain(ran, absent):
+            _stop_if_told()
             student, name = result.student, result.assignment
             executed.append((student, name))
             result.key = keys[(student, name)]
@@ -160,6 +185,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             tmp = record.with_suffix(".tmp")
             tmp.write_text(result.to_json())
             os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+        _stop_if_told()
     except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
         why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
                if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
@@ -211,10 +237,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"qkv grade: {refusal}", file=sys.stderr)
         return 2
 
-    def stop(signum, frame):
-        raise Stopped()
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    _TOLD_TO_STOP.clear()
+    previous = {signum: signal.signal(signum, _stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable_unless_a_stop(sys.unraisablehook)
     # a lost scheduler is said once, below, in words: not also as the Dask client's reconnect tracebacks
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     try:
@@ -230,7 +255,9 @@ def main(args: argparse.Namespace) -> int:
               f"again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = hook
     problems = [r for r in results if r.needs_a_look()]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
