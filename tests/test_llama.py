@@ -190,6 +190,28 @@ def test_the_decoders_grouped_attention_equals_attention_per_query_head():
                 np.testing.assert_allclose(out[:, h], expected, atol=1e-12)
 
 
+def test_the_static_decode_step_matches_the_lesson_step(shape, prompts):
+    """The graph-capturable Llama step (position as a tensor, angles gathered there, every slot
+    attended and the unwritten ones masked) is what a CUDA graph replays on a GPU; run eagerly here,
+    it must give the lesson step's logits and write the same rotated keys and values."""
+    from qkv.torch_fast import decode_static_llama
+
+    config, sd, _ = shape
+    model = load("torch", sd, config)
+    a, b = model.new_cache(batch=2, max_positions=12), model.new_cache(batch=2, max_positions=12)
+    model.prefill(prompts[:, :5], a)
+    model.prefill(prompts[:, :5], b)
+    for t in range(5, 9):
+        lesson = model.decode_step(prompts[:, t], a)
+        with torch.inference_mode():
+            static = decode_static_llama(model, torch.from_numpy(prompts[:, t]), torch.tensor([t]), b)
+        b.count_replayed(1, 2)
+        torch.testing.assert_close(static, lesson, rtol=0, atol=1e-5)
+    for layer in range(config.n_layer):
+        torch.testing.assert_close(b[layer].keys, a[layer].keys, rtol=0, atol=1e-5)
+        torch.testing.assert_close(b[layer].values, a[layer].values, rtol=0, atol=1e-5)
+
+
 def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
     from qkv_bench.decode_llama import (DecodeRow, StepRow, decode_row, format_tables, step_ms,
                                        step_row)

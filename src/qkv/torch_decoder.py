@@ -292,13 +292,17 @@ class CachedDecoder(nn.Module):
             out[:, t] = pick(logits)
         return out
 
-    def _fast_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        from qkv.torch_fast import GraphedDecodeStep, decode_eager
+    # this model's decode steps in qkv.torch_fast: written for one token, and graphable
+    _FAST_STEPS = ("decode_eager", "decode_static")
 
+    def _fast_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        from qkv import torch_fast
+
+        eager, static = (getattr(torch_fast, name) for name in self._FAST_STEPS)
         if not self.uses_cuda_graph:
-            return decode_eager(self, token, cache)
+            return eager(self, token, cache)
         if self._graph is None or not self._graph.fits(cache, token.shape[0]):
-            self._graph = GraphedDecodeStep(self, cache, token.shape[0])
+            self._graph = torch_fast.GraphedDecodeStep(self, cache, token.shape[0], static)
         return self._graph(token).clone()  # the replay's output is overwritten by the next
 
     def _checked(self, ids, cache: StaticKVCache | None, attention_mask=None):

@@ -11,12 +11,14 @@ decode steps of an unpadded batch:
   stay ``F.linear`` (MKL's one-row product): oneDNN's prepacked weights, this path's earlier
   form, measured 10–40 % slower per layer at batch 1 (PyTorch 2.13, a 2-core Xeon) and added
   ~20 µs of launch time to each of the ~50 layers a step runs.
-- On a GPU, the decode step is captured once as a CUDA graph and replayed: one launch per token
-  instead of a few hundred. A graph replays fixed shapes and addresses, so the step attends over every
+- On a GPU, the decode step (GPT-2's or Llama's) is captured once as a CUDA graph and replayed: one
+  launch per token instead of a few hundred. A graph replays fixed shapes and addresses, so the step attends over every
   slot of the static cache, masking the ones not yet written.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -79,13 +81,43 @@ def decode_static(model, token: torch.Tensor, position: torch.Tensor,
     return model.lm_head(model.ln_f(x))[:, 0]
 
 
+def decode_static_llama(model, token: torch.Tensor, position: torch.Tensor,
+                        cache: StaticKVCache) -> torch.Tensor:
+    """``decode_static`` for a Llama-shaped ``model``: the rotary angles gathered at ``position``, and
+    the r = τ/g query heads of a group attending to its key/value head over every slot, masked."""
+    cos, sin = model.cos[position], model.sin[position]  # (1, head_dim)
+    x = model.embed_tokens(token[:, None])  # (batch, 1, d)
+    b, _, d = x.shape
+    slots = torch.arange(cache.max_positions, device=x.device)
+    mask = (slots <= position)[None, None, None, :]  # (1, 1, 1, max_positions)
+    for block, layer_cache in zip(model.blocks, cache.layers):
+        g, hd = block.g, block.head_dim
+        q, k, v = block.qkv_proj(block.norm_1(x)).split([d, g * hd, g * hd], dim=-1)
+        q = q.view(b, g, block.tau // g, hd)  # (batch, g, r, head_dim)
+        k, v = k.view(b, g, 1, hd), v.view(b, g, 1, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        K, V = layer_cache.write_at(position, k, v)  # (batch, g, max_positions, head_dim)
+        heads = _one_query_attention(q, K, V, mask)  # (batch, g, r, head_dim)
+        x = x + block.o_proj(heads.reshape(b, 1, d))
+        x = x + block.mlp(block.norm_2(x))
+    return model.lm_head(model.norm(x))[:, 0]
+
+
 def _one_query_attention(q, K, V, mask) -> torch.Tensor:
-    """softmax(q Kᵀ/√head_dim + Mask) V for one query per head, written out: for a single query the
+    """softmax(q Kᵀ/√head_dim + Mask) V for one position's queries, written out: for so few queries the
     fused attention kernels (tiled for many queries) run several times slower than three small products.
-    q: (batch, τ, 1, head_dim); K, V: (batch, τ, slots, head_dim); mask: True where a slot is visible."""
-    scores = (q @ K.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (batch, τ, 1, slots)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ V  # (batch, τ, 1, head_dim)
+    q: (batch, heads, r, head_dim), r query rows per key/value head (1 for GPT-2); K, V: (batch, heads,
+    slots, head_dim); mask: True where a slot is visible."""
+    scores = (q @ K.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (batch, heads, r, slots)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    b, heads, r, slots = weights.shape
+    parts = math.gcd(slots, 16) if r > 1 else 1
+    if parts == 1:
+        return weights @ V  # (batch, heads, r, head_dim)
+    # With r > 1 rows (a Llama group), weights @ V is one long sum per key/value head: too few products
+    # to keep a GPU busy (10x the time of r = 1 on an H200). The same sum in `parts` shorter pieces is not.
+    pieces = weights.view(b, heads, r, parts, slots // parts).transpose(2, 3)  # (.., parts, r, slots/parts)
+    return (pieces @ V.view(b, heads, parts, slots // parts, -1)).sum(2)  # (batch, heads, r, head_dim)
 
 
 class GraphedDecodeStep:
@@ -93,8 +125,8 @@ class GraphedDecodeStep:
     size (a graph replays fixed addresses); inputs are copied into its static tensors, and the returned
     logits are overwritten by the next replay."""
 
-    def __init__(self, model, cache: StaticKVCache, batch: int) -> None:
-        self.model, self.cache, self.batch = model, cache, batch
+    def __init__(self, model, cache: StaticKVCache, batch: int, step=decode_static) -> None:
+        self.model, self.cache, self.batch, self.step = model, cache, batch, step
         self.token = torch.zeros(batch, dtype=torch.int64, device=model.device)
         self.position = torch.zeros(1, dtype=torch.int64, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -109,11 +141,11 @@ class GraphedDecodeStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                decode_static(self.model, self.token, self.position, self.cache)
+                self.step(self.model, self.token, self.position, self.cache)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = decode_static(self.model, self.token, self.position, self.cache)
+            self.logits = self.step(self.model, self.token, self.position, self.cache)
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         self.token.copy_(token)

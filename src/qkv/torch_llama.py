@@ -146,14 +146,7 @@ class LlamaCachedDecoder(CachedDecoder):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    @property
-    def uses_cuda_graph(self) -> bool:
-        return False  # the graphed step of qkv.torch_fast is GPT-2's; this one runs eagerly
-
-    def _fast_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        from qkv.torch_fast import decode_eager_llama
-
-        return decode_eager_llama(self, token, cache)
+    _FAST_STEPS = ("decode_eager_llama", "decode_static_llama")
 
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> StaticKVCache:
         """An empty static cache of n_kv_heads heads per layer, (batch, n_kv_heads,
