@@ -258,6 +258,7 @@ def main(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = hook
+        _TOLD_TO_STOP.clear()  # handled: a later grade() in this process starts afresh
     problems = [r for r in results if r.needs_a_look()]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
