@@ -12,8 +12,8 @@ decode steps of an unpadded batch:
   form, measured 10–40 % slower per layer at batch 1 (PyTorch 2.13, a 2-core Xeon) and added
   ~20 µs of launch time to each of the ~50 layers a step runs.
 - On a GPU, the decode step (GPT-2's or Llama's) is captured once as a CUDA graph and replayed: one
-  launch per token instead of a few hundred. A graph replays fixed shapes and addresses, so the step attends over every
-  slot of the static cache, masking the ones not yet written.
+  launch per token instead of a few hundred. A graph replays fixed shapes and addresses, so the step
+  attends over every slot of the static cache, masking the ones not yet written.
 """
 
 from __future__ import annotations
