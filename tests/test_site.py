@@ -45,7 +45,13 @@ PAGE_REPORT_JS = r"""
   clone.querySelectorAll("pre, code, script, style, textarea, mjx-container").forEach(el => el.remove());
   const text = clone.textContent;
   const raw = (text.match(/\$\$|\\\(|\\\[/g) || []).length;
-  return {images, links, figures, mathCount: mathElements.length, unrendered, raw,
+  // Code or a formula wider than its column hides its end behind a scroll bar (STYLE rule 14).
+  const longest = el => el.textContent.split("\n").reduce((a, b) => b.length > a.length ? b : a, "");
+  const hidden = [...document.querySelectorAll("pre")].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => longest(p).slice(0, 100));
+  const wideMath = [...document.querySelectorAll('mjx-container[display="true"]')]
+    .filter(m => m.scrollWidth > m.clientWidth + 1).map(m => m.textContent.slice(0, 80));
+  return {images, links, figures, mathCount: mathElements.length, unrendered, raw, hidden, wideMath,
           mjx: document.querySelectorAll("mjx-container").length};
 }
 """
@@ -178,6 +184,15 @@ def test_math_is_rendered(visits):
     bad = {page: {"unrendered": r["unrendered"], "raw delimiters left": r["raw"]}
            for page, r in visits.items() if r["unrendered"] or r["raw"] or (r["mathCount"] and not r["mjx"])}
     assert not bad, f"formulas MathJax did not render: {bad}"
+
+
+def test_code_and_formulas_fit_their_column(visits):
+    """At a 1280-pixel window no code block, output or displayed formula is wider than the text column:
+    nothing a reader should see hides behind a scroll bar (STYLE rule 14)."""
+    hidden = {name: r["hidden"] for name, r in visits.items() if r["hidden"]}
+    assert not hidden, f"code lines wider than the column (longest line of each block): {hidden}"
+    wide = {name: r["wideMath"] for name, r in visits.items() if r["wideMath"]}
+    assert not wide, f"displayed formulas wider than the column: {wide}"
 
 
 def test_internal_links_resolve(visits, site_url):

@@ -51,8 +51,9 @@ def padded_positions(mask: torch.Tensor) -> torch.Tensor:
 
 def padded_causal_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     """Where the last n of i positions may attend in a left-padded batch:
-    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
-    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded
+    query also sees itself (else its row would be empty and its softmax NaN); no
+    real token reads it."""
     i = mask.shape[-1]
     query = torch.arange(i - n, i, device=mask.device)[:, None]  # (n, 1): slots from 0
     key = torch.arange(i, device=mask.device)[None, :]  # (1, i)

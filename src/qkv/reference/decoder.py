@@ -52,8 +52,9 @@ def padded_positions(mask: np.ndarray) -> np.ndarray:
 
 def padded_causal_mask(mask: np.ndarray, n: int) -> np.ndarray:
     """Where the last n of i positions may attend in a left-padded batch:
-    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded query also
-    sees itself (else its row would be empty and its softmax NaN); no real token reads it."""
+    (batch, 1, n, i), True for a key j ≤ query that is a real token. A padded
+    query also sees itself (else its row would be empty and its softmax NaN); no
+    real token reads it."""
     i = mask.shape[-1]
     query = np.arange(i - n, i)[:, None]  # (n, 1): the queries' slots, from 0
     key = np.arange(i)[None, :]  # (1, i)
