@@ -50,7 +50,7 @@ def linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def grouped_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask) -> np.ndarray:
-    """Softmax(Q Kᵀ/√d + Mask) V for q (batch, τ, n, head_dim) against k, v
+    """Softmax(Q Kᵀ/√(d/τ) + Mask) V for q (batch, τ, n, head_dim) against k, v
     (batch, g, i, head_dim), unchecked.
 
     The r = τ/g query heads of a group read the same key/value head, so they are
