@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
             for t in bad:
                 print(f"      {t.id}: {t.message}")
         else:
-            extra = (" (more tests run when it is graded)"
+            # with hidden tests a wrong answer can pass what is visible: say only what was checked
+            extra = (" the visible checks; more tests run when it is graded"
                      if any(info.get(t.id, {}).get("hidden_tests") for t in tests) else "")
             if len(hidden_only) == len(tests):
                 print(f"  {q}: no visible test; it is checked when graded")
