@@ -31,6 +31,7 @@ added).
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import json
 import logging
@@ -225,13 +226,38 @@ def published_by_git(out: Path, root: Path) -> str | None:
             f"../grades) or into an ignored folder such as {root / 'grading-out'}")
 
 
+def unknown_assignments(names: list[str] | None) -> str | None:
+    """Why ``--assignment`` cannot be graded (names that are no assignment of the course), or None."""
+    unknown = [name for name in names or [] if name not in ASSIGNMENTS]
+    if not unknown:
+        return None
+    close = [m for name in unknown for m in difflib.get_close_matches(name, ASSIGNMENTS, n=1, cutoff=0.6)]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return (f"--assignment {', '.join(unknown)}: no such assignment in this course{hint}; its assignments "
+            f"are {', '.join(ASSIGNMENTS)}")
+
+
+def inside_submissions(out: Path, submissions: Path) -> str | None:
+    """Why ``out`` must not hold grades (the submissions folder or a folder in it: the next run would take
+    the output folder for a student's), or None when it may."""
+    out, submissions = out.resolve(), submissions.resolve()
+    if not out.is_relative_to(submissions):
+        return None
+    return (f"--out {out} is inside the submissions folder {submissions}, where every folder is taken for "
+            f"a student's (the grades would be graded as a student's work next time): write them outside it")
+
+
 def main(args: argparse.Namespace) -> int:
     submissions = Path(args.submissions)
     if not submissions.is_dir():
         print(f"qkv grade: {submissions} is not a folder", file=sys.stderr)
         return 2
-    root = find_root(args.root)
     out = Path(args.out)
+    refusal = unknown_assignments(args.assignment) or inside_submissions(out, submissions)
+    if refusal:
+        print(f"qkv grade: {refusal}", file=sys.stderr)
+        return 2
+    root = find_root(args.root)
     refusal = published_by_git(out, root)
     if refusal:
         print(f"qkv grade: {refusal}", file=sys.stderr)
