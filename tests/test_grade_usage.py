@@ -31,3 +31,22 @@ def test_out_inside_the_submissions_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("qkv grade: --out ") and "inside the submissions folder" in err
     assert sorted(p.name for p in subs.iterdir()) == ["ada"]
+
+
+@pytest.mark.parametrize("folder", ["one student's folder", "solutions"])
+def test_a_folder_one_level_too_deep_says_so(tmp_path, capsys, folder):
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    if folder == "solutions":
+        subs = ROOT / "solutions"
+    else:
+        for name in ASSIGNMENTS[:2]:
+            submit(subs, "ada", name, filled(name))
+        subs = subs / "ada"
+    assert _grade(subs, out) == 2
+    err = capsys.readouterr().err
+    assert "nothing to grade" in err and "<student>/<assignment>/<assignment>.ipynb" in err
+    assert "one student's folder" in err and str(subs.parent) in err
+    ignored = {r["path"]: r["reason"] for r in read_csv(out / "ignored.csv")}
+    reason = ignored[f"{ASSIGNMENTS[0]}/{ASSIGNMENTS[0]}.ipynb"]
+    assert "not an assignment of this course" not in reason
+    assert "SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb" in reason and "one student's" in reason

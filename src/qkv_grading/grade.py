@@ -45,7 +45,8 @@ from pathlib import Path
 
 from qkv_grading import sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
-from qkv_grading.discover import collected_timestamp, discover, submission_key, submitted
+from qkv_grading.discover import (TOO_SHALLOW, Ignored, collected_timestamp, discover, submission_key,
+                                  submitted)
 from qkv_grading.feedback import write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
@@ -78,9 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 class Graded(list):
     """Every result recorded in the output folder (this run's and earlier ones'), and in ``executed`` the
-    (student, assignment) of the submissions this run actually ran; the others had not changed."""
+    (student, assignment) of the submissions this run actually ran; the others had not changed. ``asked``
+    counts the (student, assignment) pairs found in SUBMISSIONS, ``ignored`` what was left out there."""
 
     executed: list[tuple[str, str]]
+    asked: int
+    ignored: list[Ignored]
 
 
 class Stopped(KeyboardInterrupt):
@@ -200,6 +204,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.close()
     results = Graded(load_results(out))
     results.executed = executed
+    results.asked, results.ignored = len(jobs), ignored
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
     write_tables(out, results, ignored, notices)
@@ -247,6 +252,20 @@ def inside_submissions(out: Path, submissions: Path) -> str | None:
             f"a student's (the grades would be graded as a student's work next time): write them outside it")
 
 
+def too_shallow(submissions: Path, out: Path, results: Graded) -> str | None:
+    """What to say when nothing was there to grade because the notebooks sit a level too shallow."""
+    shallow = [i.path for i in results.ignored if i.reason == TOO_SHALLOW]
+    if results.asked or not shallow:
+        return None
+    folder = submissions.resolve()
+    return (f"nothing to grade in {folder}: its notebooks ({', '.join(shallow[:3])}"
+            f"{', ...' if len(shallow) > 3 else ''}) sit one level too shallow. Submissions go in "
+            f"SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb, and {folder} looks like one student's "
+            f"folder (or a course's solutions/ or exercises/): to grade every student, give the folder that "
+            f"holds the students' folders (e.g. {folder.parent}). What was left out is in "
+            f"{out / 'ignored.csv'}")
+
+
 def main(args: argparse.Namespace) -> int:
     submissions = Path(args.submissions)
     if not submissions.is_dir():
@@ -285,6 +304,10 @@ def main(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
         sys.unraisablehook = hook
         _TOLD_TO_STOP.clear()  # handled: a later grade() in this process starts afresh
+    hint = too_shallow(submissions, out, results)
+    if hint:  # a usage error, like an unknown --assignment: the (empty) tables are written all the same
+        print(f"qkv grade: {hint}", file=sys.stderr)
+        return 2
     problems = [r for r in results if r.needs_a_look()]
     kept = len(results) - len(results.executed)
     print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
