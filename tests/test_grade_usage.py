@@ -50,3 +50,38 @@ def test_a_folder_one_level_too_deep_says_so(tmp_path, capsys, folder):
     reason = ignored[f"{ASSIGNMENTS[0]}/{ASSIGNMENTS[0]}.ipynb"]
     assert "not an assignment of this course" not in reason
     assert "SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb" in reason and "one student's" in reason
+
+
+@pytest.mark.slow
+def test_the_summary_counts_notebooks_and_work_not_submitted_apart(tmp_path, capsys):
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    submit(subs, "ada", ASSIGNMENTS[0], filled(ASSIGNMENTS[0]))
+    submit(subs, "bob", ASSIGNMENTS[1], filled(ASSIGNMENTS[1]))
+    submit(subs, "cy", ASSIGNMENTS[1], filled(ASSIGNMENTS[1]))
+    assert _grade(subs, out, "--workers", "1") == 0
+    summary = capsys.readouterr().out
+    assert "3 notebook(s) graded now, 3 not submitted, 0 unchanged since the last run" in summary, summary
+    submit(subs, "cy", ASSIGNMENTS[0], filled(ASSIGNMENTS[0], blank=True))
+    assert _grade(subs, out, "--workers", "1") == 0
+    summary = capsys.readouterr().out
+    assert "1 notebook(s) graded now, 0 not submitted, 5 unchanged since the last run" in summary, summary
+
+
+@pytest.mark.slow
+def test_a_stopped_run_counts_the_notebooks_left(tmp_path, capsys, monkeypatch):
+    from qkv_grading import grade
+
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    submit(subs, "ada", ASSIGNMENTS[0], filled(ASSIGNMENTS[0]))
+    submit(subs, "bob", ASSIGNMENTS[1], filled(ASSIGNMENTS[1]))
+    submit(subs, "cy", ASSIGNMENTS[1], filled(ASSIGNMENTS[1]))
+    written = []
+
+    def stop_at_the_second(*args):  # Ctrl-C while the second notebook's feedback is written
+        written.append(args)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(grade, "write_feedback", stop_at_the_second)
+    assert _grade(subs, out, "--workers", "1") == 130
+    err = capsys.readouterr().err
+    assert "1 notebook(s) graded this run are recorded" in err and "2 notebook(s) were not graded" in err, err

@@ -79,10 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 class Graded(list):
     """Every result recorded in the output folder (this run's and earlier ones'), and in ``executed`` the
-    (student, assignment) of the submissions this run actually ran; the others had not changed. ``asked``
-    counts the (student, assignment) pairs found in SUBMISSIONS, ``ignored`` what was left out there."""
+    (student, assignment) of the submissions this run recorded; the others had not changed. Of those,
+    ``absent`` were not handed in (no notebook ran). ``asked`` counts the (student, assignment) pairs
+    found in SUBMISSIONS, ``ignored`` what was left out there."""
 
     executed: list[tuple[str, str]]
+    absent: int
     asked: int
     ignored: list[Ignored]
 
@@ -120,7 +122,8 @@ class Interrupted(Exception):
 
     def __init__(self, why: str, recorded: int, left: int):
         super().__init__(why)
-        self.why, self.recorded, self.left = why, recorded, left
+        self.why = why
+        self.recorded, self.left = recorded, left  # notebooks graded and recorded this run; not graded yet
 
 
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
@@ -159,6 +162,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         sandbox.require()
     runner = writer = None
     executed = []
+    absent_keys = {(r.student, r.assignment) for r in absent}
     try:
         if todo:
             # the gradebook opens (nbgrader stamps a new one by running alembic) while the workers start
@@ -178,7 +182,6 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         for result in itertools.chain(ran, absent):
             _stop_if_told()
             student, name = result.student, result.assignment
-            executed.append((student, name))
             result.key = keys[(student, name)]
             path = submissions / student / name / f"{name}.ipynb"
             if result.feedback is not None:
@@ -190,11 +193,13 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             tmp = record.with_suffix(".tmp")
             tmp.write_text(result.to_json())
             os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+            executed.append((student, name))
         _stop_if_told()
     except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
         why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
                if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
-        raise Interrupted(why, len(executed), len(todo) + len(absent) - len(executed)) from None
+        graded_now = len([key for key in executed if key not in absent_keys])
+        raise Interrupted(why, graded_now, len(todo) - graded_now) from None
     finally:
         try:
             if runner is not None:
@@ -204,7 +209,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.close()
     results = Graded(load_results(out))
     results.executed = executed
-    results.asked, results.ignored = len(jobs), ignored
+    results.absent, results.asked, results.ignored = len(absent), len(jobs), ignored
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
     write_tables(out, results, ignored, notices)
@@ -295,9 +300,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"qkv grade: {exc.why}: stopped its workers and kernels. {exc.recorded} submission(s) were "
-              f"recorded in {out} this run and are kept; {exc.left} were not graded. Run the same command "
-              f"again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
+        print(f"qkv grade: {exc.why}: stopped its workers and kernels. {exc.recorded} notebook(s) graded "
+              f"this run are recorded in {out} and kept; {exc.left} notebook(s) were not graded yet. Run the "
+              f"same command again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
         return 130
     finally:
         for signum, handler in previous.items():
@@ -309,8 +314,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"qkv grade: {hint}", file=sys.stderr)
         return 2
     problems = [r for r in results if r.needs_a_look()]
+    ran = len(results.executed) - results.absent
     kept = len(results) - len(results.executed)
-    print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
-          f"the last run): grades.csv, grades_wide.csv, questions.csv, report.csv, ignored.csv, "
-          f"report.html, report.png, feedback/ ({len(problems)} with notes in report.csv)")
+    print(f"graded into {out}: {ran} notebook(s) graded now, {results.absent} not submitted, "
+          f"{kept} unchanged since the last run ({len(results)} student-assignment rows): grades.csv, "
+          f"grades_wide.csv, questions.csv, report.csv, ignored.csv, report.html, report.png, feedback/ "
+          f"({len(problems)} with notes in report.csv)")
     return 0
