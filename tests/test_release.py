@@ -263,3 +263,18 @@ def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys)
     guide = (ROOT / "book" / "07_exercises.md").read_text()
     assert "--out graded " not in guide and "qkv grade SUBMISSIONS --out grading-out/" in guide
     assert "nbgrader export --CourseDirectory.db_url=sqlite:///grading-out/week1/gradebook.db --to " in guide
+
+
+def test_the_instructors_guide_says_what_the_grader_and_nbgrader_do():
+    guide = " ".join((ROOT / "book" / "07_exercises.md").read_text().split())
+    # nbgrader's CSV export has a row (0.0) for work never handed in, which qkv's grades.csv marks
+    assert "nothing for work that was not handed in" not in guide
+    assert "a score of 0.0 for work that was never handed in" in guide
+    # its own benchmark: a second worker on 2 cores only adds contention
+    assert "--workers 4" not in guide and "one per core" not in guide and "one worker per core" not in guide
+    assert "--workers 2 # about one worker per 2 cores" in guide
+    for name in ("`notices.txt`", "`results/<student>/<assignment>.json`"):  # every file grade() writes
+        assert f"| {name} |" in guide, name
+    # nbgrader's own release drops the qkv metadata that `qkv release --check` expects
+    assert "(formgrader, `nbgrader generate_assignment`)" not in guide
+    assert "Release with `qkv release`, not `nbgrader generate_assignment`" in guide
