@@ -278,3 +278,21 @@ def test_the_instructors_guide_says_what_the_grader_and_nbgrader_do():
     # nbgrader's own release drops the qkv metadata that `qkv release --check` expects
     assert "(formgrader, `nbgrader generate_assignment`)" not in guide
     assert "Release with `qkv release`, not `nbgrader generate_assignment`" in guide
+
+
+def test_git_ignores_what_nbgrader_writes_into_the_repository(tmp_path):
+    import subprocess
+
+    # nbgrader run at the root (collect, autograde, generate_feedback) puts students' work there
+    paths = ["gradebook.db", "submitted/ada/01_weighted_average/01_weighted_average.ipynb",
+             "autograded/ada/x.ipynb", "feedback/ada/x.html", ".nbgrader.log"]
+    check = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--", *paths],
+                           capture_output=True, text=True)
+    assert set(check.stdout.split()) == set(paths), check.stdout
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", "submitted", "autograded",
+                              "feedback", "gradebook.db"], capture_output=True, text=True, check=True)
+    assert tracked.stdout == ""
+    # anchored at the root: a folder of the same name deeper down (a learner's feedback/) is not ignored
+    deeper = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "-q", "--",
+                             "src/feedback/x.py"])
+    assert deeper.returncode == 1
