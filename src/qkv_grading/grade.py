@@ -9,6 +9,7 @@ Writes into --out DIR:
   ignored.csv         files and folders in SUBMISSIONS that were not graded, and why
   report.html         the class report: scores per question, failure messages ranked, what needs a look
   report.png          the score distribution of every question
+  notices.txt         notices about the whole run, one a line (graded with --no-sandbox), shown in report.html
   feedback/<student>/<assignment>/<assignment>.html   the learner's notebook rendered, with each test's
                       points and message (hidden test code is never shown), in nbgrader's layout with
                       timestamp.txt, for `nbgrader release_feedback`
