@@ -285,7 +285,7 @@ def test_git_ignores_what_nbgrader_writes_into_the_repository(tmp_path):
 
     # nbgrader run at the root (collect, autograde, generate_feedback) puts students' work there
     paths = ["gradebook.db", "submitted/ada/01_weighted_average/01_weighted_average.ipynb",
-             "autograded/ada/x.ipynb", "feedback/ada/x.html", ".nbgrader.log"]
+             "autograded/ada/x.ipynb", "feedback/ada/x.html"]
     check = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--", *paths],
                            capture_output=True, text=True)
     assert set(check.stdout.split()) == set(paths), check.stdout
