@@ -263,3 +263,36 @@ def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys)
     guide = (ROOT / "book" / "07_exercises.md").read_text()
     assert "--out graded " not in guide and "qkv grade SUBMISSIONS --out grading-out/" in guide
     assert "nbgrader export --CourseDirectory.db_url=sqlite:///grading-out/week1/gradebook.db --to " in guide
+
+
+def test_the_instructors_guide_says_what_the_grader_and_nbgrader_do():
+    guide = " ".join((ROOT / "book" / "07_exercises.md").read_text().split())
+    # nbgrader's CSV export has a row (0.0) for work never handed in, which qkv's grades.csv marks
+    assert "nothing for work that was not handed in" not in guide
+    assert "a score of 0.0 for work that was never handed in" in guide
+    # its own benchmark: a second worker on 2 cores only adds contention
+    assert "--workers 4" not in guide and "one per core" not in guide and "one worker per core" not in guide
+    assert "--workers 2 # about one worker per 2 cores" in guide
+    for name in ("`notices.txt`", "`results/<student>/<assignment>.json`"):  # every file grade() writes
+        assert f"| {name} |" in guide, name
+    # nbgrader's own release drops the qkv metadata that `qkv release --check` expects
+    assert "(formgrader, `nbgrader generate_assignment`)" not in guide
+    assert "Release with `qkv release`, not `nbgrader generate_assignment`" in guide
+
+
+def test_git_ignores_what_nbgrader_writes_into_the_repository(tmp_path):
+    import subprocess
+
+    # nbgrader run at the root (collect, autograde, generate_feedback) puts students' work there
+    paths = ["gradebook.db", "submitted/ada/01_weighted_average/01_weighted_average.ipynb",
+             "autograded/ada/x.ipynb", "feedback/ada/x.html"]
+    check = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--", *paths],
+                           capture_output=True, text=True)
+    assert set(check.stdout.split()) == set(paths), check.stdout
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", "submitted", "autograded",
+                              "feedback", "gradebook.db"], capture_output=True, text=True, check=True)
+    assert tracked.stdout == ""
+    # anchored at the root: a folder of the same name deeper down (a learner's feedback/) is not ignored
+    deeper = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "-q", "--",
+                             "src/feedback/x.py"])
+    assert deeper.returncode == 1

@@ -189,8 +189,8 @@ def test_a_worker_killed_mid_run_loses_nothing_and_grades_nothing_twice(cluster,
             grader.kill()
     assert victims and all(not v.is_running() or v.status() == psutil.STATUS_ZOMBIE for v in victims)
     assert grader.returncode == 0, stderr[-3000:]
-    assert f"graded {len(expected)} submission(s)" in stdout and f"({len(expected)} run now" in stdout
     handed_in = {key: score for key, score in expected.items() if score is not None}
+    assert f"{len(handed_in)} notebook(s) graded now, {len(expected) - len(handed_in)} not submitted" in stdout
     assert _grades(out) == handed_in  # every submission, full marks: nothing lost
     rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")  # one row per test cell, never two
     for (student, name), score in expected.items():
@@ -276,7 +276,8 @@ def test_a_stopped_run_leaves_no_process_and_resumes_where_it_stopped(tmp_path, 
     proc = subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "2"), env=_env(),
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"({len(expected) - len(stored)} run now, {len(stored)} unchanged" in proc.stdout
+    assert f"{len(expected) - len(stored)} notebook(s) graded now, 0 not submitted, {len(stored)} unchanged" \
+        in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in stored} == stored  # nothing stored was graded again
     assert _grades(out) == expected
     rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")
@@ -389,7 +390,7 @@ def test_a_run_stopped_between_gradebook_and_record_is_repaired_next_time(tmp_pa
     assert set(_gradebook_rows(f"sqlite:///{out / 'gradebook.db'}").values()) == {None}
     proc = run()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(1 run now, 0 unchanged" in proc.stdout
+    assert "1 notebook(s) graded now, 0 not submitted, 0 unchanged" in proc.stdout
     rows = _gradebook_rows(f"sqlite:///{out / 'gradebook.db'}")
     assert None not in rows.values() and sum(rows.values()) == FULL[name]
     assert _grades(out) == {("ada", name): FULL[name]}
@@ -408,7 +409,7 @@ def test_a_notebook_that_kills_its_worker_gets_zero_and_the_others_lose_nothing(
     proc = subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "2", "--no-sandbox"),
                           env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(4 run now" in proc.stdout
+    assert "4 notebook(s) graded now" in proc.stdout
     assert _grades(out) == {("killer", name): 0.0, **{(f"s{k}", name): FULL[name] for k in range(3)}}
     report = {r["student"]: r for r in read_csv(out / "report.csv") if r.get("student")}
     assert report["killer"]["status"] == "error"
@@ -443,5 +444,5 @@ def test_a_lost_scheduler_stops_the_run_and_the_next_run_grades_the_rest(tmp_pat
     proc = subprocess.run(_qkv(str(subs), "--out", str(out), "--workers", "1"), env=_env(),
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"({5 - stored} run now, {stored} unchanged" in proc.stdout
+    assert f"{5 - stored} notebook(s) graded now, 0 not submitted, {stored} unchanged" in proc.stdout
     assert _grades(out) == {(f"s{k}", name): FULL[name] for k in range(5)}

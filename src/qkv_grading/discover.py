@@ -16,6 +16,9 @@ from qkv_grading.course import ASSIGNMENTS
 
 DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 COLLECTED = ("timestamp.txt", "submission_secret.txt")  # written by `nbgrader collect`
+TOO_SHALLOW = ("one level too shallow: submissions go in "
+               "SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb, and this SUBMISSIONS looks like "
+               "one student's folder (or a course's solutions/ or exercises/)")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ def discover(submissions: Path, only: list[str] | None = None) -> tuple[list[tup
             if _debris(entry, submissions, ignored) or entry.name.startswith("."):
                 continue
             if not (entry.is_dir() and entry.name in ASSIGNMENTS):
-                ignored.append(Ignored(rel, "not an assignment of this course"))
+                shallow = student.name in ASSIGNMENTS and entry.name == f"{student.name}.ipynb"
+                ignored.append(Ignored(rel, TOO_SHALLOW if shallow else "not an assignment of this course"))
                 continue
             if not only and entry.name not in wanted:
                 wanted.append(entry.name)

@@ -9,6 +9,7 @@ Writes into --out DIR:
   ignored.csv         files and folders in SUBMISSIONS that were not graded, and why
   report.html         the class report: scores per question, failure messages ranked, what needs a look
   report.png          the score distribution of every question
+  notices.txt         notices about the whole run, one a line (graded with --no-sandbox), shown in report.html
   feedback/<student>/<assignment>/<assignment>.html   the learner's notebook rendered, with each test's
                       points and message (hidden test code is never shown), in nbgrader's layout with
                       timestamp.txt, for `nbgrader release_feedback`
@@ -31,6 +32,7 @@ added).
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import json
 import logging
@@ -44,7 +46,8 @@ from pathlib import Path
 
 from qkv_grading import sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
-from qkv_grading.discover import collected_timestamp, discover, submission_key, submitted
+from qkv_grading.discover import (TOO_SHALLOW, Ignored, collected_timestamp, discover, submission_key,
+                                  submitted)
 from qkv_grading.feedback import write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
@@ -77,9 +80,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 class Graded(list):
     """Every result recorded in the output folder (this run's and earlier ones'), and in ``executed`` the
-    (student, assignment) of the submissions this run actually ran; the others had not changed."""
+    (student, assignment) of the submissions this run recorded; the others had not changed. Of those,
+    ``absent`` were not handed in (no notebook ran). ``asked`` counts the (student, assignment) pairs
+    found in SUBMISSIONS, ``ignored`` what was left out there."""
 
     executed: list[tuple[str, str]]
+    absent: int
+    asked: int
+    ignored: list[Ignored]
 
 
 class Stopped(KeyboardInterrupt):
@@ -115,7 +123,8 @@ class Interrupted(Exception):
 
     def __init__(self, why: str, recorded: int, left: int):
         super().__init__(why)
-        self.why, self.recorded, self.left = why, recorded, left
+        self.why = why
+        self.recorded, self.left = recorded, left  # notebooks graded and recorded this run; not graded yet
 
 
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
@@ -154,6 +163,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         sandbox.require()
     runner = writer = None
     executed = []
+    absent_keys = {(r.student, r.assignment) for r in absent}
     try:
         if todo:
             # the gradebook opens (nbgrader stamps a new one by running alembic) while the workers start
@@ -173,7 +183,6 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         for result in itertools.chain(ran, absent):
             _stop_if_told()
             student, name = result.student, result.assignment
-            executed.append((student, name))
             result.key = keys[(student, name)]
             path = submissions / student / name / f"{name}.ipynb"
             if result.feedback is not None:
@@ -185,11 +194,13 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             tmp = record.with_suffix(".tmp")
             tmp.write_text(result.to_json())
             os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+            executed.append((student, name))
         _stop_if_told()
     except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
         why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
                if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
-        raise Interrupted(why, len(executed), len(todo) + len(absent) - len(executed)) from None
+        graded_now = len([key for key in executed if key not in absent_keys])
+        raise Interrupted(why, graded_now, len(todo) - graded_now) from None
     finally:
         try:
             if runner is not None:
@@ -199,6 +210,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 writer.close()
     results = Graded(load_results(out))
     results.executed = executed
+    results.absent, results.asked, results.ignored = len(absent), len(jobs), ignored
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
     write_tables(out, results, ignored, notices)
@@ -225,13 +237,52 @@ def published_by_git(out: Path, root: Path) -> str | None:
             f"../grades) or into an ignored folder such as {root / 'grading-out'}")
 
 
+def unknown_assignments(names: list[str] | None) -> str | None:
+    """Why ``--assignment`` cannot be graded (names that are no assignment of the course), or None."""
+    unknown = [name for name in names or [] if name not in ASSIGNMENTS]
+    if not unknown:
+        return None
+    close = [m for name in unknown for m in difflib.get_close_matches(name, ASSIGNMENTS, n=1, cutoff=0.6)]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return (f"--assignment {', '.join(unknown)}: no such assignment in this course{hint}; its assignments "
+            f"are {', '.join(ASSIGNMENTS)}")
+
+
+def inside_submissions(out: Path, submissions: Path) -> str | None:
+    """Why ``out`` must not hold grades (the submissions folder or a folder in it: the next run would take
+    the output folder for a student's), or None when it may."""
+    out, submissions = out.resolve(), submissions.resolve()
+    if not out.is_relative_to(submissions):
+        return None
+    return (f"--out {out} is inside the submissions folder {submissions}, where every folder is taken for "
+            f"a student's (the grades would be graded as a student's work next time): write them outside it")
+
+
+def too_shallow(submissions: Path, out: Path, results: Graded) -> str | None:
+    """What to say when nothing was there to grade because the notebooks sit a level too shallow."""
+    shallow = [i.path for i in results.ignored if i.reason == TOO_SHALLOW]
+    if results.asked or not shallow:
+        return None
+    folder = submissions.resolve()
+    return (f"nothing to grade in {folder}: its notebooks ({', '.join(shallow[:3])}"
+            f"{', ...' if len(shallow) > 3 else ''}) sit one level too shallow. Submissions go in "
+            f"SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb, and {folder} looks like one student's "
+            f"folder (or a course's solutions/ or exercises/): to grade every student, give the folder that "
+            f"holds the students' folders (e.g. {folder.parent}). What was left out is in "
+            f"{out / 'ignored.csv'}")
+
+
 def main(args: argparse.Namespace) -> int:
     submissions = Path(args.submissions)
     if not submissions.is_dir():
         print(f"qkv grade: {submissions} is not a folder", file=sys.stderr)
         return 2
-    root = find_root(args.root)
     out = Path(args.out)
+    refusal = unknown_assignments(args.assignment) or inside_submissions(out, submissions)
+    if refusal:
+        print(f"qkv grade: {refusal}", file=sys.stderr)
+        return 2
+    root = find_root(args.root)
     refusal = published_by_git(out, root)
     if refusal:
         print(f"qkv grade: {refusal}", file=sys.stderr)
@@ -250,18 +301,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"qkv grade: {exc.why}: stopped its workers and kernels. {exc.recorded} submission(s) were "
-              f"recorded in {out} this run and are kept; {exc.left} were not graded. Run the same command "
-              f"again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
+        print(f"qkv grade: {exc.why}: stopped its workers and kernels. {exc.recorded} notebook(s) graded "
+              f"this run are recorded in {out} and kept; {exc.left} notebook(s) were not graded yet. Run the "
+              f"same command again to grade only those (nothing recorded is graded twice).", file=sys.stderr)
         return 130
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = hook
         _TOLD_TO_STOP.clear()  # handled: a later grade() in this process starts afresh
+    hint = too_shallow(submissions, out, results)
+    if hint:  # a usage error, like an unknown --assignment: the (empty) tables are written all the same
+        print(f"qkv grade: {hint}", file=sys.stderr)
+        return 2
     problems = [r for r in results if r.needs_a_look()]
+    ran = len(results.executed) - results.absent
     kept = len(results) - len(results.executed)
-    print(f"graded {len(results)} submission(s) into {out} ({len(results.executed)} run now, {kept} unchanged since "
-          f"the last run): grades.csv, grades_wide.csv, questions.csv, report.csv, ignored.csv, "
-          f"report.html, report.png, feedback/ ({len(problems)} with notes in report.csv)")
+    print(f"graded into {out}: {ran} notebook(s) graded now, {results.absent} not submitted, "
+          f"{kept} unchanged since the last run ({len(results)} student-assignment rows): grades.csv, "
+          f"grades_wide.csv, questions.csv, report.csv, ignored.csv, report.html, report.png, feedback/ "
+          f"({len(problems)} with notes in report.csv)")
     return 0
