@@ -272,7 +272,7 @@ def test_the_instructors_guide_says_what_the_grader_and_nbgrader_do():
     assert "a score of 0.0 for work that was never handed in" in guide
     # its own benchmark: a second worker on 2 cores only adds contention
     assert "--workers 4" not in guide and "one per core" not in guide and "one worker per core" not in guide
-    assert "--workers 2 # about one worker per 2 cores" in guide
+    assert "--workers 2 # one worker per 2 cores" in guide
     for name in ("`notices.txt`", "`results/<student>/<assignment>.json`"):  # every file grade() writes
         assert f"| {name} |" in guide, name
     # nbgrader's own release drops the qkv metadata that `qkv release --check` expects
