@@ -170,3 +170,23 @@ def test_the_gradebook_has_no_submission_for_what_was_not_handed_in(out):
         assert gb.find_submission(NAME, "s4").score < gb.find_submission(NAME, "full").score
         with pytest.raises(MissingEntry):
             gb.find_submission(OTHERS[0], "s4")
+
+
+def test_a_notebook_that_could_not_run_is_no_misconception():
+    """Its reason (missing, unreadable) is in every test's message, but the ranking counts runs only."""
+    from qkv_grading.judge import empty_result
+    from qkv_grading.report import failure_ranking
+    from qkv_grading.results import Result, tests_of
+    from qkv_grading.spec import load_spec
+
+    spec = load_spec(ROOT, NAME)
+    ran = Result(NAME, "graded", tests_of(spec, message="holds 3 pair(s) that should not be there"),
+                 spec.max_score, student="s1")
+    broken = empty_result(spec, "unreadable", "04_cache_notation.ipynb is not a readable notebook")
+    broken.student = "s2"
+    missing = empty_result(spec, "missing", "no notebook 04_cache_notation.ipynb in the submission")
+    missing.student = "s3"
+    question = spec.tests[0]["question"]
+    assert failure_ranking([ran, broken, missing], NAME, question) == [
+        ("holds 3 pair(s) that should not be there", ["s1"])]
+    assert broken.needs_a_look() and missing.needs_a_look()

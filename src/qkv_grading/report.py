@@ -135,10 +135,11 @@ def _e(text) -> str:
 
 def failure_ranking(results: list[Result], name: str, question: str) -> list[tuple[str, list[str]]]:
     """The failure messages of one question, each with the students who got it, most frequent first
-    (a submission counts once per message)."""
+    (a submission counts once per message). Only notebooks that ran count: why one could not run
+    (missing, unreadable, ...) is no misconception, and is listed with what needs a look."""
     who: dict[str, list[str]] = {}
     for r in results:
-        if r.assignment != name or not r.submitted:
+        if r.assignment != name or r.status != "graded":
             continue
         seen = {t.message for t in r.tests
                 if t.question == question and not t.passed and t.message}
