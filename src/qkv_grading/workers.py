@@ -7,10 +7,12 @@ the process that runs ``qkv grade``, by ``qkv_grading.judge``, and that process 
 gradebook and the files.
 
 A notebook that kills its worker (a kill of the worker process, memory blown past the worker's limit)
-takes down the task running there. Dask's scheduler counts that against the task and runs it again on
-another worker; after ``allowed-failures`` such deaths it gives up with ``KilledWorker``, and the
-notebook gets 0 with a reason. The scheduler sends a worker only as many tasks as it has threads
-(``worker-saturation`` 1.0), so a worker's death casts suspicion on the notebook it was running alone.
+takes down the task running there. Dask's scheduler counts that against every task the worker held and
+runs them again on other workers; after ``allowed-failures`` such deaths it gives up with
+``KilledWorker``. A worker can hold more tasks than it runs at once (``worker-saturation`` queues only
+large groups of similar tasks), so an innocent notebook queued beside the one that kills can be blamed
+too: every notebook given up on is graded again at the end, one at a time, alone on the cluster, and
+gets 0 with a reason only if its worker dies again.
 """
 
 from __future__ import annotations
@@ -162,7 +164,9 @@ class Runner:
 
     def results(self, jobs: list[Job], progress: bool):
         """Yield one judged result per job, in the order they finish. A notebook that cannot be
-        read (missing, too large, not JSON) is judged here without a worker."""
+        read (missing, too large, not JSON) is judged here without a worker. A notebook whose workers
+        kept dying under it is graded again at the end, alone on the cluster (see the module's
+        docstring): 0 only if it kills its worker again."""
         from tqdm import tqdm
 
         from qkv_grading.judge import empty_result, judge_run
@@ -170,7 +174,15 @@ class Runner:
 
         bar = tqdm(total=len(jobs), desc="grading", unit="nb", disable=not progress,
                    file=sys.stderr)
-        live: dict = {}  # future -> job, until its result is recorded
+        live: dict = {}  # future -> (job, submission), until its result is recorded
+
+        def submit(job: Job, submission: dict):
+            fut = self.client.submit(_run_on_worker, self.spec_futures[job.assignment],
+                                     submission, job.timeout, self.sandboxed, pure=False,
+                                     key=f"qkv-{job.assignment}-{job.student}-{uuid.uuid4().hex}")
+            live[fut] = job, submission
+            return fut
+
         try:
             pending = as_completed()
             for job in jobs:
@@ -180,22 +192,30 @@ class Runner:
                     yield _judged(judge_run(submission, spec), job)
                     bar.update()
                     continue
-                fut = self.client.submit(_run_on_worker, self.spec_futures[job.assignment],
-                                         submission, job.timeout, self.sandboxed, pure=False,
-                                         key=f"qkv-{job.assignment}-{job.student}-{uuid.uuid4().hex}")
-                live[fut] = job
-                pending.add(fut)
+                pending.add(submit(job, submission))
+            suspects = []  # jobs whose workers died under them: perhaps beside the notebook that kills
             for fut in pending:
-                job = live[fut]
+                job, submission = live[fut]
+                try:
+                    run = fut.result()
+                except KilledWorker:
+                    suspects.append((job, submission))
+                    run = None
+                del live[fut]
+                fut.release()
+                if run is not None:
+                    yield _judged(judge_run(run, self.specs[job.assignment]), job)
+                    bar.update()
+            for job, submission in suspects:  # one at a time: a worker that dies now died of it
                 spec = self.specs[job.assignment]
+                fut = submit(job, submission)
                 try:
                     result = judge_run(fut.result(), spec)
                 except KilledWorker as exc:  # the scheduler gave up: it killed every worker it ran on
-                    result = empty_result(spec, "error",
-                                          KILLED_NOTE.format(n=exc.allowed_failures + 1))
-                yield _judged(result, job)
+                    result = empty_result(spec, "error", KILLED_NOTE.format(n=exc.allowed_failures + 1))
                 del live[fut]
                 fut.release()
+                yield _judged(result, job)
                 bar.update()
         finally:
             bar.close()
