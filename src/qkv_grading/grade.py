@@ -265,10 +265,8 @@ def too_shallow(submissions: Path, out: Path, results: Graded) -> str | None:
         return None
     folder = submissions.resolve()
     return (f"nothing to grade in {folder}: its notebooks ({', '.join(shallow[:3])}"
-            f"{', ...' if len(shallow) > 3 else ''}) sit one level too shallow. Submissions go in "
-            f"SUBMISSIONS/<student>/<assignment>/<assignment>.ipynb, and {folder} looks like one student's "
-            f"folder (or a course's solutions/ or exercises/): to grade every student, give the folder that "
-            f"holds the students' folders (e.g. {folder.parent}). What was left out is in "
+            f"{', ...' if len(shallow) > 3 else ''}) sit {TOO_SHALLOW}. To grade every student, give the "
+            f"folder that holds the students' folders (e.g. {folder.parent}). What was left out is in "
             f"{out / 'ignored.csv'}")
 
 

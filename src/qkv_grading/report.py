@@ -139,7 +139,7 @@ def failure_ranking(results: list[Result], name: str, question: str) -> list[tup
     (missing, unreadable, ...) is no misconception, and is listed with what needs a look."""
     who: dict[str, list[str]] = {}
     for r in results:
-        if r.assignment != name or r.status != "graded":
+        if r.assignment != name or not r.ran:
             continue
         seen = {t.message for t in r.tests
                 if t.question == question and not t.passed and t.message}

@@ -53,6 +53,11 @@ class Result:
     def submitted(self) -> bool:
         return self.status != NOT_SUBMITTED
 
+    @property
+    def ran(self) -> bool:
+        """Whether the notebook ran in a kernel and was judged (not missing, unreadable, or lost)."""
+        return self.status == "graded"
+
     def questions(self) -> dict[str, tuple[float, float]]:
         """question -> (score, max_score), in the order the questions appear."""
         out: dict[str, list[float]] = {}
@@ -65,7 +70,7 @@ class Result:
     def needs_a_look(self) -> bool:
         """A submission an instructor should open: anything but a clean run (a sandbox stop, a timeout,
         a crash, a repaired or unreadable notebook)."""
-        return self.status not in ("graded", NOT_SUBMITTED) or bool(self.notes)
+        return (self.submitted and not self.ran) or bool(self.notes)
 
     def to_json(self) -> str:
         record = asdict(self)
