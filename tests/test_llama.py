@@ -8,7 +8,8 @@ import torch
 from qkv.llama import LlamaConfig, random_state_dict
 from qkv.memory import cache_bytes
 from qkv.reference import Decoder
-from qkv.torch_decoder import CachedDecoder
+from qkv.torch_decoder import CachedDecoder, step_at
+from qkv_bench.decode_llama import hf_config
 
 from transformers import LlamaForCausalLM
 
@@ -29,8 +30,7 @@ def load(backend: str, sd, config: LlamaConfig):
         return Decoder.from_llama_state_dict(sd, n_head=config.n_head, dtype=np.float32,
                                              n_positions=config.n_positions)
     return CachedDecoder.from_llama_state_dict(sd, n_head=config.n_head, device="cpu",
-                                               n_positions=config.n_positions,
-                                               fast=backend == "torch-fast")
+                                               n_positions=config.n_positions)
 
 
 def array(x) -> np.ndarray:
@@ -42,13 +42,12 @@ def shape(request):
     config = LlamaConfig.tiny(n_kv_heads=SHAPES[request.param])
     # std 0.2: greedy decoding wanders over many tokens, so token-for-token checks mean something
     sd = random_state_dict(config, seed=1, std=0.2)
-    hf = LlamaForCausalLM(config.to_hf()).eval()
+    hf = LlamaForCausalLM(hf_config(config)).eval()
     hf.load_state_dict({name: torch.from_numpy(w) for name, w in sd.items()}, strict=True)
     return config, sd, hf
 
 
-# torch-fast: the decode steps of qkv.torch_fast (what the benchmark times)
-@pytest.fixture(scope="module", params=["numpy", "torch", "torch-fast"])
+@pytest.fixture(scope="module", params=["numpy", "torch"])
 def backend(request):
     return request.param
 
@@ -114,7 +113,7 @@ def test_cache_bytes_measured_equal_the_formula(shape, backend, prompts, length)
 def test_loads_hugging_face_tensors_and_reads_the_shape(backend):
     config = LlamaConfig.tiny(n_kv_heads=2)
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(config.to_hf()).eval()
+    hf = LlamaForCausalLM(hf_config(config)).eval()
     model = load(backend, hf.state_dict(), config)
     assert (model.config.n_kv_heads, model.config.d_ff, model.config.n_layer) == (2, 96, 2)
     ids = np.arange(10)[None, :]
@@ -127,7 +126,7 @@ def test_tied_output_layer():
     config = LlamaConfig(**{**LlamaConfig.tiny().__dict__, "tie_word_embeddings": True})
     sd = random_state_dict(config, seed=2, std=0.2)
     assert "lm_head.weight" not in sd
-    hf = LlamaForCausalLM(config.to_hf()).eval()
+    hf = LlamaForCausalLM(hf_config(config)).eval()
     hf.load_state_dict({n: torch.from_numpy(w) for n, w in sd.items()}, strict=False)
     ids = np.arange(7)[None, :]
     with torch.no_grad():
@@ -190,23 +189,22 @@ def test_the_decoders_grouped_attention_equals_attention_per_query_head():
                 np.testing.assert_allclose(out[:, h], expected, atol=1e-12)
 
 
-def test_the_static_decode_step_matches_the_lesson_step(shape, prompts):
-    """The graph-capturable Llama step (position as a tensor, angles gathered there, every slot
-    attended and the unwritten ones masked) is what a CUDA graph replays on a GPU; run eagerly here,
-    it must give the lesson step's logits and write the same rotated keys and values."""
-    from qkv.torch_fast import decode_static_llama
-
+def test_the_graph_shaped_step_matches_the_eager_step(shape, prompts):
+    """The one Llama step, reading every slot of the cache with the unwritten ones masked and its
+    slot given as data, is what a CUDA graph replays on a GPU; run eagerly here, it must give the
+    eager step's logits and write the same rotated keys and values."""
     config, sd, _ = shape
     model = load("torch", sd, config)
     a, b = model.new_cache(batch=2, max_positions=12), model.new_cache(batch=2, max_positions=12)
     model.prefill(prompts[:, :5], a)
     model.prefill(prompts[:, :5], b)
     for t in range(5, 9):
-        lesson = model.decode_step(prompts[:, t], a)
+        eager = model.decode_step(prompts[:, t], a)
+        ids = torch.from_numpy(prompts[:, t : t + 1])
         with torch.inference_mode():
-            static = decode_static_llama(model, torch.from_numpy(prompts[:, t]), torch.tensor([t]), b)
-        b.count_replayed(1, 2)
-        torch.testing.assert_close(static, lesson, rtol=0, atol=1e-5)
+            whole = model.model(ids, b, step_at(t, 1, None, b.max_positions, "cpu"))[:, -1]
+        b.advance(1, 2)
+        torch.testing.assert_close(whole, eager, rtol=0, atol=1e-5)
     for layer in range(config.n_layer):
         torch.testing.assert_close(b[layer].keys, a[layer].keys, rtol=0, atol=1e-5)
         torch.testing.assert_close(b[layer].values, a[layer].values, rtol=0, atol=1e-5)
@@ -234,21 +232,58 @@ def test_the_llama_benchmark_times_a_step_and_formats_its_tables():
     assert "3.00" in text and "2.00" in text and "0.50" in text  # torch/HF, numpy/HF, GQA/MHA
 
 
-def test_a_llama_decoder_refuses_gpt2_weights():
-    from qkv.reference.llama_decoder import LlamaDecoder
-    from qkv.torch_llama import LlamaCachedDecoder
+def test_one_decoder_class_loads_both_shapes_and_refuses_nothing():
+    """GPT-2 and Llama are siblings under one decoding core: the same Decoder (CachedDecoder)
+    holds either model, and neither model class carries the other's loader."""
+    from qkv.gpt2 import GPT2Config
+    from qkv.gpt2 import random_state_dict as gpt2_weights
+    from qkv.reference import GPT2Model, LlamaDecoder, LlamaModel
+    from qkv.torch_gpt2 import GPT2Model as TorchGPT2
+    from qkv.torch_llama import LlamaModel as TorchLlama
 
-    for cls in (LlamaDecoder, LlamaCachedDecoder):
-        with pytest.raises(TypeError, match="from_gpt2_state_dict"):
-            cls.from_gpt2_state_dict({}, n_head=4)
+    config = LlamaConfig.tiny()
+    llama, gpt2 = random_state_dict(config), gpt2_weights(GPT2Config.toy())
+    for loader, llama_cls, gpt2_cls in ((Decoder, LlamaModel, GPT2Model),
+                                        (CachedDecoder, TorchLlama, TorchGPT2)):
+        assert type(loader.from_llama_state_dict(llama, n_head=8).model) is llama_cls
+        assert type(loader.from_gpt2_state_dict(gpt2, n_head=4).model) is gpt2_cls
+        assert not hasattr(llama_cls, "from_gpt2_state_dict")
+        assert not hasattr(gpt2_cls, "from_llama_state_dict")
+    assert LlamaDecoder is Decoder  # the old name, kept for one release
 
 
-def test_left_padding_is_refused_clearly_and_an_all_ones_mask_is_no_padding(shape, backend, prompts):
+@pytest.fixture(scope="module")
+def padded(shape):
+    """Three prompts of 9, 5 and 2 tokens, left-padded to 9 with random tokens (never read)."""
+    config = shape[0]
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, config.vocab_size, size=(3, 9))
+    mask = np.ones((3, 9), dtype=np.int64)
+    mask[1, :4] = mask[2, :7] = 0
+    return ids, mask
+
+
+def test_a_padded_batch_matches_hugging_face_and_each_prompt_alone(shape, backend, padded):
+    """Left padding with rotary positions per row: Hugging Face's generate with the same mask
+    gives the same tokens, and so does each prompt decoded alone."""
+    config, sd, hf = shape
+    ids, mask = padded
+    with torch.no_grad():
+        expected = hf.generate(torch.from_numpy(ids), max_new_tokens=16, do_sample=False,
+                               attention_mask=torch.from_numpy(mask)).numpy()
+    model = load(backend, sd, config)
+    got = array(model.generate(ids, 16, attention_mask=mask))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(array(model.generate(ids, 16, use_cache=False,
+                                                       attention_mask=mask)), got)
+    for row, start in enumerate((0, 4, 7)):
+        alone = array(model.generate(ids[row, start:], 16))[0]
+        np.testing.assert_array_equal(got[row, 9:], alone[9 - start:])
+    assert len(set(got[:, 9:].ravel())) > 5  # the run visits many tokens
+
+
+def test_an_all_ones_mask_is_no_padding(shape, backend, prompts):
     config, sd, _ = shape
     model = load(backend, sd, config)
-    padded = np.ones(prompts.shape, dtype=np.int64)
-    padded[1, :3] = 0
-    with pytest.raises(ValueError, match="no left padding"):
-        model.generate(prompts, 2, attention_mask=padded)
     ones = array(model.generate(prompts, 4, attention_mask=np.ones(prompts.shape, dtype=np.int64)))
     np.testing.assert_array_equal(ones, array(model.generate(prompts, 4)))

@@ -8,6 +8,7 @@ import pytest
 
 from qkv.llama import LlamaConfig, random_state_dict
 from qkv.reference import Decoder
+from qkv_bench.decode_llama import hf_config
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +30,7 @@ def shape(request, torch):
 
     config = LlamaConfig.tiny(n_kv_heads=SHAPES[request.param])
     sd = random_state_dict(config, seed=1, std=0.2)  # greedy decoding wanders over many tokens
-    hf = LlamaForCausalLM(config.to_hf()).eval()
+    hf = LlamaForCausalLM(hf_config(config)).eval()
     hf.load_state_dict({name: torch.from_numpy(w) for name, w in sd.items()}, strict=True)
     return config, sd, hf.cuda()
 

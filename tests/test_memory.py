@@ -21,7 +21,7 @@ def _fill(cache, steps, tau=4, head_dim=8, batch=2):
 
 @pytest.mark.parametrize("steps", [1, 5, 17])
 def test_full_cache_bytes_match_a_real_cache(steps):
-    cache = _fill(KVCache(), steps)
+    cache = _fill(KVCache(max_positions=steps), steps)  # allocated for exactly the positions held
     assert cache_bytes("full", steps, n_layer=1, tau=4, head_dim=8, batch=2, bytes_per_number=4) == cache.nbytes
 
 

@@ -4,7 +4,7 @@ What both decoders must do is in test_decoders.py."""
 import numpy as np
 import pytest
 
-from qkv.config import DecoderConfig
+from qkv.gpt2 import GPT2Config
 from qkv.gpt2 import random_state_dict
 from qkv.reference import Decoder
 
@@ -26,7 +26,7 @@ def test_float32_decoder_close_to_float64(small_state_dict, prompts):
 
 
 def test_accepts_gpt2model_names_without_prefix():
-    cfg = DecoderConfig.toy()
+    cfg = GPT2Config.toy()
     sd = random_state_dict(cfg, seed=1)
     bare = {k.removeprefix("transformer."): v for k, v in sd.items()}
     ids = np.arange(5)[None]
@@ -37,7 +37,7 @@ def test_accepts_gpt2model_names_without_prefix():
 # --- a broken state dict: one ValueError that names every problem -------------------------------------
 @pytest.fixture
 def tiny_sd():
-    return random_state_dict(DecoderConfig.toy(), seed=1)
+    return random_state_dict(GPT2Config.toy(), seed=1)
 
 
 def _problems(sd, **kwargs) -> str:
@@ -128,9 +128,9 @@ def test_n_head_must_be_an_int_but_numpy_ints_are_fine(tiny_sd):
 
 
 def test_config_sizes_are_plain_ints():
-    cfg = DecoderConfig(vocab_size=np.int64(11), n_positions=8, n_embd=8, n_layer=np.int32(1), n_head=2)
+    cfg = GPT2Config(vocab_size=np.int64(11), n_positions=8, n_embd=8, n_layer=np.int32(1), n_head=2)
     assert cfg.vocab_size == 11 and type(cfg.vocab_size) is int and type(cfg.n_layer) is int
-    with pytest.raises(TypeError, match=r"DecoderConfig.n_head must be a positive int, got True \(of type bool\)"):
-        DecoderConfig(n_head=True)
-    with pytest.raises(ValueError, match="DecoderConfig.n_layer must be a positive int, got 0"):
-        DecoderConfig(n_layer=0)
+    with pytest.raises(TypeError, match=r"GPT2Config.n_head must be a positive int, got True \(of type bool\)"):
+        GPT2Config(n_head=True)
+    with pytest.raises(ValueError, match="GPT2Config.n_layer must be a positive int, got 0"):
+        GPT2Config(n_layer=0)

@@ -9,7 +9,7 @@ import pytest
 
 from qkv.llama import LlamaConfig, random_state_dict
 from qkv.reference import rope, rope_angles
-from qkv.reference.llama_decoder import LlamaDecoder
+from qkv.reference import Decoder
 
 
 def complex_rope(x: np.ndarray, positions, base: float = 10000.0) -> np.ndarray:
@@ -51,15 +51,15 @@ def test_the_cache_holds_keys_already_rotated():
     rotated by its own position, and never rotated again by later steps."""
     config = LlamaConfig.tiny(n_kv_heads=2)
     sd = random_state_dict(config, seed=3, std=0.2)
-    model = LlamaDecoder.from_llama_state_dict(sd, n_head=config.n_head, n_positions=128)
+    model = Decoder.from_llama_state_dict(sd, n_head=config.n_head, n_positions=128)
     ids = np.random.default_rng(4).integers(0, config.vocab_size, (1, 6))
     cache = model.new_cache(1, 16)
     model.prefill(ids[:, :4], cache)
     model.decode_step(ids[:, 4], cache)
     model.decode_step(ids[:, 5], cache)
     # Layer 0's keys by hand: RMSNorm, W_k, split into heads, then the complex-form rotation.
-    block, d, hd = model.blocks[0], config.n_embd, config.head_dim
-    x = model.embed[ids[0]]
+    block, d, hd = model.model.blocks[0], config.n_embd, config.head_dim
+    x = model.model.embed[ids[0]]
     x = x / np.sqrt((x * x).mean(-1, keepdims=True) + config.rms_norm_eps) * block.norm_1
     k = (x @ sd["model.layers.0.self_attn.k_proj.weight"].T.astype(np.float64))
     k = k.reshape(6, config.n_kv_heads, hd).transpose(1, 0, 2)  # (g, positions, head_dim)

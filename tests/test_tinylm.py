@@ -54,6 +54,6 @@ def test_training_script_writes_weights_the_decoder_loads(tmp_path):
     save(state, tokenizer, path)
     decoder, loaded = load_tiny_model(path)
     assert loaded == tokenizer
-    np.testing.assert_allclose(decoder.wte, state["transformer.wte.weight"].astype(np.float16), atol=0)
+    np.testing.assert_allclose(decoder.model.wte, state["transformer.wte.weight"].astype(np.float16), atol=0)
     out = decoder.generate(tokenizer.encode("the "), 5)
     assert out.shape == (1, 9)

@@ -1,15 +1,15 @@
-"""What only the PyTorch cached decoder has: an nn.Module, its speed paths, its static cache, sampling
-and devices. What both decoders must do is in test_decoders.py; the GPU checks in test_torch_gpu.py."""
+"""What only the PyTorch cached decoder has: an nn.Module, its one step with the position as data, its
+static cache, sampling and devices. What both decoders must do is in test_decoders.py; the GPU checks
+in test_torch_gpu.py."""
 
 import numpy as np
 import pytest
 import torch
 
-from qkv.config import DecoderConfig
-from qkv.gpt2 import random_state_dict
-from qkv.torch_cache import StaticKVCache
-from qkv.torch_decoder import CachedDecoder
-from qkv.torch_fast import decode_static
+from qkv.gpt2 import GPT2Config, random_state_dict
+from qkv.torch_cache import StaticDecoderCache
+from qkv.torch_decoder import CachedDecoder, step_at
+from qkv.torch_gpt2 import GPT2Model
 
 
 @pytest.fixture(scope="module")
@@ -28,54 +28,51 @@ def prompts(small_config):
     return np.random.default_rng(1).integers(0, small_config.vocab_size, size=(3, 7))
 
 
-# --- a torch.nn.Module, its lesson path and its speed paths ----------------------------------------
+# --- a torch.nn.Module, and its one step ------------------------------------------------------------
 def test_is_an_nn_module_with_parameters(ours, small_config, state_dict, prompts):
-    assert isinstance(ours, torch.nn.Module)
+    assert isinstance(ours, torch.nn.Module) and isinstance(ours.model, GPT2Model)
     assert ours.device.type == "cpu" and ours.dtype == torch.float32 and ours.config == small_config
-    sd = ours.state_dict()
+    sd = ours.model.state_dict()
     assert sd["blocks.0.c_attn.weight"].shape == (3 * 64, 64)  # nn.Linear's (out, in): Conv1D transposed
     torch.testing.assert_close(sd["blocks.0.c_attn.weight"],
                                torch.from_numpy(state_dict["transformer.h.0.attn.c_attn.weight"].T).float())
-    assert ours.lm_head.weight is ours.wte.weight  # tied, as GPT-2's
+    assert ours.model.lm_head.weight is ours.model.wte.weight  # tied, as GPT-2's
     assert ours.nbytes == 4 * sum(v.size for v in state_dict.values())
     assert all(not p.requires_grad for p in ours.parameters())
     torch.testing.assert_close(ours(prompts), ours.forward(prompts), rtol=0, atol=0)
-    again = CachedDecoder(small_config)
+    again = GPT2Model(small_config)
     again.load_state_dict(sd)
-    torch.testing.assert_close(again.eval().forward(prompts), ours.forward(prompts), rtol=0, atol=0)
+    again = CachedDecoder(again.eval())
+    torch.testing.assert_close(again.forward(prompts), ours.forward(prompts), rtol=0, atol=0)
     half = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu").to(torch.float64)
     assert half.dtype == torch.float64 and half.new_cache(1).dtype == torch.float64
 
 
-def test_fast_paths_give_the_same_tokens(state_dict, ours, prompts):
+def test_fast_is_the_same_step_on_a_cpu(state_dict, ours, prompts):
+    """fast=True replays the step as a CUDA graph on a GPU; on a CPU it is the same eager step."""
     fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
     assert fast.fast and not ours.fast and not fast.uses_cuda_graph  # no CUDA graph on a CPU
-    assert type(fast.blocks[0].c_attn) is type(ours.blocks[0].c_attn) is torch.nn.Linear
-    assert fast.state_dict().keys() == ours.state_dict().keys()
-    torch.testing.assert_close(fast.forward(prompts), ours.forward(prompts), rtol=0, atol=2e-5)
+    assert fast.compile_decode is not None and ours.graph_decode() is ours and ours.fast
+    ours.fast = False
     torch.testing.assert_close(fast.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
-    assert fast.nbytes == ours.nbytes
-    # The CPU's fast decode step (qkv.torch_fast.decode_eager) against the lesson's, step by step.
-    a, b = fast.new_cache(3), ours.new_cache(3)
-    fast.prefill(prompts[:, :4], a)
-    ours.prefill(prompts[:, :4], b)
-    for t in range(4, prompts.shape[1]):
-        torch.testing.assert_close(fast.decode_step(prompts[:, t], a),
-                                   ours.decode_step(prompts[:, t], b), rtol=0, atol=1e-5)
-    torch.testing.assert_close(a[0].keys, b[0].keys, rtol=0, atol=1e-6)
 
 
-def test_static_decode_step_matches_eager(ours, prompts):
-    """The graph-capturable step (position as a tensor, masked full-length attention) is the one a CUDA
-    graph replays on a GPU; here it runs eagerly and must agree with the sliced step."""
-    a, b = ours.new_cache(3), ours.new_cache(3)
+def test_the_graph_shaped_step_matches_the_eager_step(ours, prompts):
+    """What a CUDA graph replays on a GPU: the one step with its slot as data, reading every slot of
+    the cache with the unwritten ones masked. Run eagerly here, it must give the eager step's logits
+    and write the same keys and values."""
+    a, b = ours.new_cache(3, 12), ours.new_cache(3, 12)
     ours.prefill(prompts[:, :5], a)
     ours.prefill(prompts[:, :5], b)
-    eager = ours.decode_step(prompts[:, 5], a)
-    with torch.inference_mode():
-        static = decode_static(ours, torch.from_numpy(prompts[:, 5]), torch.tensor([5]), b)
-    torch.testing.assert_close(static, eager, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b[0].k[:, :, :6], a[0].k[:, :, :6], rtol=0, atol=0)
+    for t in range(5, 7):
+        eager = ours.decode_step(prompts[:, t], a)
+        ids = torch.from_numpy(prompts[:, t : t + 1])
+        with torch.inference_mode():
+            whole = ours.model(ids, b, step_at(t, 1, None, b.max_positions, "cpu"))[:, -1]
+        b.advance(1, 3)
+        torch.testing.assert_close(whole, eager, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b[0].keys, a[0].keys, rtol=0, atol=0)
+    assert a[0].k[:, :, 7:].abs().sum() == 0  # nothing written past the last position
 
 
 def test_bfloat16_option_runs(state_dict, ours, prompts):
@@ -123,23 +120,29 @@ def test_cache_is_written_in_place(ours, prompts):
     assert cache[1].k[:, :, 7:11].abs().sum() > 0 and cache[1].k[:, :, 11:].abs().sum() == 0
 
 
-def test_cache_nbytes(ours):
+def test_cache_nbytes_are_the_bytes_allocated(ours, prompts):
     c = ours.config
     for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
-        cache = StaticKVCache(c.n_layer, 2, c.n_head, 50, c.head_dim, dtype=dtype)
+        cache = StaticDecoderCache(c.n_layer, 2, c.n_head, 50, c.head_dim, dtype=dtype)
         assert cache.nbytes == 2 * c.n_layer * 2 * c.n_head * 50 * c.head_dim * size
-    assert ours.new_cache(3).nbytes == 2 * 3 * 3 * 4 * 256 * 16 * 4
+    cache = ours.new_cache(3)
+    assert cache.nbytes == 2 * 3 * 3 * 4 * 256 * 16 * 4
+    ours.prefill(prompts, cache)  # allocated once: filling it changes nothing
+    assert cache.nbytes == 2 * 3 * 3 * 4 * 256 * 16 * 4
 
 
-def test_layer_cache_update_returns_what_attention_reads():
-    cache = StaticKVCache(1, 2, 3, 10, 4)
+def test_layer_cache_writes_at_the_slots_given_and_the_decoder_counts():
+    cache = StaticDecoderCache(1, 2, 3, 10, 4)
     k, v = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    K, V = cache[0].update(k, v)
-    assert K.shape == (2, 3, 4, 4) and cache.length == 4
-    K, V = cache[0].update(k[:, :, :1], v[:, :, :1])
-    assert K.shape == (2, 3, 5, 4)
+    K, V = cache[0].update(cache.slots(4), k, v)
+    assert K.shape == (2, 3, 10, 4) and cache.length == 0  # the whole buffers; not counted yet
+    cache.advance(4, 2)
+    K, V = cache[0].update(cache.slots(1), k[:, :, :1], v[:, :, :1])
+    cache.advance(1, 2)
+    assert cache.length == 5 and cache[0].keys.shape == (2, 3, 5, 4)
     torch.testing.assert_close(K[:, :, 4], k[:, :, 0], rtol=0, atol=0)
     torch.testing.assert_close(V[:, :, :4], v, rtol=0, atol=0)
+    assert K[:, :, 5:].abs().sum() == 0
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -151,7 +154,7 @@ def test_sampling_arguments(ours):
 
 
 def test_device_none_picks_cuda_only_when_present():
-    sd = random_state_dict(DecoderConfig.toy(), seed=1)
+    sd = random_state_dict(GPT2Config.toy(), seed=1)
     d = CachedDecoder.from_gpt2_state_dict(sd, n_head=4)
     assert d.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -211,8 +214,8 @@ def test_generate_checks_a_given_cache_before_starting(ours, prompts):
         ours.generate(prompts, 3, cache=ours.new_cache(batch=2, max_positions=20))
     with pytest.raises(ValueError, match="the cache holds torch.bfloat16 on cpu but this decoder computes in "
                                          "torch.float32"):
-        ours.generate(prompts, 3, cache=StaticKVCache(3, 3, 4, 20, 16, dtype=torch.bfloat16))
-    with pytest.raises(TypeError, match="StaticKVCache of 3 layers"):  # a list is not a cache
+        ours.generate(prompts, 3, cache=StaticDecoderCache(3, 3, 4, 20, 16, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="StaticDecoderCache of 3 layers"):  # a list is not a cache
         ours.generate(prompts, 3, cache=cache.layers)
     big = ours.new_cache(batch=4, max_positions=17)  # exactly enough positions, and a spare row
     torch.testing.assert_close(ours.generate(prompts, 10, cache=big), ours.generate(prompts, 10), rtol=0, atol=0)
@@ -220,11 +223,18 @@ def test_generate_checks_a_given_cache_before_starting(ours, prompts):
 
 
 
-def test_fast_paths_take_a_padded_batch(state_dict, ours):
-    """fast=True keeps the mask (its padded steps take the lesson path): the same tokens."""
-    fast = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=4, device="cpu", fast=True)
+def test_a_padded_batch_through_the_graph_shaped_step(state_dict, ours):
+    """A padded step reads the slots its row's mask allows, also when every slot of the cache is
+    read (as in a CUDA graph): the same logits as the eager step."""
     ids = torch.from_numpy(np.random.default_rng(6).integers(0, 256, size=(2, 6)))
-    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    padded = fast.generate(ids, 12, attention_mask=mask)
-    torch.testing.assert_close(padded, ours.generate(ids, 12, attention_mask=mask), rtol=0, atol=0)
-    torch.testing.assert_close(padded[0, 3:], ours.generate(ids[0, 3:], 12)[0], rtol=0, atol=0)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    a, b = ours.new_cache(2, 16), ours.new_cache(2, 16)
+    ours.prefill(ids, a, attention_mask=mask[:, :6])
+    ours.prefill(ids, b, attention_mask=mask[:, :6])
+    token = torch.tensor([[5], [7]])
+    eager = ours.decode_step(token, a, attention_mask=mask)
+    with torch.inference_mode():
+        whole = ours.model(token, b, step_at(6, 1, mask, b.max_positions, "cpu"))[:, -1]
+    torch.testing.assert_close(whole, eager, rtol=0, atol=1e-5)
+    alone = ours.forward(torch.cat([ids[0, 3:], token[0]]))[0, -1]
+    torch.testing.assert_close(eager[0], alone, rtol=0, atol=1e-4)

@@ -88,7 +88,7 @@ def token_ids(ids, vocab_size: int, name: str = "ids"):
     if t.ndim == 1:
         t = t[None, :]
     if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (batch, n) or (n,); got shape {tuple(ids.shape)}")
+        raise ValueError(f"{name} must have shape (batch, n) or (n,); got shape {tuple(t.shape)}")
     if t.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give at least one token")
     bad = (t < 0) | (t >= vocab_size)
@@ -268,12 +268,6 @@ def averaged(k, v, keys, values) -> tuple[np.ndarray, np.ndarray]:
     return k, v
 
 
-def cache_room(length: int, n_new: int, max_positions: int | None) -> None:
-    if max_positions is not None and length + n_new > max_positions:
-        raise ValueError(f"KVCache is full: it holds {length} of max_positions={max_positions} "
-                         f"positions and cannot take {n_new} more")
-
-
 def truncated_length(length, held: int) -> int:
     """A length to truncate a cache to: an int in [0, held]."""
     length = non_negative_int("length", length)
@@ -294,37 +288,13 @@ def cache_positions(max_positions, n_positions: int) -> int:
     return max_positions
 
 
-def model_room(start: int, n: int, config) -> None:
-    room(start, n, config.n_positions,
-         f"the maximum length n_positions={config.n_positions} of this model")
-
-
-def start_position(cache, cache_type: type, config, batch: int, n: int) -> int:
-    """Where n new positions of ``batch`` sequences start: 0 without a cache (after checking the
-    model's length), else the length of a cache able to take them (``decoder_cache``)."""
-    if cache is None:
-        model_room(0, n, config)
-        return 0
-    return decoder_cache(cache, cache_type, config, batch, n)
-
-
-def decoder_cache(cache, cache_type: type, config, batch: int, n: int) -> int:
-    """A decoder's cache, able to take n more positions for ``batch`` sequences; returns its length."""
-    n_layer = config.n_layer
+def layer_caches(cache, cache_type: type, n_layer: int) -> None:
+    """A decoder's cache: a ``cache_type`` holding one cache per layer, ``n_layer`` of them."""
     what = f"{cache_type.__name__} of {n_layer} layers (one per layer); use decoder.new_cache(batch)"
     if not isinstance(cache, cache_type):
         raise TypeError(f"cache must be a {what}, got {type(cache).__name__}")
     if len(cache) != n_layer:
         raise ValueError(f"cache must be a {what}; it has {len(cache)}")
-    if batch > cache.max_batch:
-        raise ValueError(f"a batch of {batch} sequences is larger than the batch of {cache.max_batch} "
-                         f"this cache was built for")
-    start = cache.length
-    if start and cache.batch != batch:
-        raise ValueError(f"the cache holds a batch of {cache.batch} sequences; got {batch}")
-    model_room(start, n, config)
-    room(start, n, cache.max_positions, f"the cache's max_positions={cache.max_positions}")
-    return start
 
 
 def attention_mask(mask, shape: tuple[int, int]):
@@ -361,86 +331,9 @@ def attention_mask(mask, shape: tuple[int, int]):
     return m
 
 
-def static_cache_update(cache, k, v) -> None:
-    """k and v for a torch ``LayerKVCache``: (batch, τ, n_new, head_dim), fitting its tensors."""
-    layout = "(batch, tau, n_new, head_dim)"
-    if k.ndim != 4 or k.shape != v.shape:
-        raise ValueError(f"k and v must both be laid out as {layout}; got k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
-    b, tau, n_new, head_dim = k.shape
-    max_b, max_tau, _, max_head_dim = cache.k.shape
-    if (tau, head_dim) != (max_tau, max_head_dim):
-        raise ValueError(f"this cache holds τ={max_tau} heads of head_dim={max_head_dim}; "
-                         f"got k of shape {tuple(k.shape)}")
-    if b > max_b:
-        raise ValueError(f"a batch of {b} sequences is larger than the batch of {max_b} this "
-                         f"cache was built for")
-    if cache.length and b != cache.keys.shape[0]:
-        raise ValueError(f"the cache holds a batch of {cache.keys.shape[0]} sequences; got {b}")
-    if cache.length + n_new > cache.max_positions:
-        raise ValueError(f"the KV cache is full: it holds {cache.length} of max_positions="
-                         f"{cache.max_positions} positions and cannot take {n_new} more")
-
-
-# --- the torch decoder (chapter 6); torch is imported only when these run ----------------------------
-def device(device=None):
-    """A torch device; ``None`` means CUDA when present, else the CPU. Asking for CUDA where there is
-    none is a ValueError that says so, rather than PyTorch's AssertionError at the first tensor."""
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', "
-                         f"got {device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available ({why}); "
-                         "use device='cpu', or device=None to use CUDA only where it is present")
-    if device.type == "cuda" and device.index is not None and \
-            device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} "
-                         f"GPU(s) are visible")
-    return device
-
-
-def float_dtype(dtype):
-    """torch.float32, bfloat16 or float16, given as a dtype or by name."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if isinstance(dtype, str) and dtype in dtypes:
-        return dtypes[dtype]
-    if dtype in dtypes.values():
-        return dtype
-    raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-
-
-def cache_place(cache, dtype, device) -> None:
-    if cache.dtype != dtype or cache.device != device:
-        raise ValueError(f"the cache holds {cache.dtype} on {cache.device} but this decoder computes "
-                         f"in {dtype} on {device}; use decoder.new_cache(batch)")
-
-
-def cache_room_for(cache, cache_type: type, n_layer: int, batch: int, n: int, total: int) -> None:
-    """Before generating into a given cache: will the whole run fit? (Else it fails part-way.)"""
-    if not isinstance(cache, cache_type):
-        raise TypeError(f"cache must be a {cache_type.__name__} of {n_layer} layers; "
-                        f"got {type(cache).__name__}")
-    short = []
-    if cache.max_positions < total:
-        short.append(f"{total} positions (prompt {n} + {total - n} new tokens) but it has room for "
-                     f"{cache.max_positions}")
-    if cache.max_batch < batch:
-        short.append(f"a batch of {batch} sequences but it was built for {cache.max_batch}")
-    if short:
-        raise ValueError(f"the cache is too small for this generation: it needs "
-                         f"{' and '.join(short)}; use decoder.new_cache({batch}, {total})")
-
-
 def sampling(temperature, top_k, seed) -> tuple[float, int | None, int | None]:
+    """How to pick each new token: a temperature ≥ 0 (0: greedy), ``top_k`` ≥ 1 or None, and an
+    int seed or None."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
         raise TypeError(f"temperature must be a number ≥ 0, got {temperature!r}")
     if temperature < 0:

@@ -1,6 +1,6 @@
 """A Llama-shaped model (chapter 5): its shape, and its parameters by Hugging Face's names.
 
-What makes it differ from GPT-2 (``qkv.config``, ``qkv.gpt2``):
+What makes it differ from GPT-2 (``qkv.gpt2``):
 
 - rotary positions (``qkv.reference.rope``) instead of a learned position table;
 - RMSNorm instead of LayerNorm, a gated MLP (SwiGLU) instead of GELU, and no biases anywhere;
@@ -15,35 +15,36 @@ whatever it is given, so torch tensors pass through its checks too.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from qkv import checks
-from qkv.gpt2 import _shape, _tied, named_shapes, to_numpy
+from qkv.state_dict import HEAD, Layout, read
 
 PREFIX = "model."
-HEAD = "lm_head.weight"
 
 # Every tensor's shape in symbols: V = vocab_size, d = n_embd, f = d_ff (the MLP width),
 # kv = n_kv_heads · head_dim. nn.Linear layout: (out, in).
-_TOP = {"embed_tokens.weight": ("V", "d")}
-_BLOCK = {
-    "input_layernorm.weight": ("d",),
-    "self_attn.q_proj.weight": ("d", "d"),
-    "self_attn.k_proj.weight": ("kv", "d"),
-    "self_attn.v_proj.weight": ("kv", "d"),
-    "self_attn.o_proj.weight": ("d", "d"),
-    "post_attention_layernorm.weight": ("d",),
-    "mlp.gate_proj.weight": ("f", "d"),
-    "mlp.up_proj.weight": ("f", "d"),
-    "mlp.down_proj.weight": ("d", "f"),
-}
-_FINAL = {"norm.weight": ("d",)}
-_SYMBOL_NAMES = {"V": "vocab_size", "d": "hidden_size", "f": "intermediate_size",
-                 "kv": "n_kv_heads·head_dim"}
+LAYOUT = Layout(
+    model="Llama", prefix=PREFIX, stem="layers.", embedding="embed_tokens.weight",
+    top={"embed_tokens.weight": ("V", "d")},
+    block={
+        "input_layernorm.weight": ("d",),
+        "self_attn.q_proj.weight": ("d", "d"),
+        "self_attn.k_proj.weight": ("kv", "d"),
+        "self_attn.v_proj.weight": ("kv", "d"),
+        "self_attn.o_proj.weight": ("d", "d"),
+        "post_attention_layernorm.weight": ("d",),
+        "mlp.gate_proj.weight": ("f", "d"),
+        "mlp.up_proj.weight": ("f", "d"),
+        "mlp.down_proj.weight": ("d", "f"),
+    },
+    final={"norm.weight": ("d",)},
+    symbols={"V": "vocab_size", "d": "hidden_size", "f": "intermediate_size",
+             "kv": "n_kv_heads·head_dim"},
+)
 
 
 @dataclass(frozen=True)
@@ -94,131 +95,55 @@ class LlamaConfig:
         about 110 M parameters at n_kv_heads = 3 (GPT-2 small: 124 M)."""
         return cls(n_kv_heads=n_kv_heads)
 
-    def to_hf(self):
-        """The same shape as a Hugging Face ``LlamaConfig`` (imports transformers), with no
-        end-of-text token, so that its ``generate`` never stops early."""
-        from transformers import LlamaConfig as HFLlamaConfig
-
-        return HFLlamaConfig(
-            vocab_size=self.vocab_size, hidden_size=self.n_embd, intermediate_size=self.d_ff,
-            num_hidden_layers=self.n_layer, num_attention_heads=self.n_head,
-            num_key_value_heads=self.n_kv_heads, max_position_embeddings=self.n_positions,
-            rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_base,
-            tie_word_embeddings=self.tie_word_embeddings, attention_bias=False, mlp_bias=False,
-            bos_token_id=None, eos_token_id=None, pad_token_id=None)  # greedy runs to the end
-
 
 def layer_names(layer: int) -> list[str]:
     """The parameter names of block ``layer`` (counted from 0, as ``model.layers.0``…)."""
-    return [f"{PREFIX}layers.{layer}.{name}" for name in _BLOCK]
-
-
-def _symbolic_shapes(n_layer: int) -> dict[str, tuple[str, ...]]:
-    return named_shapes(PREFIX, _TOP, _BLOCK, _FINAL, layer_names, n_layer)
+    return LAYOUT.layer_names(layer)
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor this shape needs (lm_head too, unless tied), with its (out, in) shape."""
     sizes = {"V": config.vocab_size, "d": config.n_embd, "f": config.d_ff,
              "kv": config.n_kv_heads * config.head_dim}
-    shapes = {name: tuple(sizes[s] for s in dims)
-              for name, dims in _symbolic_shapes(config.n_layer).items()}
+    shapes = LAYOUT.sized(config.n_layer, sizes)
     if not config.tie_word_embeddings:
         shapes[HEAD] = (config.vocab_size, config.n_embd)
     return shapes
 
 
-def _layers(names, n_layer: int | None) -> tuple[int, list[str]]:
-    found, problems = set(), []
-    stem = PREFIX + "layers."
-    for name in names:
-        if name.startswith(stem):
-            index = name[len(stem):].split(".", 1)[0]
-            if index.isascii() and index.isdigit():
-                found.add(int(index))
-            else:
-                problems.append(f"{name}: {index!r} is not a layer number")
-    if n_layer is None:
-        if not found:
-            return 0, problems + [f"no transformer blocks (no '{stem}<layer>.*' tensors)"]
-        n_layer = max(found) + 1
-    extra = sorted(i for i in found if i >= n_layer)
-    if extra:
-        problems.append(f"layers {extra} found, but n_layer={n_layer}")
-    absent = sorted(set(range(n_layer)) - found)
-    if absent:
-        problems.append(f"layers {absent} have no tensors at all (found {sorted(found)})")
-    return n_layer, problems
-
-
 def read_state_dict(state_dict: Mapping, n_head: int, n_layer: int | None = None, *,
                     n_positions: int = 2048, rms_norm_eps: float = 1e-6,
-                    rope_base: float = 10000.0) -> tuple[LlamaConfig, dict]:
-    """The model's shape read off its tensors, and the tensors as NumPy arrays (``to_numpy``);
-    or one ValueError naming every problem (missing or mis-shaped tensors, gaps in the layers,
-    key/value heads that do not divide τ).
+                    rope_base: float = 10000.0) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """The model's shape read off its tensors, and the tensors as NumPy arrays under
+    ``LlamaForCausalLM``'s names (``lm_head.weight`` is the embedding when tied); or one ValueError
+    naming every problem (missing or mis-shaped tensors, gaps in the layers, key/value heads that
+    do not divide τ), from the reader GPT-2 uses too (``qkv.state_dict``).
 
     Read from the weights: vocab_size, n_embd, d_ff, n_layer, n_kv_heads (k_proj's rows over
     head_dim) and whether lm_head is tied (absent, or equal to embed_tokens). Given: τ = ``n_head``,
     and what no tensor holds (``n_positions``, ``rms_norm_eps``, ``rope_base``).
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError("state_dict must be a mapping of parameter names to arrays, got "
-                        f"{type(state_dict).__name__}")
-    sd = dict(state_dict)
-    for name in sd:
-        if not isinstance(name, str):
-            raise TypeError(f"state_dict keys must be parameter names (str), got {type(name).__name__}")
     n_head = checks.positive_int("n_head", n_head)
-    n_layer, problems = _layers(sd, None if n_layer is None else
-                                checks.positive_int("n_layer", n_layer))
-    shapes = {name: _shape(value) for name, value in sd.items()}
-    votes: dict[str, Counter] = {s: Counter() for s in _SYMBOL_NAMES}
-    for name, dims in [*_symbolic_shapes(n_layer).items(), (HEAD, ("V", "d"))]:
-        if name in shapes and len(shapes[name]) == len(dims):
-            for symbol, size in zip(dims, shapes[name]):
-                votes[symbol][size] += 1
-    sizes = {s: (c.most_common(1)[0][0] if c else None) for s, c in votes.items()}
-
-    def show(dims):
-        shown = [_SYMBOL_NAMES[s] if sizes[s] is None else str(sizes[s]) for s in dims]
-        return f"({shown[0]},)" if len(shown) == 1 else f"({', '.join(shown)})"
-
-    def fits(shape, dims):
-        return len(shape) == len(dims) and all(sizes[s] in (None, n) for s, n in zip(dims, shape))
-
-    for name, dims in _symbolic_shapes(n_layer).items():
-        if name not in shapes:
-            problems.append(f"missing {name} (expected shape {show(dims)})")
-        elif not fits(shapes[name], dims):
-            problems.append(f"{name} has shape {shapes[name]}, expected {show(dims)}")
-    embed = PREFIX + "embed_tokens.weight"
-    tied = HEAD not in sd
-    if not tied and not fits(shapes[HEAD], ("V", "d")):
-        problems.append(f"{HEAD} has shape {shapes[HEAD]}, expected {show(('V', 'd'))}")
-    elif not tied and embed in sd and shapes[embed] == shapes[HEAD]:
-        tied = _tied(sd[HEAD], sd[embed])
-    d, kv = sizes["d"], sizes["kv"]
+    reading = read(state_dict, LAYOUT,
+                   None if n_layer is None else checks.positive_int("n_layer", n_layer))
+    d, kv = reading.sizes["d"], reading.sizes["kv"]
     n_kv_heads = None
     if d is not None and (d % n_head or (d // n_head) % 2):
-        problems.append(f"n_head={n_head} must split the width hidden_size={d} read from the "
-                        "tensors into heads of an even width")
+        reading.problems.append(f"n_head={n_head} must split the width hidden_size={d} read from "
+                                "the tensors into heads of an even width")
     elif d is not None and kv is not None:
         head_dim = d // n_head
         n_kv_heads = kv // head_dim
         if kv % head_dim or n_kv_heads == 0 or n_head % n_kv_heads:
-            problems.append(f"k_proj/v_proj have {kv} rows: with n_head={n_head} (head_dim="
-                            f"{head_dim}) that is not a whole number of key/value heads dividing "
-                            f"n_head")
-    if problems:
-        raise ValueError("Llama state dict does not fit the model:\n  " + "\n  ".join(problems))
-    config = LlamaConfig(vocab_size=sizes["V"], n_positions=n_positions, n_embd=d,
-                         n_layer=n_layer, n_head=n_head, n_kv_heads=n_kv_heads, d_ff=sizes["f"],
-                         rms_norm_eps=rms_norm_eps, rope_base=rope_base,
-                         tie_word_embeddings=tied)
-    out = {name: to_numpy(sd[name]) for name in _symbolic_shapes(n_layer)}
-    out[HEAD] = out[embed] if tied else to_numpy(sd[HEAD])
-    return config, out
+            reading.problems.append(f"k_proj/v_proj have {kv} rows: with n_head={n_head} (head_dim="
+                                    f"{head_dim}) that is not a whole number of key/value heads "
+                                    "dividing n_head")
+    arrays = reading.arrays()
+    config = LlamaConfig(vocab_size=reading.sizes["V"], n_positions=n_positions, n_embd=d,
+                         n_layer=reading.n_layer, n_head=n_head, n_kv_heads=n_kv_heads,
+                         d_ff=reading.sizes["f"], rms_norm_eps=rms_norm_eps, rope_base=rope_base,
+                         tie_word_embeddings=reading.tied)
+    return config, arrays
 
 
 def random_state_dict(config: LlamaConfig, seed: int = 0, dtype=np.float32,

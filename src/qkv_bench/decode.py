@@ -12,10 +12,11 @@ NumPy reference ``qkv.reference.Decoder`` in float32. ``--preset`` picks the mod
 than once, e.g. ``--preset toy --preset gpt2-small`` for one table per shape in the same run. The function
 ``measure`` returns the same numbers as a dict (the book's chapter 6 calls it with the small preset).
 
-The torch decoder runs with its speed paths (``fast=True``: a decode step written for one token on a CPU,
-CUDA graphs on a GPU); ``--plain`` times the lesson path alone. With CUDA graphs a decode step has fixed shapes, so it attends over every slot of the
-static cache, masking the ones not yet written: each step reads the whole cache, whatever its position. The
-bound then counts those bytes, and the table's title says so.
+The torch decoder runs its one decode step (the lesson's) eagerly on a CPU; on a GPU ``fast=True`` replays
+it as a CUDA graph, and ``--plain`` times it eagerly there too. With CUDA graphs a decode step has fixed
+shapes, so it attends over every slot of the static cache, masking the ones not yet written: each step
+reads the whole cache, whatever its position. The bound then counts those bytes, and the table's title
+says so.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="weights and cache dtype for the torch backend (default: float32)")
     parser.add_argument("--plain", action="store_true",
-                        help="time the torch decoder's lesson path, without its speed paths (fast=False)")
+                        help="on a GPU, run the decode step eagerly instead of as a CUDA graph (fast=False)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face (then no ratio ours/HF)")
     parser.add_argument("--model", choices=["gpt2", "llama"], default="gpt2",
@@ -112,7 +113,7 @@ class _TorchBackend:
         self.decoder = CachedDecoder.from_gpt2_state_dict(state_dict, n_head=config.n_head, device=device,
                                                           dtype=dtype, fast=fast)
         self.device = str(self.decoder.device)
-        self.element_size = self.decoder.wte.weight.element_size()
+        self.element_size = self.decoder.dtype.itemsize
         self.uses_cuda_graph = self.decoder.uses_cuda_graph
         self._cache = None
 
@@ -265,7 +266,12 @@ def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1
     config, positions = check_settings(preset, backend, batch, prompt, new_tokens, uncached_tokens, dtype,
                                        repeats, positions)
 
-    device = str(checks.device(device)) if backend == "torch" else "cpu"
+    if backend == "torch":
+        from qkv.torch_parts import pick_device
+
+        device = str(pick_device(device))
+    else:
+        device = "cpu"
     ref = None
     if hf:
         try:

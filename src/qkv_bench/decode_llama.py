@@ -53,6 +53,21 @@ class StepRow:
     mha_cache_mib: float
 
 
+def hf_config(config: LlamaConfig):
+    """The same shape as a Hugging Face ``LlamaConfig`` (the tests and this benchmark compare
+    against ``LlamaForCausalLM``), with no end-of-text token, so that its ``generate`` never stops
+    early."""
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    return HFLlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_heads, max_position_embeddings=config.n_positions,
+        rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_base,
+        tie_word_embeddings=config.tie_word_embeddings, attention_bias=False, mlp_bias=False,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)  # greedy runs to the end
+
+
 def _hf_model(config: LlamaConfig, seed: int):
     import torch
     from transformers import LlamaForCausalLM
@@ -60,7 +75,7 @@ def _hf_model(config: LlamaConfig, seed: int):
 
     logging.set_verbosity_error()
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config.to_hf()).eval()
+    return LlamaForCausalLM(hf_config(config)).eval()
 
 
 def _sync(device: str) -> None:
@@ -159,11 +174,14 @@ def full_cache_step(model, batch: int, position: int, backend: str,
     shape = (batch, c.n_kv_heads, position - 1, c.head_dim)
     for layer in range(c.n_layer):
         k = rng.standard_normal(shape, dtype=np.float32)
-        if backend == "torch":
+        if backend == "torch":  # the static cache is written at slots given as data, then counted
             import torch
 
-            k = torch.from_numpy(k).to(device)
-        cache[layer].update(k, k)
+            cache[layer].update(cache.slots(position - 1), *[torch.from_numpy(k).to(device)] * 2)
+        else:
+            cache[layer].update(k, k)
+    if backend == "torch":
+        cache.advance(position - 1, batch)
     token = np.zeros(batch, dtype=np.int64)
 
     def step() -> float:

@@ -38,10 +38,16 @@ class _PositionStore:
         return k, v
 
     @property
-    def tau(self) -> int:
+    def heads(self) -> int:
+        """The key/value heads stored: τ for multi-head attention, g for grouped-query."""
         if self._frame is None:
-            raise ValueError("the cache is empty; τ is known after the first update")
+            raise ValueError("the cache is empty; its heads are known after the first update")
         return self._frame[0][-2]
+
+    @property
+    def tau(self) -> int:
+        """The old name of ``heads`` (kept for one release): it is g, not τ, in a grouped cache."""
+        return self.heads
 
     def reset(self) -> None:
         """Forget every position (the counter goes back to 0)."""
@@ -82,13 +88,18 @@ class KVCache(_PositionStore):
         (..., τ, i, head_dim), where i is the new length."""
         k, v = self._check(k, v)
         start, end = self.length, self.length + k.shape[-2]
-        checks.cache_room(start, end - start, self.max_positions)
+        self._check_room(k.shape[-2])
         if self._k is None or end > self._k.shape[-2]:
             self._grow(end)
         self._k[..., start:end, :] = k
         self._v[..., start:end, :] = v
         self._length = end
         return self.keys, self.values
+
+    def _check_room(self, n_new: int) -> None:
+        if self.max_positions is not None and self.length + n_new > self.max_positions:
+            raise ValueError(f"KVCache is full: it holds {self.length} of max_positions="
+                             f"{self.max_positions} positions and cannot take {n_new} more")
 
     def truncate(self, length: int) -> None:
         """Keep positions 1…``length`` and forget the rest (to redo a step, or time one)."""
@@ -110,17 +121,16 @@ class KVCache(_PositionStore):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the keys and values held for positions 1…i (not the spare capacity)."""
-        if self._k is None:
-            return 0
-        return int(self.keys.nbytes + self.values.nbytes)
+        """Bytes allocated for keys and values, as for every cache in ``qkv``: max_positions
+        slots when given, else the storage grown so far (spare slots included)."""
+        return 0 if self._k is None else int(self._k.nbytes + self._v.nbytes)
 
     def pairs(self) -> set[tuple[int, int]]:
         """The (position, head) pairs whose (k_j^{[h]}, v_j^{[h]}) are stored:
         j = 1…i, h = 1…τ."""
         if self.length == 0:
             return set()
-        i, tau = self.length, self.tau
+        i, tau = self.length, self.heads
         return {(j, h) for j in range(1, i + 1) for h in range(1, tau + 1)}
 
     def reset(self) -> None:
@@ -171,12 +181,13 @@ class WindowKVCache(_PositionStore):
 
     @property
     def nbytes(self) -> int:
+        """Bytes allocated for keys and values: the window of n_c positions (fewer at first)."""
         return 0 if self._k is None else int(self._k.nbytes + self._v.nbytes)
 
     def pairs(self) -> set[tuple[int, int]]:
         if self.length == 0:
             return set()
-        return {(j, h) for j in self.positions for h in range(1, self.tau + 1)}
+        return {(j, h) for j in self.positions for h in range(1, self.heads + 1)}
 
     def reset(self) -> None:
         super().reset()
@@ -221,10 +232,11 @@ class CumulativeAverageMemory:
 class DecoderCache:
     """The cache of a whole decoder: cache_ℓ for every layer ℓ, all for one batch and one length.
 
-    ``layers[ℓ]`` is layer ℓ's cache; each has ``update(k, v) -> (K, V)`` with k, v laid out as
-    (batch, τ, n_new, head_dim). The NumPy decoder's caches are ``KVCache``; the torch decoder's
-    ``StaticKVCache`` has this same shape. Each layer counts its own positions; ``length`` says how
-    many all of them hold. Built by the decoders' ``new_cache(batch, max_positions)``.
+    ``layers[ℓ]`` is layer ℓ's cache, laid out as (batch, heads, positions, head_dim). The NumPy
+    decoder's layers are ``KVCache``s (``update(k, v) -> (K, V)``); the torch decoder's
+    ``StaticDecoderCache`` is this class over ``StaticKVCache``s. Each layer counts its own
+    positions; ``length`` says how many all of them hold. Built by the decoders'
+    ``new_cache(batch, max_positions)``.
     """
 
     def __init__(self, layers: list, batch: int) -> None:
@@ -263,6 +275,19 @@ class DecoderCache:
         for c in self.layers:
             c.truncate(length)
 
+    def check_room(self, batch: int, n: int) -> None:
+        """Can this cache take n more positions of ``batch`` sequences? A ValueError that says
+        why not: a batch larger than it was built for, another batch than the one it holds, or
+        no room left."""
+        if batch > self.max_batch:
+            raise ValueError(f"a batch of {batch} sequences is larger than the batch of "
+                             f"{self.max_batch} this cache was built for")
+        if self.length and self.batch != batch:
+            raise ValueError(f"the cache holds a batch of {self.batch} sequences; got {batch}")
+        checks.room(self.length, n, self.max_positions,
+                    f"the cache's max_positions={self.max_positions}")
+
     @property
     def nbytes(self) -> int:
+        """Bytes allocated for keys and values, every layer's."""
         return sum(c.nbytes for c in self.layers)

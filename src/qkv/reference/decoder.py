@@ -1,45 +1,31 @@
-"""A GPT-2-shaped decoder in NumPy, with and without a KV cache (chapter 4).
+"""Decoding with and without a KV cache, in NumPy (chapters 4–5): one core for every model shape.
 
-Read top to bottom in the order of the computation: LayerNorm, GELU, one transformer block (attention,
-then the MLP), the model. GPT-2's shape: learned position embeddings, LayerNorm before each sub-layer
-(pre-LN), GELU with the tanh approximation, and an output layer tied to the token embedding. Weights
-load from a Hugging Face GPT-2 state dict (``Decoder.from_gpt2_state_dict``), so this decoder can be
-checked against GPT-2 itself. The torch decoder of chapter 6 (``qkv.torch_decoder``) is cut the same way.
+A model supplies its blocks and its logits (GPT-2: ``qkv.reference.gpt2_decoder``; a Llama-shaped
+model: ``qkv.reference.llama_decoder``); the ``Decoder`` here owns what decoding is, the same for
+both: ``forward`` recomputes everything, ``prefill`` runs a prompt into a cache, ``decode_step``
+feeds one new token per sequence, ``generate`` loops them. Each public step checks its arguments
+once (STYLE rule 11), then runs ``logits``, the unchecked step that ``generate``'s loop calls too.
 
-Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); logits
-(batch, n, vocab). Positions count from 1 in the course; the position table is indexed from 0 here.
+Layouts: ids (batch, n); logits (batch, n, vocab); each layer's cache (batch, heads, i, head_dim).
+Positions count from 1 in the course; the position rows handed to a model count from 0.
 
 Prompts of different lengths share a batch by left padding: an ``attention_mask`` (batch, length) holds
 1 for a real token and 0 for padding, as in Hugging Face. No key is read at a padded position, and the
-positions of a row's real tokens count from its first real token (``padded_positions``).
+positions of a row's real tokens count from its first real token (``padded_positions``), for learned
+positions (GPT-2) and rotary ones (Llama) alike.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from qkv import checks
-from qkv.config import DecoderConfig
-from qkv.gpt2 import PREFIX, layer_names, read_state_dict
 from qkv.reference.cache import DecoderCache, KVCache
-from qkv.reference.heads import _merge_heads, _split_heads
-from qkv.reference.qkv_attention import attend, causal_mask
-
-
-def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gain + bias
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (as GPT-2 uses)."""
-    # Python-float constants keep float32 input in float32 (a NumPy float64 scalar would promote it).
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+from qkv.reference.gpt2_decoder import GPT2Model
+from qkv.reference.llama_decoder import LlamaModel
+from qkv.reference.qkv_attention import causal_mask
 
 
 def padded_positions(mask: np.ndarray) -> np.ndarray:
@@ -63,113 +49,57 @@ def padded_causal_mask(mask: np.ndarray, n: int) -> np.ndarray:
     return allowed[:, None]  # (batch, 1, n, i): the same for every head
 
 
-@dataclass
-class Block:
-    """One transformer block, in GPT-2's Conv1D layout: a linear layer computes x @ W + b."""
-
-    tau: int  # heads
-    eps: float  # LayerNorm's ε
-    ln_1_g: np.ndarray
-    ln_1_b: np.ndarray
-    W_qkv: np.ndarray  # (d, 3d): [W_q | W_k | W_v], each the τ heads' projections side by side
-    b_qkv: np.ndarray
-    W_o: np.ndarray  # (d, d)
-    b_o: np.ndarray
-    ln_2_g: np.ndarray
-    ln_2_b: np.ndarray
-    W_fc: np.ndarray  # (d, d_ff)
-    b_fc: np.ndarray
-    W_out: np.ndarray  # (d_ff, d)
-    b_out: np.ndarray
-
-    def attention(self, x: np.ndarray, cache: KVCache | None,
-                  allowed: np.ndarray | None = None) -> np.ndarray:
-        """Masked multi-head self-attention of x (batch, n, d), reading positions
-        1…i from ``cache``; ``allowed`` (batch, 1, n, i) replaces the causal mask in a
-        padded batch."""
-        q, k, v = np.split(x @ self.W_qkv + self.b_qkv, 3, axis=-1)  # (batch, n, d)
-        q, k, v = (_split_heads(t, self.tau) for t in (q, k, v))  # (batch, τ, n, ·)
-        if cache is not None:
-            k, v = cache.update(k, v)  # K_{≤i}, V_{≤i}: (batch, τ, i, head_dim)
-        n, i = q.shape[-2], k.shape[-2]
-        # One new query sees every key; a float64 mask would promote float32 scores.
-        mask = None if n == 1 else causal_mask(n, i).astype(q.dtype)
-        if allowed is not None:  # a padded batch: no real token reads a padded key
-            mask = np.where(allowed, 0.0, -np.inf).astype(q.dtype)
-        heads = attend(q, k, v, mask)  # (batch, τ, n, head_dim)
-        return _merge_heads(heads) @ self.W_o + self.b_o  # (batch, n, d)
-
-    def mlp(self, x: np.ndarray) -> np.ndarray:
-        return gelu(x @ self.W_fc + self.b_fc) @ self.W_out + self.b_out
-
-    def __call__(self, x: np.ndarray, cache: KVCache | None,
-                 allowed: np.ndarray | None = None) -> np.ndarray:
-        normed = layer_norm(x, self.ln_1_g, self.ln_1_b, self.eps)
-        x = x + self.attention(normed, cache, allowed)
-        return x + self.mlp(layer_norm(x, self.ln_2_g, self.ln_2_b, self.eps))
-
-
 class Decoder:
-    """GPT-2 in NumPy. ``forward`` recomputes everything; ``prefill`` + ``decode_step`` use a KV cache."""
+    """A decoder in NumPy over a ``model`` (``GPT2Model`` or ``LlamaModel``): ``forward``
+    recomputes everything; ``prefill`` + ``decode_step`` use a KV cache."""
 
-    def __init__(self, config: DecoderConfig, wte: np.ndarray, wpe: np.ndarray, blocks: list[Block],
-                 ln_f_g: np.ndarray, ln_f_b: np.ndarray) -> None:
-        self.config = config
-        self.wte, self.wpe = wte, wpe  # (vocab, d), (n_positions, d)
-        self.blocks = blocks
-        self.ln_f_g, self.ln_f_b = ln_f_g, ln_f_b
+    def __init__(self, model: GPT2Model | LlamaModel) -> None:
+        self.model = model
 
     @classmethod
     def from_gpt2_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64, *,
                              n_layer: int | None = None) -> "Decoder":
-        """Build from GPT-2 parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to arrays
+        """GPT-2 from its parameter names (as in ``GPT2LMHeadModel.state_dict()``) mapped to arrays
         or tensors.
 
         τ = ``n_head`` cannot be read from the weights, so it is given; so may ``n_layer`` be, to catch
         a missing last block. Every problem with the tensors is named in one ValueError (see
-        ``qkv.gpt2.read_state_dict``). float64 makes cached and uncached logits agree to ~1e-12.
+        ``qkv.state_dict``). float64 makes cached and uncached logits agree to ~1e-12.
         """
-        config, sd = read_state_dict(state_dict, n_head, n_layer)
-
-        def get(name: str) -> np.ndarray:
-            return np.ascontiguousarray(sd[name], dtype=dtype)
-
-        eps = config.layer_norm_eps
-        blocks = [Block(config.n_head, eps, *(get(name) for name in layer_names(layer)))
-                  for layer in range(config.n_layer)]
-        return cls(config, get(PREFIX + "wte.weight"), get(PREFIX + "wpe.weight"), blocks,
-                   get(PREFIX + "ln_f.weight"), get(PREFIX + "ln_f.bias"))
+        return cls(GPT2Model.from_gpt2_state_dict(state_dict, n_head, dtype, n_layer=n_layer))
 
     @classmethod
     def from_llama_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64,
                               **options) -> "Decoder":
-        """A Llama-shaped decoder (rotary positions, RMSNorm, SwiGLU, grouped-query attention)
-        from ``LlamaForCausalLM`` parameter names: see ``qkv.reference.llama_decoder``."""
-        from qkv.reference.llama_decoder import LlamaDecoder
+        """A Llama-shaped model (rotary positions, RMSNorm, SwiGLU, grouped-query attention) from
+        ``LlamaForCausalLM`` parameter names; ``options`` are ``LlamaModel.from_llama_state_dict``'s
+        (``n_layer``, ``n_positions``, ``rms_norm_eps``, ``rope_base``)."""
+        return cls(LlamaModel.from_llama_state_dict(state_dict, n_head, dtype, **options))
 
-        return LlamaDecoder.from_llama_state_dict(state_dict, n_head, dtype, **options)
+    @property
+    def config(self):
+        return self.model.config
 
     @property
     def dtype(self) -> np.dtype:
-        return self.wte.dtype
+        return self.model.dtype
 
     def logits(self, ids: np.ndarray, cache: DecoderCache | None = None,
                mask: np.ndarray | None = None) -> np.ndarray:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i
+        """The step, unchecked: ids (batch, n) at positions i+1 … i+n after the i
         positions in ``cache`` (none without one) -> logits (batch, n, vocab).
         ``mask`` (batch, i + n), for a left-padded batch: 1 for a real token, 0 for
         padding, over the cached and the new tokens."""
         start, n = (0 if cache is None else cache.length), ids.shape[1]
         if mask is None:
-            positions, allowed = np.arange(start, start + n), None  # (n,)
+            positions = np.arange(start, start + n)[None]  # (1, n)
+            # One new query sees every key; a float64 mask would promote float32 scores.
+            scores_mask = None if n == 1 else causal_mask(n, start + n).astype(self.dtype)
         else:  # each row's real tokens count their positions from its first one
             positions = padded_positions(mask)[:, start:]  # (batch, n)
             allowed = padded_causal_mask(mask, n)  # (batch, 1, n, i + n)
-        x = self.wte[ids] + self.wpe[positions]  # (batch, n, d)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[layer], allowed)
-        x = layer_norm(x, self.ln_f_g, self.ln_f_b, self.config.layer_norm_eps)
-        return x @ self.wte.T  # tied output embedding: (batch, n, vocab)
+            scores_mask = np.where(allowed, 0.0, -np.inf).astype(self.dtype)
+        return self.model.logits(ids, cache, positions, scores_mask)
 
     # --- the public steps: one check, then the computation -----------------------------------------
     def forward(self, ids, attention_mask=None) -> np.ndarray:
@@ -180,9 +110,10 @@ class Decoder:
 
     def new_cache(self, batch: int = 1, max_positions: int | None = None) -> DecoderCache:
         """An empty cache for ``batch`` sequences of up to ``max_positions`` (default n_positions):
-        one ``KVCache`` per layer, each holding (batch, τ, i, head_dim) keys and values."""
+        one ``KVCache`` per layer, each holding (batch, heads, i, head_dim) keys and values, where
+        heads is τ for GPT-2 and n_kv_heads for a Llama-shaped model."""
         max_positions = checks.cache_positions(max_positions, self.config.n_positions)
-        layers = [KVCache(max_positions=max_positions) for _ in self.blocks]
+        layers = [KVCache(max_positions=max_positions) for _ in range(self.config.n_layer)]
         return DecoderCache(layers, batch)
 
     def prefill(self, ids, cache: DecoderCache, attention_mask=None) -> np.ndarray:
@@ -207,15 +138,16 @@ class Decoder:
         """Greedy decoding: the prompt (batch, n) or (n,), then the new tokens, as
         (batch, n + max_new_tokens).
 
-        With the cache: one ``prefill``, then one ``decode_step`` per new token. With
+        With the cache: one prefill, then one decode step per new token. With
         ``use_cache=False`` each step recomputes the whole prefix ("before" the cache).
         ``attention_mask`` (batch, n): 1 for a real token, 0 for left padding; each row
-        then gets the tokens it would get alone, after its padding.
+        then gets the tokens it would get alone, after its padding. The arguments are
+        checked here, once; the loop runs the unchecked step, ``logits``.
         """
         ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
-        checks.model_room(0, n + max_new_tokens, self.config)
+        self._model_room(0, n + max_new_tokens)
         out = np.zeros((batch, n + max_new_tokens), dtype=np.int64)
         out[:, :n] = ids
         if max_new_tokens == 0:
@@ -229,26 +161,35 @@ class Decoder:
 
         if not use_cache:
             for t in range(n, n + max_new_tokens):
-                logits = self.forward(out[:, :t], attention_mask=upto(t))
+                logits = self.logits(out[:, :t], None, upto(t))
                 out[:, t] = np.argmax(logits[:, -1], axis=-1)
             return out
         cache = self.new_cache(batch, n + max_new_tokens)
-        logits = self.prefill(ids, cache, attention_mask=upto(n))
+        logits = self.logits(ids, cache, upto(n))
         out[:, n] = np.argmax(logits[:, -1], axis=-1)
         for t in range(n + 1, n + max_new_tokens):
-            logits = self.decode_step(out[:, t - 1], cache, attention_mask=upto(t))
-            out[:, t] = np.argmax(logits, axis=-1)
+            logits = self.logits(out[:, t - 1 : t], cache, upto(t))
+            out[:, t] = np.argmax(logits[:, -1], axis=-1)
         return out
 
     # --- checks at the edge ----------------------------------------------------------------------
+    def _model_room(self, start: int, n: int) -> None:
+        n_positions = self.config.n_positions
+        checks.room(start, n, n_positions, f"the maximum length n_positions={n_positions} of this model")
+
     def _checked(self, ids, cache: DecoderCache | None,
                  attention_mask=None) -> tuple[np.ndarray, np.ndarray | None]:
         """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length;
         and the mask over the cache and ids, None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
-        start = checks.start_position(cache, DecoderCache, self.config, *ids.shape)
-        shape = (ids.shape[0], start + ids.shape[1])
-        mask = checks.attention_mask(attention_mask, shape)
+        (batch, n), start = ids.shape, 0
+        if cache is not None:
+            checks.layer_caches(cache, DecoderCache, self.config.n_layer)
+            start = cache.length
+        self._model_room(start, n)
+        if cache is not None:
+            cache.check_room(batch, n)
+        mask = checks.attention_mask(attention_mask, (batch, start + n))
         if mask is not None:
             mask = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
             if mask.all():

@@ -1,14 +1,16 @@
-"""A Llama-shaped decoder in NumPy: grouped-query attention, rotary positions, RMSNorm, SwiGLU
+"""A Llama-shaped model in NumPy: grouped-query attention, rotary positions, RMSNorm, SwiGLU
 (chapter 5).
 
-The same decoder as ``qkv.reference.decoder`` (one cache per layer, ``forward``, ``prefill``,
-``decode_step``, ``generate``: all inherited), with the blocks today's models use. Read top to
+GPT-2's sibling (``qkv.reference.gpt2_decoder``): the same decoding core decodes both
+(``qkv.reference.decoder``: one cache per layer, ``forward``, ``prefill``, ``decode_step``,
+``generate``); this module supplies the blocks today's models use and the logits. Read top to
 bottom: RMSNorm, SwiGLU, attention with shared key/value heads, the block, the model. Weights load
-from a Hugging Face ``LlamaForCausalLM`` state dict (``LlamaDecoder.from_llama_state_dict``).
+from a Hugging Face ``LlamaForCausalLM`` state dict (``LlamaModel.from_llama_state_dict``, which
+``Decoder.from_llama_state_dict`` wraps).
 
 Two things differ from GPT-2 where the cache is concerned:
 
-- the keys are rotated by their position (``qkv.reference.rope``) *before* they go into the cache,
+- the keys are rotated by their position (each row's own in a left-padded batch) (``qkv.reference.rope``) *before* they go into the cache,
   so the cache holds rotated keys and a decode step rotates only the new query and key;
 - the cache holds n_kv_heads key/value heads, not τ: query head h (from 1) reads key/value head
   ⌈h·g/τ⌉ with g = n_kv_heads, so it is τ/g times smaller than a multi-head cache (§2.3.4).
@@ -26,10 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qkv.llama import HEAD, PREFIX, LlamaConfig, layer_names, read_state_dict
-from qkv.reference.cache import DecoderCache, KVCache
-from qkv.reference.decoder import Decoder
+from qkv.reference.cache import KVCache
 from qkv.reference.heads import _split_heads
-from qkv.reference.qkv_attention import _softmax, causal_mask
+from qkv.reference.qkv_attention import _softmax
 from qkv.reference.rope import _angles, apply_rope, rope_frequencies
 
 
@@ -55,7 +56,7 @@ def grouped_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask) -> np.ndar
 
     The r = τ/g query heads of a group read the same key/value head, so they are
     stacked as r·n query rows of it (the keys are not copied).
-    ``mask``: (n, i) or None. Returns like q.
+    ``mask``: additive, (n, i) or (batch, 1, n, i), or None. Returns like q.
     """
     b, tau, n, head_dim = q.shape
     g = k.shape[1]
@@ -65,7 +66,7 @@ def grouped_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask) -> np.ndar
     scores = np.swapaxes(k @ np.swapaxes(q, -1, -2), -1, -2).copy()  # (b, g, r·n, i)
     scores = scores / math.sqrt(head_dim)
     if mask is not None:
-        scores = scores + np.tile(mask, (tau // g, 1))  # (r·n, i): one mask per member
+        scores = scores + np.tile(mask, (tau // g, 1))  # (…, r·n, i): one mask per member
     return (_softmax(scores) @ v).reshape(b, tau, n, head_dim)
 
 
@@ -85,10 +86,10 @@ class LlamaBlock:
     W_down: np.ndarray  # (d_ff, d)
 
     def attention(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                  cache: KVCache | None) -> np.ndarray:
+                  cache: KVCache | None, mask: np.ndarray | None) -> np.ndarray:
         """Self-attention of x (batch, n, d) at the positions whose angles are
-        cos, sin (n, head_dim), reading earlier positions' rotated keys from
-        ``cache``."""
+        cos, sin (batch or 1, 1, n, head_dim), reading earlier positions' rotated keys
+        from ``cache``; ``mask`` as ``grouped_attend`` takes it."""
         d = x.shape[-1]
         head_dim = d // self.tau
         q, k, v = np.split(linear(x, self.W_qkv), [d, d + self.g * head_dim], axis=-1)
@@ -97,24 +98,23 @@ class LlamaBlock:
         v = _split_heads(v, self.g)
         if cache is not None:
             k, v = cache.update(k, v)  # rotated K_{≤i}, V_{≤i}: (batch, g, i, ·)
-        n, i = q.shape[-2], k.shape[-2]
-        mask = None if n == 1 else causal_mask(n, i).astype(q.dtype)
         heads = grouped_attend(q, k, v, mask)  # (batch, τ, n, head_dim)
-        heads = np.swapaxes(heads, 1, 2).reshape(x.shape[0], n, d)  # (batch, n, d)
+        heads = np.swapaxes(heads, 1, 2).reshape(x.shape)  # (batch, n, d)
         return linear(heads, self.W_o)
 
     def mlp(self, x: np.ndarray) -> np.ndarray:
         gate, up = np.split(linear(x, self.W_gate_up), 2, axis=-1)  # (batch, n, d_ff)
         return linear(silu(gate) * up, self.W_down)
 
-    def __call__(self, x, cos, sin, cache: KVCache | None) -> np.ndarray:
-        x = x + self.attention(rms_norm(x, self.norm_1, self.eps), cos, sin, cache)
+    def __call__(self, x, cos, sin, cache: KVCache | None, mask) -> np.ndarray:
+        x = x + self.attention(rms_norm(x, self.norm_1, self.eps), cos, sin, cache, mask)
         return x + self.mlp(rms_norm(x, self.norm_2, self.eps))
 
 
-class LlamaDecoder(Decoder):
-    """A Llama-shaped model in NumPy; the public steps are ``Decoder``'s, the cache one ``KVCache``
-    per layer holding (batch, n_kv_heads, i, head_dim) rotated keys and values."""
+class LlamaModel:
+    """A Llama-shaped model's weights and forward pass; ``qkv.reference.Decoder`` decodes with it,
+    its cache one ``KVCache`` per layer holding (batch, n_kv_heads, i, head_dim) rotated keys and
+    values."""
 
     def __init__(self, config: LlamaConfig, embed: np.ndarray, blocks: list[LlamaBlock],
                  norm: np.ndarray, lm_head: np.ndarray) -> None:
@@ -132,7 +132,7 @@ class LlamaDecoder(Decoder):
     def from_llama_state_dict(cls, state_dict: Mapping, n_head: int, dtype=np.float64, *,
                               n_layer: int | None = None, n_positions: int = 2048,
                               rms_norm_eps: float = 1e-6,
-                              rope_base: float = 10000.0) -> "LlamaDecoder":
+                              rope_base: float = 10000.0) -> "LlamaModel":
         """Build from ``LlamaForCausalLM`` parameter names mapped to arrays or tensors.
 
         τ = ``n_head`` is given; n_kv_heads, the widths, the layers and a tied output layer are
@@ -157,26 +157,17 @@ class LlamaDecoder(Decoder):
         return cls(config, get(PREFIX + "embed_tokens.weight"), blocks,
                    get(PREFIX + "norm.weight"), t(HEAD))
 
-    @classmethod
-    def from_gpt2_state_dict(cls, *args, **kwargs):
-        raise TypeError("LlamaDecoder is Llama-shaped; load GPT-2 weights with "
-                        "Decoder.from_gpt2_state_dict")
-
     @property
     def dtype(self) -> np.dtype:
         return self.embed.dtype
 
-    def logits(self, ids: np.ndarray, cache: DecoderCache | None = None,
-               mask: np.ndarray | None = None) -> np.ndarray:
-        """The model, unchecked: ids (batch, n) at positions i+1 … i+n after the i positions in
-        ``cache`` -> logits (batch, n, vocab). No position is added to x: it enters as a rotation
-        of q and k inside each block."""
-        if mask is not None:  # a left-padded batch would need rotary positions per row
-            raise ValueError("the Llama-shaped decoder takes no left padding (attention_mask with "
-                             "zeros) yet: decode prompts of different lengths one at a time")
-        start = 0 if cache is None else cache.length
-        cos, sin = self.cos[start : start + ids.shape[1]], self.sin[start : start + ids.shape[1]]
+    def logits(self, ids: np.ndarray, cache, positions: np.ndarray,
+               mask: np.ndarray | None) -> np.ndarray:
+        """ids (batch, n) at ``positions`` (batch or 1, n; counted from 0, each row's own in a
+        padded batch), after the positions in ``cache`` -> logits (batch, n, vocab). No position
+        is added to x: it enters as a rotation of q and k inside each block."""
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (·, 1, n, hd)
         x = self.embed[ids]  # (batch, n, d)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if cache is None else cache[layer])
+            x = block(x, cos, sin, None if cache is None else cache[layer], mask)
         return linear(rms_norm(x, self.norm, self.config.rms_norm_eps), self.lm_head)
