@@ -157,6 +157,8 @@ def test_bad_token_ids(decoder):
         decoder.forward([[0.5, 1.0]])
     with pytest.raises(ValueError, match=r"shape \(batch, n\) or \(n,\)"):
         decoder.forward(np.zeros((1, 2, 3), dtype=int))
+    with pytest.raises(ValueError, match=r"shape \(batch, n\) or \(n,\); got shape \(1, 1, 2\)"):
+        decoder.forward([[[1, 2]]])  # a nested list has no .shape: the message must not read it
     with pytest.raises(ValueError, match="empty"):
         decoder.forward(np.zeros((1, 0), dtype=int))
     with pytest.raises(ValueError, match="token id 999"):

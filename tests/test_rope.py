@@ -1,4 +1,4 @@
-"""Rotary positions (qkv.reference.rope) against an independent formula: the complex-number form.
+"""Rotary positions (qkv.reference.rotary) against an independent formula: the complex-number form.
 
 Pair j of a head (dimensions j and j + head_dim/2, Hugging Face Llama's layout) is the complex
 number z_j = x_j + i·x_{j+head_dim/2}; RoPE at position p (from 1) multiplies it by e^{i(p−1)θ_j}.
@@ -9,11 +9,12 @@ import pytest
 
 from qkv.llama import LlamaConfig, random_state_dict
 from qkv.reference import rope, rope_angles
+from qkv.reference.rotary import rope_frequencies
 from qkv.reference import Decoder
 
 
 def complex_rope(x: np.ndarray, positions, base: float = 10000.0) -> np.ndarray:
-    """RoPE written with complex numbers, sharing no code with qkv.reference.rope."""
+    """RoPE written with complex numbers, sharing no code with qkv.reference.rotary."""
     half = x.shape[-1] // 2
     theta = base ** (-2.0 * np.arange(half) / x.shape[-1])
     z = x[..., :half] + 1j * x[..., half:]
@@ -81,3 +82,20 @@ def test_angles_layout_and_errors():
         rope(np.ones((3, 4)), [1, 2])
     with pytest.raises(TypeError, match="integers"):
         rope(np.ones((1, 4)), [1.5])
+    for wrong in ("x", None, True):  # the wrong kind of thing: TypeError (STYLE rule 11)
+        with pytest.raises(TypeError, match="base must be a number > 1"):
+            rope_frequencies(8, base=wrong)
+    for bad in (1.0, -2, float("nan")):  # a number, but not one RoPE can use
+        with pytest.raises(ValueError, match="base must be a number > 1"):
+            rope_frequencies(8, base=bad)
+    np.testing.assert_array_equal(rope_frequencies(8, base=np.int64(100)), rope_frequencies(8, 100.0))
+
+
+def test_the_rotary_module_is_reachable_beside_the_rope_function():
+    """qkv.reference.rope is the function; the module is qkv.reference.rotary (a module named rope
+    could not be reached by its name, and importing it would replace the function)."""
+    import qkv.reference
+    from qkv.reference import rotary
+
+    assert callable(qkv.reference.rope) and qkv.reference.rope is rotary.rope
+    assert qkv.reference.rotary is rotary

@@ -2,7 +2,7 @@
 
 What makes it differ from GPT-2 (``qkv.gpt2``):
 
-- rotary positions (``qkv.reference.rope``) instead of a learned position table;
+- rotary positions (``qkv.reference.rotary``) instead of a learned position table;
 - RMSNorm instead of LayerNorm, a gated MLP (SwiGLU) instead of GELU, and no biases anywhere;
 - grouped-query attention: τ = ``n_head`` query heads share ``n_kv_heads`` key/value heads, so the
   cache holds n_kv_heads heads, not τ (Xiao & Zhu 2025, §2.3.4);

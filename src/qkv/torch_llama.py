@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkv.llama import HEAD, PREFIX, LlamaConfig, layer_names, read_state_dict
-from qkv.reference.rope import _angles, rope_frequencies
+from qkv.reference.rotary import _angles, rope_frequencies
 from qkv.torch_cache import StaticKVCache
 from qkv.torch_parts import Step, attend, load_module
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x₁, x₂] -> [−x₂, x₁], halves of the last axis (as ``qkv.reference.rope.rotate_half``)."""
+    """[x₁, x₂] -> [−x₂, x₁], halves of the last axis (as ``qkv.reference.rotary.rotate_half``)."""
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 

@@ -12,7 +12,7 @@ from qkv.reference.heads import merge_heads, multi_head_attention, split_heads
 from qkv.reference.llama_decoder import LlamaModel, rms_norm
 from qkv.reference.qkv_attention import (attention, attention_weights, causal_mask, softmax,
                                          weighted_average)
-from qkv.reference.rope import rope, rope_angles, rotate_half
+from qkv.reference.rotary import rope, rope_angles, rotate_half
 
 # The old name of the Llama-shaped decoder (kept for one release): ``LlamaDecoder.from_llama_state_dict``
 # now builds the one ``Decoder`` over a ``LlamaModel``.

@@ -10,8 +10,9 @@ from a Hugging Face ``LlamaForCausalLM`` state dict (``LlamaModel.from_llama_sta
 
 Two things differ from GPT-2 where the cache is concerned:
 
-- the keys are rotated by their position (each row's own in a left-padded batch) (``qkv.reference.rope``) *before* they go into the cache,
-  so the cache holds rotated keys and a decode step rotates only the new query and key;
+- the keys are rotated by their position (``qkv.reference.rotary``; each row's own positions in a
+  left-padded batch) *before* they go into the cache, so the cache holds rotated keys and a decode
+  step rotates only the new query and key;
 - the cache holds n_kv_heads key/value heads, not τ: query head h (from 1) reads key/value head
   ⌈h·g/τ⌉ with g = n_kv_heads, so it is τ/g times smaller than a multi-head cache (§2.3.4).
 
@@ -31,7 +32,7 @@ from qkv.llama import HEAD, PREFIX, LlamaConfig, layer_names, read_state_dict
 from qkv.reference.cache import KVCache
 from qkv.reference.heads import _split_heads
 from qkv.reference.qkv_attention import _softmax
-from qkv.reference.rope import _angles, apply_rope, rope_frequencies
+from qkv.reference.rotary import _angles, apply_rope, rope_frequencies
 
 
 def rms_norm(x: np.ndarray, gain: np.ndarray, eps: float) -> np.ndarray:

@@ -30,7 +30,10 @@ def rope_frequencies(head_dim: int, base: float = 10000.0) -> np.ndarray:
     head_dim = checks.positive_int("head_dim", head_dim)
     if head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {head_dim}")
-    if isinstance(base, bool) or not isinstance(base, (int, float, np.floating)) or base <= 1:
+    if isinstance(base, bool) or not isinstance(base, (int, float, np.integer, np.floating)):
+        raise TypeError(f"base must be a number > 1 (Llama uses 10000.0), got {base!r} "
+                        f"(of type {type(base).__name__})")
+    if not base > 1:  # NaN too
         raise ValueError(f"base must be a number > 1 (Llama uses 10000.0), got {base!r}")
     return float(base) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
 
