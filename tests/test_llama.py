@@ -8,8 +8,9 @@ import torch
 from qkv.llama import LlamaConfig, random_state_dict
 from qkv.memory import cache_bytes
 from qkv.reference import Decoder
-from qkv.torch_decoder import CachedDecoder, step_at
+from qkv.torch_decoder import CachedDecoder
 from qkv_bench.decode_llama import hf_config
+from test_torch_decoder import assert_the_graph_shaped_step_matches_the_eager_step
 
 from transformers import LlamaForCausalLM
 
@@ -190,24 +191,9 @@ def test_the_decoders_grouped_attention_equals_attention_per_query_head():
 
 
 def test_the_graph_shaped_step_matches_the_eager_step(shape, prompts):
-    """The one Llama step, reading every slot of the cache with the unwritten ones masked and its
-    slot given as data, is what a CUDA graph replays on a GPU; run eagerly here, it must give the
-    eager step's logits and write the same rotated keys and values."""
+    """The one Llama step as a CUDA graph replays it (see test_torch_decoder.py), here eagerly."""
     config, sd, _ = shape
-    model = load("torch", sd, config)
-    a, b = model.new_cache(batch=2, max_positions=12), model.new_cache(batch=2, max_positions=12)
-    model.prefill(prompts[:, :5], a)
-    model.prefill(prompts[:, :5], b)
-    for t in range(5, 9):
-        eager = model.decode_step(prompts[:, t], a)
-        ids = torch.from_numpy(prompts[:, t : t + 1])
-        with torch.inference_mode():
-            whole = model.model(ids, b, step_at(t, 1, None, b.max_positions, "cpu"))[:, -1]
-        b.advance(1, 2)
-        torch.testing.assert_close(whole, eager, rtol=0, atol=1e-5)
-    for layer in range(config.n_layer):
-        torch.testing.assert_close(b[layer].keys, a[layer].keys, rtol=0, atol=1e-5)
-        torch.testing.assert_close(b[layer].values, a[layer].values, rtol=0, atol=1e-5)
+    assert_the_graph_shaped_step_matches_the_eager_step(load("torch", sd, config), prompts)
 
 
 def test_the_llama_benchmark_times_a_step_and_formats_its_tables():

@@ -57,22 +57,29 @@ def test_fast_is_the_same_step_on_a_cpu(state_dict, ours, prompts):
     torch.testing.assert_close(fast.generate(prompts, 20), ours.generate(prompts, 20), rtol=0, atol=0)
 
 
-def test_the_graph_shaped_step_matches_the_eager_step(ours, prompts):
+def assert_the_graph_shaped_step_matches_the_eager_step(decoder, prompts, start: int = 5):
     """What a CUDA graph replays on a GPU: the one step with its slot as data, reading every slot of
     the cache with the unwritten ones masked. Run eagerly here, it must give the eager step's logits
-    and write the same keys and values."""
-    a, b = ours.new_cache(3, 12), ours.new_cache(3, 12)
-    ours.prefill(prompts[:, :5], a)
-    ours.prefill(prompts[:, :5], b)
-    for t in range(5, 7):
-        eager = ours.decode_step(prompts[:, t], a)
+    and write the same keys and values (used for the Llama-shaped model too, in test_llama.py)."""
+    batch, n = prompts.shape
+    a, b = decoder.new_cache(batch, n + 3), decoder.new_cache(batch, n + 3)
+    decoder.prefill(prompts[:, :start], a)
+    decoder.prefill(prompts[:, :start], b)
+    for t in range(start, n):
+        eager = decoder.decode_step(prompts[:, t], a)
         ids = torch.from_numpy(prompts[:, t : t + 1])
         with torch.inference_mode():
-            whole = ours.model(ids, b, step_at(t, 1, None, b.max_positions, "cpu"))[:, -1]
-        b.advance(1, 3)
+            whole = decoder.model(ids, b, step_at(t, 1, None, b.max_positions, "cpu"))[:, -1]
+        b.advance(1, batch)
         torch.testing.assert_close(whole, eager, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b[0].keys, a[0].keys, rtol=0, atol=0)
-    assert a[0].k[:, :, 7:].abs().sum() == 0  # nothing written past the last position
+    for layer in range(decoder.config.n_layer):
+        torch.testing.assert_close(b[layer].keys, a[layer].keys, rtol=0, atol=1e-5)
+        torch.testing.assert_close(b[layer].values, a[layer].values, rtol=0, atol=1e-5)
+    assert a[0].k[:, :, n:].abs().sum() == 0  # nothing written past the last position
+
+
+def test_the_graph_shaped_step_matches_the_eager_step(ours, prompts):
+    assert_the_graph_shaped_step_matches_the_eager_step(ours, prompts)
 
 
 def test_bfloat16_option_runs(state_dict, ours, prompts):

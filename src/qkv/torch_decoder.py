@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from qkv import checks
+from qkv.reference.cache import start_position
 from qkv.torch_cache import StaticDecoderCache
 from qkv.torch_gpt2 import GPT2Model
 from qkv.torch_llama import LlamaModel
@@ -209,7 +210,7 @@ class CachedDecoder(nn.Module):
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         temperature, top_k, seed = checks.sampling(temperature, top_k, seed)
         (batch, n), total = ids.shape, ids.shape[1] + max_new_tokens
-        self._model_room(0, total)
+        self._start(None, batch, total)
         if use_cache and cache is not None:
             checks.layer_caches(cache, StaticDecoderCache, self.config.n_layer)
             cache.check_fits(batch, n, total)
@@ -237,22 +238,18 @@ class CachedDecoder(nn.Module):
         return out
 
     # --- checks at the edge ----------------------------------------------------------------------
-    def _model_room(self, start: int, n: int) -> None:
-        n_positions = self.config.n_positions
-        checks.room(start, n, n_positions, f"the maximum length n_positions={n_positions} of this model")
+    def _start(self, cache: StaticDecoderCache | None, batch: int, n: int) -> int:
+        c = self.config
+        return start_position(cache, StaticDecoderCache, c.n_layer, c.n_positions, batch, n)
 
     def _checked(self, ids, cache: StaticDecoderCache | None, attention_mask=None):
         """ids as a (batch, n) int64 tensor on this decoder's device, checked against the vocabulary,
         the cache and the model's length; and the mask over the cache and ids, as a tensor there too,
         or None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
-        (batch, n), start = ids.shape, 0
+        batch, n = ids.shape
+        start = self._start(cache, batch, n)
         if cache is not None:
-            checks.layer_caches(cache, StaticDecoderCache, self.config.n_layer)
-            start = cache.length
-        self._model_room(start, n)
-        if cache is not None:
-            cache.check_room(batch, n)
             cache.check_place(self.dtype, self.device)
         mask = checks.attention_mask(attention_mask, (batch, start + n))
         if mask is not None:

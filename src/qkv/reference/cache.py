@@ -291,3 +291,18 @@ class DecoderCache:
     def nbytes(self) -> int:
         """Bytes allocated for keys and values, every layer's."""
         return sum(c.nbytes for c in self.layers)
+
+
+def start_position(cache: DecoderCache | None, cache_type: type, n_layer: int, n_positions: int,
+                   batch: int, n: int) -> int:
+    """Where n new positions of ``batch`` sequences start in a decoder of ``n_layer`` layers and
+    ``n_positions`` positions: 0 without a cache, else the length of ``cache``, once it is known to
+    be a ``cache_type`` of one cache per layer with room for them (the decoders' one check)."""
+    start = 0
+    if cache is not None:
+        checks.layer_caches(cache, cache_type, n_layer)
+        start = cache.length
+    checks.room(start, n, n_positions, f"the maximum length n_positions={n_positions} of this model")
+    if cache is not None:
+        cache.check_room(batch, n)
+    return start

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from qkv import checks
-from qkv.reference.cache import DecoderCache, KVCache
+from qkv.reference.cache import DecoderCache, KVCache, start_position
 from qkv.reference.gpt2_decoder import GPT2Model
 from qkv.reference.llama_decoder import LlamaModel
 from qkv.reference.qkv_attention import causal_mask
@@ -147,7 +147,7 @@ class Decoder:
         ids, mask = self._checked(ids, None, attention_mask)
         max_new_tokens = checks.non_negative_int("max_new_tokens", max_new_tokens)
         batch, n = ids.shape
-        self._model_room(0, n + max_new_tokens)
+        self._start(None, batch, n + max_new_tokens)
         out = np.zeros((batch, n + max_new_tokens), dtype=np.int64)
         out[:, :n] = ids
         if max_new_tokens == 0:
@@ -173,22 +173,17 @@ class Decoder:
         return out
 
     # --- checks at the edge ----------------------------------------------------------------------
-    def _model_room(self, start: int, n: int) -> None:
-        n_positions = self.config.n_positions
-        checks.room(start, n, n_positions, f"the maximum length n_positions={n_positions} of this model")
+    def _start(self, cache: DecoderCache | None, batch: int, n: int) -> int:
+        c = self.config
+        return start_position(cache, DecoderCache, c.n_layer, c.n_positions, batch, n)
 
     def _checked(self, ids, cache: DecoderCache | None,
                  attention_mask=None) -> tuple[np.ndarray, np.ndarray | None]:
         """ids as (batch, n) int64, checked against the vocabulary, the cache and the model's length;
         and the mask over the cache and ids, None when there is no padding (all 1s change nothing)."""
         ids = checks.token_ids(ids, self.config.vocab_size)
-        (batch, n), start = ids.shape, 0
-        if cache is not None:
-            checks.layer_caches(cache, DecoderCache, self.config.n_layer)
-            start = cache.length
-        self._model_room(start, n)
-        if cache is not None:
-            cache.check_room(batch, n)
+        batch, n = ids.shape
+        start = self._start(cache, batch, n)
         mask = checks.attention_mask(attention_mask, (batch, start + n))
         if mask is not None:
             mask = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
