@@ -8,8 +8,7 @@ import pytest
 
 from qkv_grading import cli
 from qkv_bench import decode
-from qkv.config import DecoderConfig
-from qkv.gpt2 import expected_shapes, random_state_dict
+from qkv.gpt2 import GPT2Config, expected_shapes, random_state_dict
 
 TINY = ["--preset", "toy", "--new-tokens", "8", "--uncached-tokens", "4", "--prompt", "6", "--repeats", "1"]
 ROW = re.compile(r"^  (.+?)\s{2,}(-?[\d.]+(?:e[+-]?\d+)?|nan|inf)\s+(tokens/s|x|ms|GB/s|MB|%)$")
@@ -54,7 +53,7 @@ def test_measure_returns_documented_keys_without_hf():
     assert "Hugging Face" not in decode.format_table(r)
     # bytes per token: the weights once per step (28640 float32 numbers, see test_expected_bytes_by_hand),
     # plus the cache read so far
-    cfg = DecoderConfig.toy()
+    cfg = GPT2Config.toy()
     assert r["weight_bytes"] == 4 * 28640
     assert r["bytes_per_token"] == pytest.approx(expected_bytes_per_token(cfg, 4, 6, False))
     assert r["n_params"] == sum(math.prod(shape) for shape in expected_shapes(cfg).values())
@@ -140,8 +139,8 @@ def test_bound_counts_every_cache_slot_when_steps_replay_a_cuda_graph(monkeypatc
     monkeypatch.setattr(decode._TorchBackend, "__init__", graphed_init)
     graphed = decode.measure(**kw)
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
-    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, False))
-    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, True))
+    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(GPT2Config.toy(), 4, 6, False))
+    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(GPT2Config.toy(), 4, 6, True))
     assert "each decode step attends over every cache slot" in decode.format_table(graphed).splitlines()[0]
 
 
@@ -163,9 +162,9 @@ def expected_bytes_per_token(cfg, prompt: int, new_tokens: int, graphed: bool, e
 def test_expected_bytes_by_hand():
     """The toy shape (d=32, 2 layers, f=128, vocab 97) by hand: a block reads 4·32 (LayerNorms) + 32·96+96
     + 32·32+32 + 32·128+128 + 128·32+32 = 12704 numbers; a step 2·12704 + 64 (ln_f) + 32·97 + 2·32."""
-    assert expected_bytes_per_token(DecoderConfig.toy(), 4, 1, False) == 4 * (2 * 12704 + 64 + 32 * 97 + 64)
+    assert expected_bytes_per_token(GPT2Config.toy(), 4, 1, False) == 4 * (2 * 12704 + 64 + 32 * 97 + 64)
     # two tokens: the prefill, then one step at position 5 reading 5 cached positions of 2 layers × (k, v)
-    assert expected_bytes_per_token(DecoderConfig.toy(), 4, 2, False) == 4 * (2 * 28640 + 2 * 2 * 32 * 5) / 2
+    assert expected_bytes_per_token(GPT2Config.toy(), 4, 2, False) == 4 * (2 * 28640 + 2 * 2 * 32 * 5) / 2
 
 
 def test_cuda_asked_for_without_cuda_is_reported(capsys, monkeypatch):

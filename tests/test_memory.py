@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from qkv.config import DecoderConfig
-from qkv.gpt2 import random_state_dict
+from qkv.gpt2 import GPT2Config, random_state_dict
 from qkv.memory import (cache_bytes, crossover_positions, gpt2_parameter_count, grouped_query_attention,
                         kv_heads, kv_projections, llama_parameter_count, positions_held, segment_averages,
                         total_kv_projections, window_plus_average, windowed_next_logits)
@@ -68,7 +67,7 @@ def test_projection_counts_keys_plus_values():
 
 def test_projection_counts_match_what_a_decoder_caches():
     # a cached step adds exactly kv_projections(i, cached=True) / 2 key vectors (and as many values)
-    config = DecoderConfig.toy()
+    config = GPT2Config.toy()
     decoder = Decoder.from_gpt2_state_dict(random_state_dict(config), n_head=config.n_head)
     caches = decoder.new_cache()
     decoder.prefill(np.array([[1, 2, 3]]), caches)
@@ -79,11 +78,11 @@ def test_projection_counts_match_what_a_decoder_caches():
 
 
 def test_parameter_counts():
-    config = DecoderConfig.toy()
+    config = GPT2Config.toy()
     state = random_state_dict(config)
     tied = sum(a.size for name, a in state.items() if "lm_head" not in name)
     assert gpt2_parameter_count(config) == tied
-    assert gpt2_parameter_count(DecoderConfig.gpt2_small()) == 124_439_808
+    assert gpt2_parameter_count(GPT2Config.gpt2_small()) == 124_439_808
     # Llama-3-8B: 32 layers, width 4096, 32 query heads, 8 key/value heads, MLP 14336, vocab 128256
     assert llama_parameter_count(vocab_size=128_256, d=4096, n_layer=32, tau=32, n_kv_heads=8,
                                  d_ff=14_336) == 8_030_261_248
@@ -91,7 +90,7 @@ def test_parameter_counts():
 
 def test_crossover_is_where_the_cache_first_holds_the_weights():
     shape = dict(n_layer=12, head_dim=64, bytes_per_number=4)
-    weights = 4 * gpt2_parameter_count(DecoderConfig.gpt2_small())
+    weights = 4 * gpt2_parameter_count(GPT2Config.gpt2_small())
     n = crossover_positions(weights, n_kv_heads=12, **shape)
     assert cache_bytes("full", n, tau=12, **shape) >= weights > cache_bytes("full", n - 1, tau=12, **shape)
     assert n == 6752
@@ -128,7 +127,7 @@ def test_segment_averages():
 
 
 def test_windowed_decoding_reaches_n_layer_times_window_minus_one_back():
-    config = DecoderConfig.toy()                       # 2 layers
+    config = GPT2Config.toy()                       # 2 layers
     decoder = Decoder.from_gpt2_state_dict(random_state_dict(config, std=0.3), n_head=config.n_head)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, config.vocab_size, size=(1, 20))

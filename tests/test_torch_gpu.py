@@ -1,12 +1,11 @@
-"""The torch decoder on a GPU: the same equivalences as on the CPU, plus the CUDA-graph fast path and half
+"""The torch decoder on a GPU: the same equivalences as on the CPU, plus the CUDA graph of the decode step and half
 precision. Run with ``pytest -m gpu`` (``make test-gpu``) on a machine with CUDA; the default run deselects
 these. They fail, rather than skip, where CUDA is missing: a GPU run that tests nothing must not pass."""
 
 import numpy as np
 import pytest
 
-from qkv.config import DecoderConfig
-from qkv.gpt2 import random_state_dict
+from qkv.gpt2 import GPT2Config, random_state_dict
 from qkv.reference import Decoder
 
 pytestmark = pytest.mark.gpu
@@ -22,7 +21,7 @@ def torch():
 
 @pytest.fixture(scope="module")
 def state_dict():
-    return random_state_dict(DecoderConfig.small(), seed=0, std=0.3)
+    return random_state_dict(GPT2Config.small(), seed=0, std=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -137,5 +136,5 @@ def test_bench_bound_counts_every_cache_slot_with_cuda_graphs(torch):
     assert "CUDA graph" in decode.format_table(graphed) and "CUDA graph" not in decode.format_table(eager)
     from test_bench_decode import expected_bytes_per_token
 
-    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, False))
-    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(DecoderConfig.toy(), 4, 6, True))
+    assert eager["bytes_per_token"] == pytest.approx(expected_bytes_per_token(GPT2Config.toy(), 4, 6, False))
+    assert graphed["bytes_per_token"] == pytest.approx(expected_bytes_per_token(GPT2Config.toy(), 4, 6, True))

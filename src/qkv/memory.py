@@ -93,7 +93,7 @@ def total_kv_projections(n: int, *, cached: bool, n_layer: int = 1, tau: int = 1
 
 
 def gpt2_parameter_count(config) -> int:
-    """Parameters of a GPT-2-shaped model (a ``qkv.config.DecoderConfig``), output layer tied to the
+    """Parameters of a GPT-2-shaped model (a ``qkv.gpt2.GPT2Config``), output layer tied to the
     token embedding as in GPT-2. GPT-2 small: 124,439,808."""
     d, d_ff = config.n_embd, config.d_ff
     per_layer = (2 * 2 * d            # two LayerNorms: gain and bias

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qkv.config import DecoderConfig
+from qkv.gpt2 import GPT2Config
 from qkv.reference.decoder import Decoder
 
 DATA = "data"
@@ -28,9 +28,9 @@ WEIGHTS = "tinylm.npz"
 TAU = 4  # heads: stored in the weights file too, since it cannot be read off the tensors
 
 
-def tiny_config(vocab_size: int) -> DecoderConfig:
+def tiny_config(vocab_size: int) -> GPT2Config:
     """The shape of the tiny model: width 64, 2 layers, τ = 4 heads, 128 positions."""
-    return DecoderConfig(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=TAU)
+    return GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=TAU)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import sys
 import numpy as np
 
 from qkv import checks
-from qkv.config import DecoderConfig
+from qkv.gpt2 import GPT2Config, random_state_dict
 from qkv_bench._timing import best_time, copy_bandwidth, synchronizer
 
 DEFAULT_PRESET = "gpt2-small"
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         """--new-tokens as given; by default 256, fewer where a small preset has fewer positions."""
         if args.new_tokens is not None:
             return args.new_tokens
-        room = DecoderConfig.preset(preset).n_positions - args.prompt
+        room = GPT2Config.preset(preset).n_positions - args.prompt
         return min(DEFAULT_NEW_TOKENS, room) if room >= 1 else DEFAULT_NEW_TOKENS  # none: check_settings says so
 
     try:
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
 class _TorchBackend:
     name = "torch"
 
-    def __init__(self, state_dict, config: DecoderConfig, device, dtype: str, fast: bool) -> None:
+    def __init__(self, state_dict, config: GPT2Config, device, dtype: str, fast: bool) -> None:
         import torch
 
         from qkv.torch_decoder import CachedDecoder
@@ -147,7 +147,7 @@ class _TorchBackend:
 class _NumpyBackend:
     name = "numpy"
 
-    def __init__(self, state_dict, config: DecoderConfig) -> None:
+    def __init__(self, state_dict, config: GPT2Config) -> None:
         from qkv.reference import Decoder
 
         self.decoder = Decoder.from_gpt2_state_dict(state_dict, n_head=config.n_head, dtype=np.float32)
@@ -174,7 +174,7 @@ class _NumpyBackend:
 class _HuggingFace:
     """GPT2LMHeadModel of the same shape; its weights (torch's init) are the ones every decoder loads."""
 
-    def __init__(self, config: DecoderConfig, device, dtype: str, seed: int) -> None:
+    def __init__(self, config: GPT2Config, device, dtype: str, seed: int) -> None:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
         from transformers.utils import logging
@@ -200,7 +200,7 @@ class _HuggingFace:
 
 
 # --- the bound ------------------------------------------------------------------------------------------
-def weight_bytes_per_step(config: DecoderConfig, batch: int, element_size: int) -> int:
+def weight_bytes_per_step(config: GPT2Config, batch: int, element_size: int) -> int:
     """Bytes of weights one decode step reads: every block's matrices and vectors, the final LayerNorm, the
     (d, vocab) output layer, and one row of the token and position tables per sequence."""
     d, f = config.n_embd, config.d_ff
@@ -208,7 +208,7 @@ def weight_bytes_per_step(config: DecoderConfig, batch: int, element_size: int) 
     return element_size * (config.n_layer * block + 2 * d + d * config.vocab_size + 2 * batch * d)
 
 
-def cache_bytes_read(config: DecoderConfig, batch: int, position: int, element_size: int) -> int:
+def cache_bytes_read(config: GPT2Config, batch: int, position: int, element_size: int) -> int:
     """Bytes of keys and values the step at ``position`` reads: k_1…k_p and v_1…v_p in every layer. (A step
     replayed as a CUDA graph reads every slot of its cache: pass the cache's length as ``position``.)"""
     return 2 * config.n_layer * batch * config.n_embd * position * element_size
@@ -217,12 +217,12 @@ def cache_bytes_read(config: DecoderConfig, batch: int, position: int, element_s
 # --- the measurement ------------------------------------------------------------------------------------
 def check_settings(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1, prompt: int = 16,
                    new_tokens: int = 256, uncached_tokens: int = 32, dtype: str = "float32", repeats: int = 2,
-                   positions=None) -> tuple[DecoderConfig, list[int]]:
+                   positions=None) -> tuple[GPT2Config, list[int]]:
     """The preset's shape and the decode-step positions to time, or a ValueError for settings that cannot run
     (checked before anything is built, so a run over several presets fails fast)."""
     if backend not in ("torch", "numpy"):
         raise ValueError(f"backend must be 'torch' or 'numpy', got {backend!r}")
-    config = DecoderConfig.preset(preset)
+    config = GPT2Config.preset(preset)
     for name, value in (("batch", batch), ("prompt", prompt), ("new_tokens", new_tokens),
                         ("uncached_tokens", uncached_tokens), ("repeats", repeats)):
         checks.positive_int(name, value)
@@ -281,8 +281,6 @@ def measure(preset: str = DEFAULT_PRESET, backend: str = "torch", batch: int = 1
     if ref is not None:
         state_dict = ref.state_dict()
     else:
-        from qkv.gpt2 import random_state_dict
-
         state_dict = random_state_dict(config, seed=seed, dtype=np.float32, std=0.02)
     if backend == "numpy":
         state_dict = {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()}
