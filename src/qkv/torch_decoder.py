@@ -173,7 +173,8 @@ class CachedDecoder(nn.Module):
                                   self.dtype, self.device)
 
     @torch.inference_mode()
-    def prefill(self, ids, cache: StaticDecoderCache, attention_mask=None) -> torch.Tensor:
+    def prefill(self, ids, cache: StaticDecoderCache,
+                attention_mask=None) -> torch.Tensor:
         """Run the prompt (batch, n) in one pass, writing its keys and values into
         ``cache``; returns logits (batch, n, vocab). ``attention_mask`` (batch, i + n)
         covers the i cached tokens and the new ones."""

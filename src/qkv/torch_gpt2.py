@@ -51,7 +51,7 @@ class Block(nn.Module):
         values go into ``cache`` at ``step.slots``, and each query reads the slots
         ``step.allowed`` lets it (without a cache: the n new keys)."""
         b, n, d = x.shape
-        qkv = self.c_attn(x).view(b, n, 3, self.tau, d // self.tau)  # (b, n, 3, τ, head_dim)
+        qkv = self.c_attn(x).view(b, n, 3, self.tau, d // self.tau)  # (b, n, 3, τ, ·)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, τ, n, head_dim)
         if cache is not None:
             k, v = cache.update(step.slots, k, v)  # (batch, τ, max_positions, head_dim)

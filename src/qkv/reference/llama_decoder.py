@@ -67,7 +67,7 @@ def grouped_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask) -> np.ndar
     scores = np.swapaxes(k @ np.swapaxes(q, -1, -2), -1, -2).copy()  # (b, g, r·n, i)
     scores = scores / math.sqrt(head_dim)
     if mask is not None:
-        scores = scores + np.tile(mask, (tau // g, 1))  # (…, r·n, i): one mask per member
+        scores = scores + np.tile(mask, (tau // g, 1))  # (…, r·n, i): one per member
     return (_softmax(scores) @ v).reshape(b, tau, n, head_dim)
 
 
