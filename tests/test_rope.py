@@ -59,8 +59,9 @@ def test_the_cache_holds_keys_already_rotated():
     model.decode_step(ids[:, 4], cache)
     model.decode_step(ids[:, 5], cache)
     # Layer 0's keys by hand: RMSNorm, W_k, split into heads, then the complex-form rotation.
-    block, d, hd = model.model.blocks[0], config.n_embd, config.head_dim
-    x = model.model.embed[ids[0]]
+    block, d, hd = model.blocks[0], config.n_embd, config.head_dim  # the model's, by name
+    assert block is model.model.blocks[0]
+    x = model.embed[ids[0]]
     x = x / np.sqrt((x * x).mean(-1, keepdims=True) + config.rms_norm_eps) * block.norm_1
     k = (x @ sd["model.layers.0.self_attn.k_proj.weight"].T.astype(np.float64))
     k = k.reshape(6, config.n_kv_heads, hd).transpose(1, 0, 2)  # (g, positions, head_dim)

@@ -37,6 +37,9 @@ def test_is_an_nn_module_with_parameters(ours, small_config, state_dict, prompts
     torch.testing.assert_close(sd["blocks.0.c_attn.weight"],
                                torch.from_numpy(state_dict["transformer.h.0.attn.c_attn.weight"].T).float())
     assert ours.model.lm_head.weight is ours.model.wte.weight  # tied, as GPT-2's
+    assert ours.wte is ours.model.wte and ours.blocks is ours.model.blocks  # the model's, by name
+    with pytest.raises(AttributeError, match="no_such"):
+        ours.no_such
     assert ours.nbytes == 4 * sum(v.size for v in state_dict.values())
     assert all(not p.requires_grad for p in ours.parameters())
     torch.testing.assert_close(ours(prompts), ours.forward(prompts), rtol=0, atol=0)

@@ -115,6 +115,16 @@ class CachedDecoder(nn.Module):
     def config(self):
         return self.model.config
 
+    def __getattr__(self, name: str):
+        """The model's modules by their names (``decoder.wte``, ``decoder.blocks``), as when
+        decoder and model were one module."""
+        try:
+            return super().__getattr__(name)  # nn.Module's: parameters, buffers, submodules
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

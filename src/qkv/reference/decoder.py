@@ -80,6 +80,13 @@ class Decoder:
     def config(self):
         return self.model.config
 
+    def __getattr__(self, name: str):
+        """The model's weights and blocks by their names (``decoder.wte``, ``decoder.blocks``,
+        ``decoder.embed``), as when decoder and model were one object."""
+        if name == "model":  # not set yet: no model to ask
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
     @property
     def dtype(self) -> np.dtype:
         return self.model.dtype
