@@ -123,7 +123,8 @@ def visits(site_url):
                     timeout=20_000)
             except sync_api.TimeoutError:
                 pass  # reported below as unrendered formulas
-            page.wait_for_load_state("networkidle")
+            # the long chapters typeset a few hundred formulas: on a busy machine that takes a while
+            page.wait_for_load_state("networkidle", timeout=90_000)
             report = page.evaluate(PAGE_REPORT_JS)
             report.update(errors=list(errors), failed=list(failed_local), external=list(external))
             reports[name] = report
