@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 SITE = ROOT / "_build" / "html"
-CHAPTERS = sorted(BOOK.glob("0[1-7]_*.md"))
+CHAPTERS = sorted(BOOK.glob("0[1-9]_*.md"))
 NOTEBOOK_CHAPTERS = [p for p in CHAPTERS if "```{code-cell}" in p.read_text()]
 SOLUTION_MARKERS = ["### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "BEGIN HIDDEN TESTS"]
 
@@ -36,6 +36,30 @@ def test_every_chapter_is_in_the_table_of_contents():
         assert f"book/{chapter.stem}" in toc, f"{chapter.name} is not listed in _toc.yml"
     for page in ("book/notation", "book/references"):
         assert page in toc
+
+
+INSTRUCTOR_PAGES = ["release_collect", "grading", "sandbox", "large_course"]
+
+
+def test_the_instructors_guide_is_a_part_of_its_own():
+    """One page per task, in a part of the table of contents apart from the chapters; the learner's
+    exercises page stays among the chapters and stays short."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    parts = {part["caption"]: [c["file"] for c in part["chapters"]] for part in toc["parts"]}
+    assert parts["Instructor's guide"] == [f"book/instructor/{p}" for p in INSTRUCTOR_PAGES]
+    assert "book/09_exercises" in parts["Chapters"]
+    assert len((BOOK / "09_exercises.md").read_text().splitlines()) <= 40, "one screen, for learners"
+    for page in ("intro.md", "09_exercises.md"):
+        text = (BOOK / page).read_text()
+        assert "instructor/release_collect" in text, f"{page} links to the instructor's guide"
+    readme = (ROOT / "README.md").read_text()
+    assert "book/09_exercises.md" in readme and "book/instructor/" in readme
+
+
+def test_notation_page_lists_the_textbooks_names():
+    text = (BOOK / "notation.md").read_text()
+    for name in ("W}^{\\mathrm{head}}", "head}_j", "g(j)", "n_g", "cache}^l", "mathbf{H}", "eq. 4.69"):
+        assert name in text, f"the notation page does not list the textbook's {name}"
 
 
 def test_exercise_pages_show_the_student_notebooks_unexecuted():
@@ -69,13 +93,15 @@ CITATIONS = {
     "01_weighted_average": ["§2.1.1"],
     "02_queries_keys_values": ["§2.1.1", "eq. 2.6"],
     "03_masked_multihead": ["§2.1.1", "eq. 2.6", "2.11"],
-    "04_kv_cache": ["§2.3.2", "§5.1", "eq. 5.7"],
-    "05_bounded_memory": ["§2.3.3", "eq. 2.52", "2.57", "§2.3.4", "eq. 2.71"],
-    "06_torch_decoder": ["§5.1", "eq. 5."],
+    "04_decoder": ["§2.1", "§5.1"],
+    "05_kv_cache": ["§2.3.2", "§5.1", "eq. 5.7"],
+    "06_bounded_memory": ["§2.3.3", "eq. 2.52", "2.57", "2.58"],
+    "07_todays_models": ["§2.3.4", "eq. 2.71"],
+    "08_torch_decoder": ["§5.1", "eq. 5."],
 }
 
 
-@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("07")], ids=lambda p: p.stem)
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("09")], ids=lambda p: p.stem)
 def test_chapter_cites_the_textbook_sections_and_equations(chapter):
     text = chapter.read_text()
     assert "Xiao & Zhu 2025" in text and "{cite}`xiao2025foundations`" in text
@@ -83,7 +109,7 @@ def test_chapter_cites_the_textbook_sections_and_equations(chapter):
     assert not missing, f"{chapter.name} does not cite {missing}"
 
 
-@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("07")], ids=lambda p: p.stem)
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.stem.startswith("09")], ids=lambda p: p.stem)
 def test_chapter_ends_with_links_to_its_exercises(chapter):
     text = chapter.read_text()
     tail = text[text.rindex("\n## "):]

@@ -226,7 +226,7 @@ def test_exercise_1_asks_for_a_weighted_average_the_chapter_does_not_print():
 def test_exercise_5_question_4_is_not_answered_in_chapter_5():
     """Chapter 5 says outright that s(ȳ_1 … ȳ_9) depends on ȳ_2; the exercise asks about an outcome that
     reads the last average alone, which the chapter does not discuss."""
-    chapter = " ".join((ROOT / "book" / "05_bounded_memory.md").read_text().split())
+    chapter = " ".join((ROOT / "book" / "06_bounded_memory.md").read_text().split())
     assert "it is *not* independent of $\\bar{\\mathbf{y}}_2$" in chapter
     text = next(c for c in read_notebook(release_path(ROOT, "05_cached_decoding")).cells
                 if c.metadata["nbgrader"]["grade_id"] == "q4_text").source
@@ -235,11 +235,17 @@ def test_exercise_5_question_4_is_not_answered_in_chapter_5():
 
 
 def test_exercise_5_lays_the_cache_out_as_chapter_4_does():
-    chapter = (ROOT / "book" / "04_kv_cache.md").read_text()
+    chapter = (ROOT / "book" / "05_kv_cache.md").read_text()
     assert "laid out `(batch, tau, positions, head_dim)`" in chapter
     intro = read_notebook(release_path(ROOT, "05_cached_decoding")).cells[0].source
     assert "laid out `(batch, tau, positions, head_dim)`, as in\nchapter 4" in intro
     assert "(heads, positions, head_dim)" not in intro and "k_i[None, None, None, :]" in intro
+
+
+def _instructors_guide() -> str:
+    """The instructor's guide, its pages in reading order (book/instructor/, issue 19)."""
+    pages = ("release_collect", "grading", "sandbox", "large_course")
+    return "\n".join((ROOT / "book" / "instructor" / f"{p}.md").read_text() for p in pages)
 
 
 def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys):
@@ -260,13 +266,13 @@ def test_grade_refuses_an_output_folder_that_git_would_publish(tmp_path, capsys)
         assert cli.main(["grade", str(subs), "--out", str(tmp_path / "outside"), "--no-progress"]) == 0
     finally:
         _shutil.rmtree(ignored, ignore_errors=True)
-    guide = (ROOT / "book" / "07_exercises.md").read_text()
+    guide = _instructors_guide()
     assert "--out graded " not in guide and "qkv grade SUBMISSIONS --out grading-out/" in guide
     assert "nbgrader export --CourseDirectory.db_url=sqlite:///grading-out/week1/gradebook.db --to " in guide
 
 
 def test_the_instructors_guide_says_what_the_grader_and_nbgrader_do():
-    guide = " ".join((ROOT / "book" / "07_exercises.md").read_text().split())
+    guide = " ".join(_instructors_guide().split())
     # nbgrader's CSV export has a row (0.0) for work never handed in, which qkv's grades.csv marks
     assert "nothing for work that was not handed in" not in guide
     assert "a score of 0.0 for work that was never handed in" in guide
