@@ -127,7 +127,7 @@ def test_an_exercise_is_checked_by_its_name_from_anywhere_in_the_repository(tmp_
 
 def test_an_unknown_name_lists_the_exercises(capsys):
     code, out, err = _check(capsys, "06_no_such_exercise")
-    assert code == 2 and "no exercise of that name" in err and "01_weighted_average" in err
+    assert code == 2 and "is not an exercise's name" in err and "01_weighted_average" in err
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)

@@ -2,7 +2,8 @@
 
 Assignment NAME has its instructor version at ``solutions/NAME/NAME.ipynb`` (nbgrader's *source*) and its
 student version at ``exercises/NAME/NAME.ipynb`` (nbgrader's *release*); ``nbgrader_config.py`` at the
-repository root maps nbgrader's folders to these two.
+repository root maps nbgrader's folders to these two. A learner works in a copy of the exercises,
+``work/NAME/NAME.ipynb``, which git ignores and ``make lab`` makes (``qkv_grading.workcopy``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ASSIGNMENTS = (
 )
 SOURCE_DIR = "solutions"
 RELEASE_DIR = "exercises"
+WORK_DIR = "work"
 
 
 def find_root(start: str | os.PathLike | None = None) -> Path:
@@ -43,6 +45,10 @@ def source_path(root: Path, name: str) -> Path:
 
 def release_path(root: Path, name: str) -> Path:
     return root / RELEASE_DIR / name / f"{name}.ipynb"
+
+
+def working_path(root: Path, name: str) -> Path:
+    return root / WORK_DIR / name / f"{name}.ipynb"
 
 
 def read_notebook(path: str | os.PathLike) -> nbformat.NotebookNode:

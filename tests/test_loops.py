@@ -1,0 +1,165 @@
+"""The learner's loop with nothing to guess (issue 23): a saved `!qkv check` cell is skipped and never
+recurses, nothing a checked notebook started outlives the check, `qkv check NAME --all` runs the hidden
+tests in a clone that has them, a working copy in `work/` for `make lab`, and `qkv` on the PATH of
+JupyterLab's terminal. Each test runs the command a learner types."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from grading_helpers import ROOT, filled, write_nb
+from qkv_grading import check, cli, guard
+from qkv_grading.course import read_notebook, source_path, split_hidden
+
+QKV = Path(sys.executable).parent / "qkv"
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PATH=f"{QKV.parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    env.pop(guard.ENV, None)
+    return env
+
+
+def _qkv(*args, cwd=ROOT, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(QKV), *args], cwd=cwd, env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _running(marker: str) -> list[psutil.Process]:
+    """Processes (not zombies) whose command line holds ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _code_cell(source: str):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["nbgrader"] = {}
+    return cell
+
+
+# ---- which cells start a check ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", [
+    "!qkv check 01_weighted_average",
+    "  !qkv check work/01_weighted_average/01_weighted_average.ipynb --all",
+    "out = !qkv check 01_weighted_average",
+    "%system qkv check 01_weighted_average",
+    "%%bash\ncd ..\nqkv check 01_weighted_average",
+    "import subprocess\nsubprocess.run(['qkv', 'check', '01_weighted_average'])",
+    "import os\nos.system('qkv check 01_weighted_average')",
+    "!{sys.executable} -m qkv_grading.cli check 01_weighted_average",
+])
+def test_a_cell_that_runs_qkv_check_is_recognised(source):
+    assert guard.starts_check(source)
+
+
+@pytest.mark.parametrize("source", [
+    "# !qkv check 01_weighted_average",
+    "print('run qkv check 01_weighted_average in a terminal')",
+    f"print({guard.SKIPPED!r})",
+    "!ls",
+    "output = weights @ values",
+])
+def test_a_cell_that_only_mentions_it_is_left_alone(source):
+    assert not guard.starts_check(source)
+
+
+# ---- a saved `!qkv check` cell, and what a check leaves behind ---------------------------------------------
+
+def test_a_saved_check_cell_is_skipped_and_the_check_leaves_no_process_behind(tmp_path):
+    """The learner saved `!qkv check 01_weighted_average` in the notebook (as JupyterLab autosaves), and a
+    cell that left a process running in the background; `qkv check` skips the first with a note (before,
+    it ran the check inside the check, and so on, until a cell timed out: 41 s and a chain of processes)
+    and ends the second when it is done."""
+    name = "01_weighted_average"
+    path = tmp_path / "mine" / f"{name}.ipynb"
+    nb = filled(name)
+    nb.cells += [_code_cell(f"!qkv check {path}"),  # this very notebook, as its name finds it in work/
+                 _code_cell("import subprocess\nsubprocess.run('sleep 314.15 >/dev/null 2>&1 &', shell=True)")]
+    write_nb(nb, path)
+    try:
+        run = _qkv("check", str(path), "--timeout", "20", cwd=tmp_path)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "note: 1 cell(s) that run qkv check were skipped: a check never runs inside itself" in run.stdout
+        assert run.stdout.count(f"{name}: checking") == 1 and "all visible tests passed" in run.stdout
+        assert "ran longer than" not in run.stdout, run.stdout
+        time.sleep(0.5)
+        assert not _running("sleep 314.15"), "a process the notebook started outlived the check"
+        assert not _running(str(path)), "a qkv check started from the notebook outlived the check"
+    finally:
+        for proc in _running("sleep 314.15"):
+            proc.kill()
+
+
+def test_a_check_started_inside_a_check_stops_at_once(tmp_path):
+    """However a kernel that `qkv check` runs starts the check again (a subprocess, a script), it stops at
+    once with a plain note: the kernel has QKV_CHECK_RUNNING set."""
+    run = _qkv("check", "01_weighted_average", env=dict(_env(), **{guard.ENV: "1"}), timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("qkv check: skipped:"), run.stdout + run.stderr
+    assert "checking" not in run.stdout
+
+
+def test_the_grader_skips_a_check_cell_and_a_timed_out_cell_loses_its_whole_process_tree():
+    """`qkv grade` and `qkv check` prepare a notebook the same way (``run_in_kernel``): the learner's
+    `!qkv check` cell prints a plain note on the feedback page instead of running. A cell that starts a
+    process in a session of its own (as `!` commands run, in a terminal of their own) and then runs past
+    its timeout loses the kernel and everything it started (before, only the kernel's process group was
+    killed, and the process lived on)."""
+    from qkv_grading.judge import judge_run
+    from qkv_grading.run import run_in_kernel
+    from qkv_grading.spec import load_spec
+
+    name = "01_weighted_average"
+    nb = filled(name)
+    nb.cells += [_code_cell(f"!qkv check {name}"),
+                 _code_cell("import subprocess, time\nsubprocess.Popen(['sleep', '271.82'], "
+                            "start_new_session=True)\ntime.sleep(120)")]
+    spec = load_spec(ROOT, name, hidden=True)
+    try:
+        run = run_in_kernel(nb, spec, timeout=6, max_restarts=0)
+        time.sleep(0.5)
+        assert not _running("sleep 271.82"), "a process the timed-out cell started outlived its kernel"
+    finally:
+        for proc in _running("sleep 271.82"):
+            proc.kill()
+    printed = [o.get("text", "") for c in run.nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert guard.SKIPPED + "\n" in printed, printed
+    result = judge_run(run, spec)
+    assert result.score == result.max_score, [t.message for t in result.tests]
+    assert any("ran longer than 6 s" in n for n in result.notes), result.notes
+    assert not any("qkv check" in n or "skipped" in n for n in result.notes), result.notes  # no look needed
+    assert "never runs inside a check or a grading run" in result.feedback
+
+
+# ---- messages that say what is wrong ------------------------------------------------------------------------
+
+def test_an_exercise_name_without_a_repository_says_so(monkeypatch, tmp_path, capsys):
+    """Where there is no course repository (a grader's scratch folder), an exercise's name is not "no
+    exercise of that name" (which contradicted itself, naming it among the exercises)."""
+    def nowhere(start=None):
+        raise FileNotFoundError("no course repository")
+
+    monkeypatch.setattr(check, "find_root", nowhere)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["check", "01_weighted_average"]) == 2
+    message = capsys.readouterr().err
+    assert "01_weighted_average is an exercise, but there is no course repository" in message
+    assert "no exercise of that name" not in message and "inside your clone" in message
+
+
+def test_an_unknown_name_is_not_an_exercise(capsys):
+    assert cli.main(["check", "06_no_such_exercise"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "06_no_such_exercise is not an exercise's name" in err and "01_weighted_average" in err
