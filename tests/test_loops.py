@@ -163,3 +163,27 @@ def test_an_unknown_name_is_not_an_exercise(capsys):
     assert cli.main(["check", "06_no_such_exercise"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "06_no_such_exercise is not an exercise's name" in err and "01_weighted_average" in err
+
+
+# ---- JupyterLab's terminal ----------------------------------------------------------------------------------
+
+def test_the_terminal_of_make_lab_has_qkv_on_its_path_whatever_the_profile_does(tmp_path):
+    """The shell `make lab`'s JupyterLab starts for a terminal (learner/jupyter's server config), run in a
+    terminal as terminado runs it, where the start-up files set PATH afresh (as Debian's /etc/profile
+    does for the login shell JupyterLab used to start): `qkv` is the venv's."""
+    import pexpect
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("jupyter_server_config.py", path=str(ROOT / "learner" / "jupyter")).load_config()
+    shell = config.ServerApp.terminado_settings["shell_command"]
+    (tmp_path / ".bashrc").write_text("PATH=/usr/bin:/bin\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TERM": "dumb", "PS1": "$ "}
+    term = pexpect.spawn(shell[0], shell[1:], env=env, cwd=str(tmp_path), encoding="utf-8", timeout=30)
+    try:
+        term.sendline("echo QKV=$(command -v qkv)")
+        term.expect(r"QKV=(\S*)\r?\n")
+        assert term.match.group(1) == str(QKV)
+        term.sendline("exit")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close(force=True)
