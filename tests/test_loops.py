@@ -187,3 +187,47 @@ def test_the_terminal_of_make_lab_has_qkv_on_its_path_whatever_the_profile_does(
         term.expect(pexpect.EOF)
     finally:
         term.close(force=True)
+
+
+# ---- self-study: every test, hidden ones included -----------------------------------------------------------
+
+_WRONG_Q1 = ("values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights = np.array([0.2, 0.7, 0.1])\n"
+             "output = weights[::-1] @ values")  # the weights reversed: within the visible range checks
+
+
+def test_check_all_runs_the_hidden_tests_and_never_shows_their_code(tmp_path):
+    """A wrong answer that passes every visible check passes `qkv check NAME`; `qkv check NAME --all`
+    (a clone that has solutions/) fails it, says which test and why, and shows no hidden test code."""
+    name = "01_weighted_average"
+    path = write_nb(filled(name, {"q1_answer": _WRONG_Q1}), tmp_path / f"{name}.ipynb")
+    visible = _qkv("check", str(path), "--timeout", "20", cwd=tmp_path)
+    assert visible.returncode == 0, visible.stdout
+    assert visible.stdout.splitlines()[-2:] == [
+        "all visible tests passed",
+        f"visible checks can pass a wrong answer; the hidden tests run when it is graded: qkv check {name} --all "
+        f"runs them"], visible.stdout
+    every = _qkv("check", str(path), "--all", "--timeout", "20", cwd=tmp_path)
+    assert every.returncode == 1, every.stdout + every.stderr
+    lines = every.stdout.splitlines()
+    assert lines[0] == f"{name}: checking {path} with every test, hidden ones included"
+    assert "  q1: FAILED (1 of 3 points)" in lines and "  q2: passed (4 of 4 points)" in lines, lines
+    q1 = [ln for ln in lines if ln.startswith("      q1_")]
+    assert q1 and all(ln.split(": ", 1)[1].strip() for ln in q1), lines
+    assert "score: 8 of 10 points, hidden tests included" in lines
+    hidden = {ln.strip() for c in read_notebook(source_path(ROOT, name)).cells
+              for ln in split_hidden(c.source)[1] if len(ln.strip()) > 12 and "HIDDEN TESTS" not in ln}
+    assert hidden and not [ln for ln in hidden if ln in every.stdout]
+
+
+def test_check_all_without_solutions_says_why(tmp_path, capsys):
+    """A course folder holding the released exercises only (what students are given): --all is a clear
+    error, not a check without the hidden tests."""
+    name = "01_weighted_average"
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\n")
+    (tmp_path / "solutions").mkdir()
+    path = write_nb(read_notebook(ROOT / "exercises" / name / f"{name}.ipynb"),
+                    tmp_path / "exercises" / name / f"{name}.ipynb")
+    assert cli.main(["check", str(path), "--all"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--all runs the hidden tests, which live in" in err
+    assert str(tmp_path / "solutions" / name / f"{name}.ipynb") in err

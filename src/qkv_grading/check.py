@@ -155,7 +155,8 @@ def _check(args, path: Path, nb, name: str, root: Path) -> int:
     hidden_only_ids = {c.metadata.get("nbgrader", {}).get("grade_id") for c in spec.released.cells
                        if c.metadata.get("qkv", {}).get("hidden_tests") and _checked_only_when_graded(c)}
 
-    more = f" (qkv check {name} --all runs them)" if source_path(root, name).is_file() else ""
+    more = f": qkv check {name} --all runs them" if source_path(root, name).is_file() else ""
+    some_hidden = False
     print(f"{name}: checking {path}" + (" with every test, hidden ones included" if args.all else ""))
     if skipped:
         print(f"  note: {skipped} cell(s) that run qkv check were skipped: a check never runs inside itself")
@@ -181,18 +182,24 @@ def _check(args, path: Path, nb, name: str, root: Path) -> int:
             print(f"  {q}: no visible test; it is checked when graded")
         else:
             # with hidden tests a wrong answer can pass what is visible: say only what was checked
-            extra = (f" the visible checks; more tests run when it is graded{more}"
-                     if any(info.get(t.id, {}).get("hidden_tests") for t in tests) else "")
+            hidden = any(info.get(t.id, {}).get("hidden_tests") for t in tests)
+            some_hidden = some_hidden or hidden
+            extra = " the visible checks; more tests run when it is graded" if hidden else ""
             print(f"  {q}: passed{extra}")
     if args.all:
-        print(f"score: {result.score:g} of {result.max_score:g} points, hidden tests included "
-              f"(the written answers are graded by hand)")
+        by_hand = any(c.metadata.get("nbgrader", {}).get("solution") and c.metadata.get("nbgrader", {}).get("grade")
+                      for c in spec.released.cells)
+        print(f"score: {result.score:g} of {result.max_score:g} points, hidden tests included"
+              + (" (written answers are graded by hand, not here)" if by_hand else ""))
     if failed:
         print(f"{failed} test(s) failed")
-        return 1
-    print("all tests passed, hidden ones included" if args.all else
-          f"all visible tests passed: a wrong answer can still fail the hidden tests{more}")
-    return 0
+    elif args.all:
+        print("all tests passed, hidden ones included")
+    else:
+        print("all visible tests passed")
+    if some_hidden and more:
+        print(f"visible checks can pass a wrong answer; the hidden tests run when it is graded{more}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
