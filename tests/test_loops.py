@@ -231,3 +231,66 @@ def test_check_all_without_solutions_says_why(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == "" and "--all runs the hidden tests, which live in" in err
     assert str(tmp_path / "solutions" / name / f"{name}.ipynb") in err
+
+
+# ---- Run All ------------------------------------------------------------------------------------------------
+
+def test_run_all_on_a_blank_exercise_runs_every_test():
+    """JupyterLab's Run All sends every cell at once, each with `stop_on_error` unless the cell is tagged
+    `raises-exception`; the kernel drops what is queued after an error that stops. In the released
+    notebook every answer and test cell carries the tag, so on a blank exercise the last question's
+    test still runs and says what is missing (before, everything after the first answer was dropped)."""
+    from jupyter_client.manager import start_new_kernel
+
+    nb = read_notebook(ROOT / "exercises" / "01_weighted_average" / "01_weighted_average.ipynb")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        ids = [kc.execute(c.source, stop_on_error="raises-exception" not in c.metadata.get("tags", []))
+               for c in code]
+        replies = {}
+        while len(replies) < len(ids):
+            msg = kc.get_shell_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") in ids:
+                replies[msg["parent_header"]["msg_id"]] = msg["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    statuses = [replies[i]["status"] for i in ids]
+    assert "aborted" not in statuses, statuses
+    last = replies[ids[-1]]
+    assert last["status"] == "error" and "softmax is not written yet" in last["evalue"], last
+
+
+# ---- the learner's working copy -----------------------------------------------------------------------------
+
+VENV = Path(sys.executable).parent.parent
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """A fresh clone of what is committed, using this checkout's .venv (`make VENV=...`)."""
+    dest = tmp_path_factory.mktemp("fresh") / "qkv-course"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
+    return dest
+
+
+def test_make_lab_works_in_a_copy_that_git_ignores_and_check_finds_it(clone):
+    """`make lab` first makes work/ (its `work` step): a copy of every exercise, made once and never
+    overwritten, which git ignores; `qkv check NAME` checks that copy."""
+    name = "01_weighted_average"
+    make = ["make", "-s", "-o", str(VENV / ".installed-stamp"), "work", f"VENV={VENV}"]
+    first = subprocess.run(make, cwd=clone, env=_env(), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert f"made work/{name}/" in first.stdout and "work/05_cached_decoding/" in first.stdout, first.stdout
+    mine = clone / "work" / name / f"{name}.ipynb"
+    assert mine.read_bytes() == (clone / "exercises" / name / f"{name}.ipynb").read_bytes()
+    write_nb(filled(name), mine)  # the learner's answers
+    solved = mine.read_bytes()
+    again = subprocess.run(make, cwd=clone, env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "made" not in again.stdout and mine.read_bytes() == solved, again.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True)
+    assert status.stdout == "", status.stdout
+    run = _qkv("check", name, "--timeout", "20", cwd=clone / "book")
+    assert run.stdout.startswith(f"{name}: checking {mine}\n"), run.stdout
+    assert run.returncode == 0 and "all visible tests passed" in run.stdout, run.stdout
