@@ -117,7 +117,7 @@ def test_make_lab_opens_an_exercise_that_runs_and_checks_itself(clone, tmp_path)
                 timeout=180_000)
             report = page.locator(".jp-OutputArea-output", has_text="01_weighted_average: checking").first
             text = report.inner_text()
-            assert f"{clone}/exercises/01_weighted_average/01_weighted_average.ipynb" in text, text
+            assert f"{clone}/work/01_weighted_average/01_weighted_average.ipynb" in text, text
             assert re.search(r"q1: FAILED", text) and "test(s) failed" in text, text
             browser.close()
     finally:

@@ -294,3 +294,63 @@ def test_make_lab_works_in_a_copy_that_git_ignores_and_check_finds_it(clone):
     run = _qkv("check", name, "--timeout", "20", cwd=clone / "book")
     assert run.stdout.startswith(f"{name}: checking {mine}\n"), run.stdout
     assert run.returncode == 0 and "all visible tests passed" in run.stdout, run.stdout
+
+
+# ---- a change of points -------------------------------------------------------------------------------------
+
+def _course_copy(dest: Path) -> Path:
+    import shutil
+
+    for part in ("solutions", "exercises"):
+        shutil.copytree(ROOT / part, dest / part)
+    shutil.copy(ROOT / "nbgrader_config.py", dest)
+    return dest
+
+
+def _bump_points(root: Path, name: str, gid: str, by: float) -> None:
+    """What an instructor does to change a test's points: its nbgrader metadata in solutions/, nothing else."""
+    import json
+
+    path = source_path(root, name)
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == gid)
+    cell["metadata"]["nbgrader"]["points"] += by
+    path.write_text(json.dumps(nb, indent=1) + "\n")
+
+
+def _heading(path: Path, gid: str) -> str:
+    return next(c for c in read_notebook(path).cells if c.metadata["nbgrader"].get("grade_id") == gid).source
+
+
+def test_a_change_of_points_is_written_into_the_headings_and_is_not_the_learners_edit(tmp_path, capsys):
+    """The instructor changes q1_value's points in the metadata and runs `qkv release`: the heading says
+    "(4 points)" in solutions/ and exercises/. A notebook handed in from the release before (its heading
+    says "(3 points)") is not "edited" for that; an edit of the words still is."""
+    from qkv_grading.assemble import assemble
+    from qkv_grading.spec import load_spec
+
+    name = "01_weighted_average"
+    root = _course_copy(tmp_path)
+    _bump_points(root, name, "q1_value", 1)
+    assert cli.main(["release", "--root", str(root)]) == 0
+    assert f"wrote     solutions/{name}/{name}.ipynb (the points in the heading of q1" in capsys.readouterr().out
+    for path in (source_path(root, name), root / "exercises" / name / f"{name}.ipynb"):
+        assert _heading(path, "q1_text").startswith("## Question 1 (4 points): the worked example"), path
+    assert cli.main(["release", "--check", "--sync-only", "--root", str(root)]) == 0
+    spec = load_spec(root, name, hidden=True)
+    before = filled(name)  # answered on the release with "(3 points)"
+    assert _heading(ROOT / "exercises" / name / f"{name}.ipynb", "q1_text").startswith("## Question 1 (3 points)")
+    assert assemble(before, spec.released, spec.runnable).notes == []
+    edited = filled(name)
+    cell = next(c for c in edited.cells if c.metadata["nbgrader"].get("grade_id") == "q1_text")
+    cell.source = cell.source.replace("worked example", "easy example")
+    assert assemble(edited, spec.released, spec.runnable).notes == ["locked cell q1_text was edited; restored"]
+
+
+def test_release_check_names_a_heading_whose_points_are_stale(tmp_path, capsys):
+    name = "01_weighted_average"
+    root = _course_copy(tmp_path)
+    _bump_points(root, name, "q2_batched", 2)
+    assert cli.main(["release", "--check", "--sync-only", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"heading   solutions/{name}/{name}.ipynb: the heading of q2 states other points" in out

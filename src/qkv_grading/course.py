@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -91,6 +92,7 @@ def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
                                         ClearSolutions, ComputeChecksums, LockCells)
 
     nb = copy.deepcopy(source)
+    points_in_headings(nb)
     for cell in nb.cells:  # say which tests have a hidden part, so `qkv check` can tell the learner
         if cell.cell_type == "code" and "### BEGIN HIDDEN TESTS" in cell.source:
             visible = _strip_hidden(cell.source)
@@ -126,4 +128,49 @@ def instructor_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
     instructor wrote them, checksums recomputed. Solution cells keep the solution (used only by self-tests)."""
     from nbgrader.preprocessors import ComputeChecksums, LockCells
 
-    return _preprocess(copy.deepcopy(source), [LockCells(), ComputeChecksums()])
+    nb = copy.deepcopy(source)
+    points_in_headings(nb)
+    return _preprocess(nb, [LockCells(), ComputeChecksums()])
+
+
+# A question's heading, "## Question 2 (4 points): ...": its points are written from its tests' metadata.
+_HEADING = re.compile(r"^(#+ Question (\d+) \(\s*)(\d+(?:\.\d+)?)(\s+points?\b)", re.M)
+_POINTS = re.compile(r"\(\s*\d+(?:\.\d+)?\s+points?\b")
+
+
+def question_points(nb: nbformat.NotebookNode) -> dict[str, float]:
+    """Question ("q2") -> the points of its graded cells (those whose grade_id starts "q2_")."""
+    totals: dict[str, float] = {}
+    for cell in nb.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("grade") and isinstance(info.get("grade_id"), str):
+            q = info["grade_id"].split("_", 1)[0]
+            totals[q] = totals.get(q, 0.0) + float(info.get("points", 0))
+    return totals
+
+
+def points_in_headings(nb: nbformat.NotebookNode) -> list[str]:
+    """Write each question heading's "(N points" from its tests' points, in place; return the questions
+    whose heading said otherwise. So a change of points is made in the metadata alone."""
+    totals, changed = question_points(nb), []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+
+        def fix(m):
+            q = f"q{m.group(2)}"
+            if q not in totals:
+                return m.group(0)
+            heading = m.group(1) + f"{totals[q]:g} point" + ("" if totals[q] == 1 else "s")
+            if heading != m.group(0):
+                changed.append(q)
+            return heading
+
+        cell.source = _HEADING.sub(fix, cell.source)
+    return changed
+
+
+def same_but_points(a: str, b: str) -> bool:
+    """Whether two cells' texts differ at most in the points their question headings state: a locked
+    cell released before a change of points is not the learner's edit."""
+    return _POINTS.sub("(# points", a.strip()) == _POINTS.sub("(# points", b.strip())
