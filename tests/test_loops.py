@@ -103,6 +103,24 @@ def test_a_saved_check_cell_is_skipped_and_the_check_leaves_no_process_behind(tm
             proc.kill()
 
 
+def test_contained_ends_what_started_inside_and_nothing_else():
+    """What was running before a check (another test's server, say) is left alone; what started inside,
+    in a session of its own or orphaned into the background, is killed on the way out."""
+    older = subprocess.Popen(["sleep", "99.11"])
+    try:
+        with guard.contained():
+            subprocess.Popen(["sleep", "99.12"], start_new_session=True)
+            subprocess.run("sleep 99.13 >/dev/null 2>&1 &", shell=True, check=True)
+            assert _running("sleep 99.12") and _running("sleep 99.13")
+        assert not _running("sleep 99.12") and not _running("sleep 99.13")
+        assert older.poll() is None
+    finally:
+        older.kill()
+        older.wait()
+        for proc in _running("sleep 99.1"):
+            proc.kill()
+
+
 def test_a_check_started_inside_a_check_stops_at_once(tmp_path):
     """However a kernel that `qkv check` runs starts the check again (a subprocess, a script), it stops at
     once with a plain note: the kernel has QKV_CHECK_RUNNING set."""

@@ -64,7 +64,8 @@ def inside_a_check() -> bool:
 
 
 def end_tree(pid: int | None) -> None:
-    """SIGKILL every descendant of process ``pid`` (not ``pid`` itself), whatever session it is in."""
+    """SIGKILL every descendant of process ``pid`` (not ``pid`` itself), whatever session it is in. No
+    waiting: whoever is their parent reaps them (or, once ``pid`` is gone, the one they are handed to)."""
     if not pid:
         return
     try:
@@ -79,12 +80,14 @@ def contained():
     """While inside: orphans of this process's descendants are handed to it (Linux's child subreaper),
     so a process a kernel left running in the background (``!sleep 100 &``) stays one of ours. On the way
     out: SIGKILL every descendant started inside that still runs, and reap it."""
-    before = _descendants()
+    before = {p.pid for p in _descendants()}
     adopting = _subreaper(True)
     try:
         yield
     finally:
         _kill([p for p in _descendants() if p.pid not in before])
+        # reap ours: the children killed, and the grandchildren handed to us when their parent died
+        psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=2)
         if adopting:
             _subreaper(False)
 
@@ -96,13 +99,19 @@ def _descendants() -> list:
         return []
 
 
+def _children() -> list:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
+
+
 def _kill(procs: list) -> None:
     for proc in procs:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(procs, timeout=5)
 
 
 def _subreaper(on: bool) -> bool:
