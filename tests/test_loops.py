@@ -78,6 +78,7 @@ def test_a_cell_that_only_mentions_it_is_left_alone(source):
 
 # ---- a saved `!qkv check` cell, and what a check leaves behind ---------------------------------------------
 
+@pytest.mark.slow
 def test_a_saved_check_cell_is_skipped_and_the_check_leaves_no_process_behind(tmp_path):
     """The learner saved `!qkv check 01_weighted_average` in the notebook (as JupyterLab autosaves), and a
     cell that left a process running in the background; `qkv check` skips the first with a note (before,
@@ -121,6 +122,7 @@ def test_contained_ends_what_started_inside_and_nothing_else():
             proc.kill()
 
 
+@pytest.mark.slow
 def test_a_check_started_inside_a_check_stops_at_once(tmp_path):
     """However a kernel that `qkv check` runs starts the check again (a subprocess, a script), it stops at
     once with a plain note: the kernel has QKV_CHECK_RUNNING set."""
@@ -129,6 +131,7 @@ def test_a_check_started_inside_a_check_stops_at_once(tmp_path):
     assert "checking" not in run.stdout
 
 
+@pytest.mark.slow
 def test_the_grader_skips_a_check_cell_and_a_timed_out_cell_loses_its_whole_process_tree():
     """`qkv grade` and `qkv check` prepare a notebook the same way (``run_in_kernel``): the learner's
     `!qkv check` cell prints a plain note on the feedback page instead of running. A cell that starts a
@@ -213,6 +216,7 @@ _WRONG_Q1 = ("values = np.array([[2.0, 10.0], [4.0, 0.0], [8.0, 5.0]])\nweights 
              "output = weights[::-1] @ values")  # the weights reversed: within the visible range checks
 
 
+@pytest.mark.slow
 def test_check_all_runs_the_hidden_tests_and_never_shows_their_code(tmp_path):
     """A wrong answer that passes every visible check passes `qkv check NAME`; `qkv check NAME --all`
     (a clone that has solutions/) fails it, says which test and why, and shows no hidden test code."""
@@ -253,6 +257,7 @@ def test_check_all_without_solutions_says_why(tmp_path, capsys):
 
 # ---- Run All ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_run_all_on_a_blank_exercise_runs_every_test():
     """JupyterLab's Run All sends every cell at once, each with `stop_on_error` unless the cell is tagged
     `raises-exception`; the kernel drops what is queued after an error that stops. In the released
@@ -293,6 +298,7 @@ def clone(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_make_lab_works_in_a_copy_that_git_ignores_and_check_finds_it(clone):
     """`make lab` first makes work/ (its `work` step): a copy of every exercise, made once and never
     overwritten, which git ignores; `qkv check NAME` checks that copy."""
@@ -340,6 +346,7 @@ def _heading(path: Path, gid: str) -> str:
     return next(c for c in read_notebook(path).cells if c.metadata["nbgrader"].get("grade_id") == gid).source
 
 
+@pytest.mark.slow
 def test_a_change_of_points_is_written_into_the_headings_and_is_not_the_learners_edit(tmp_path, capsys):
     """The instructor changes q1_value's points in the metadata and runs `qkv release`: the heading says
     "(4 points)" in solutions/ and exercises/. A notebook handed in from the release before (its heading
@@ -365,6 +372,7 @@ def test_a_change_of_points_is_written_into_the_headings_and_is_not_the_learners
     assert assemble(edited, spec.released, spec.runnable).notes == ["locked cell q1_text was edited; restored"]
 
 
+@pytest.mark.slow
 def test_release_check_names_a_heading_whose_points_are_stale(tmp_path, capsys):
     name = "01_weighted_average"
     root = _course_copy(tmp_path)
