@@ -1,5 +1,6 @@
 # Entry points that do all set-up from a fresh clone:
-#   make lab    opens JupyterLab on the exercises, for a learner
+#   make lab    opens JupyterLab on a working copy of the exercises (work/), for a learner
+#   make install  only sets up .venv (an instructor's set-up: then .venv/bin/qkv release, qkv grade, ...)
 #   make book   builds the site into _build/html
 #   make test   runs the whole test suite (it builds the site first: the browser test visits it)
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install lab book test test-fast test-gpu system-deps release clean
+.PHONY: install work lab book test test-fast test-gpu system-deps release clean
 
 install: $(STAMP)
 
@@ -25,14 +26,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
-# A learner's JupyterLab on exercises/: the venv's bin on PATH (so `!qkv check NAME` works in a cell and
-# `qkv check NAME` in its terminal), nbgrader's instructor tools turned off (learner/jupyter/), listening
-# on 127.0.0.1 only. LAB_ARGS passes more options, e.g. LAB_ARGS="--no-browser --port=8890".
+# The learner's working copy: work/NAME/ for every exercise that has none yet, copied from exercises/
+# (which git tracks and `qkv release` rewrites); git ignores work/, and nothing in it is ever overwritten.
+work: $(STAMP)
+	@$(BIN)/python -m qkv_grading.workcopy
+
+# A learner's JupyterLab on work/: the venv's bin on PATH (so `!qkv check NAME` works in a cell, and in
+# its terminal, learner/jupyter/jupyter_server_config.py), nbgrader's instructor tools turned off
+# (learner/jupyter/), listening on 127.0.0.1 only. LAB_ARGS passes more options: as root (in a container,
+# say) LAB_ARGS="--allow-root --no-browser"; another port, LAB_ARGS="--port=8890".
 LAB_ARGS ?=
-lab: $(STAMP)
+lab: work
 	PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" \
 	JUPYTER_CONFIG_DIR="$(CURDIR)/learner/jupyter" \
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)/exercises" --ServerApp.ip=127.0.0.1 $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)/work" --ServerApp.ip=127.0.0.1 $(LAB_ARGS)
 
 # Debian packages the tests need (a real browser). Installs only what is missing.
 system-deps:

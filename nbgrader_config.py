@@ -25,3 +25,11 @@ c.Execute.timeout = 30
 c.Execute.interrupt_on_timeout = True
 c.LimitOutput.max_lines = 200
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+# nbgrader's exchange: where `nbgrader release_assignment` puts an assignment, students
+# `fetch_assignment` and `submit`, `nbgrader collect` takes the submissions and `release_feedback` puts
+# the feedback. A folder every student can write to (mode 777, made once by the instructor). The same
+# path goes into the class folder's nbgrader_config.py and into each student's
+# ~/.jupyter/nbgrader_config.py (the instructor's guide, "nbgrader's exchange"); QKV_EXCHANGE overrides it
+# for everyone who runs nbgrader from this folder. nbgrader's own default, which it makes unasked when run
+# as root (/usr/local/share/nbgrader/exchange), is never used.
+c.Exchange.root = os.environ.get("QKV_EXCHANGE", "/srv/nbgrader/exchange")

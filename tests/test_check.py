@@ -121,13 +121,15 @@ def test_an_exercise_is_checked_by_its_name_from_anywhere_in_the_repository(tmp_
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 1, (cwd, given, run.stderr)  # the blank released notebook: every question fails
         released = ROOT / "exercises" / "05_cached_decoding" / "05_cached_decoding.ipynb"
+        mine = ROOT / "work" / "05_cached_decoding" / "05_cached_decoding.ipynb"  # a working copy, if made
+        expected = released if cwd.name == "05_cached_decoding" or not mine.is_file() else mine
         assert run.stdout.startswith("05_cached_decoding: checking "), run.stdout
-        assert (cwd / run.stdout.splitlines()[0].split("checking ", 1)[1]).resolve() == released
+        assert (cwd / run.stdout.splitlines()[0].split("checking ", 1)[1]).resolve() == expected
 
 
 def test_an_unknown_name_lists_the_exercises(capsys):
     code, out, err = _check(capsys, "06_no_such_exercise")
-    assert code == 2 and "no exercise of that name" in err and "01_weighted_average" in err
+    assert code == 2 and "is not an exercise's name" in err and "01_weighted_average" in err
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)

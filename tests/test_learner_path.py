@@ -66,6 +66,63 @@ def _wait_for(port: int, proc, seconds: float = 120) -> None:
     raise AssertionError(f"JupyterLab did not listen on port {port} within {seconds:g} s")
 
 
+def _checks_running(pid: int, seconds: float = 30) -> list:
+    """`qkv check` processes among the descendants of process ``pid`` (make lab) that are still there
+    after ``seconds`` (a check that has printed its report may still be stopping its kernel)."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while True:
+        found = _checks_now(psutil.Process(pid))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _checks_now(parent) -> list:
+    import psutil
+
+    found = []
+    for proc in parent.children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            line = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "qkv check" in line or "qkv_grading" in line and "check" in line:
+            found.append(line)
+    return found
+
+
+def _in_a_terminal(port: int, token: str, command: str, until: str, seconds: float = 240) -> str:
+    """Open a terminal of the JupyterLab at ``port`` (its REST API and websocket, as the browser does),
+    type ``command`` and return what it printed once ``until`` appears."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from tornado.websocket import websocket_connect
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/terminals", data=b"{}", method="POST",
+                                     headers={"Authorization": f"token {token}"})
+    name = json.load(urllib.request.urlopen(request, timeout=30))["name"]
+
+    async def talk() -> str:
+        ws = await websocket_connect(f"ws://127.0.0.1:{port}/terminals/websocket/{name}?token={token}")
+        await ws.write_message(json.dumps(["stdin", command + "\r"]))
+        text, deadline = "", time.monotonic() + seconds
+        while until not in text.split(command, 1)[-1] and time.monotonic() < deadline:
+            msg = await asyncio.wait_for(ws.read_message(), timeout=deadline - time.monotonic())
+            kind, *rest = json.loads(msg)
+            if kind == "stdout":
+                text += rest[0]
+        ws.close()
+        return text
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", asyncio.run(talk()))
+
+
 def test_make_lab_opens_an_exercise_that_runs_and_checks_itself(clone, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -112,14 +169,25 @@ def test_make_lab_opens_an_exercise_that_runs_and_checks_itself(clone, tmp_path)
             page.keyboard.press("b")
             page.keyboard.press("Enter")
             page.keyboard.type("!qkv check 01_weighted_average")
+            page.keyboard.press("Control+s")  # saved, as autosave would: the check reads this very cell
+            page.wait_for_timeout(1500)
             page.keyboard.press("Shift+Enter")
             page.locator(".jp-OutputArea-output", has_text="01_weighted_average: checking").first.wait_for(
                 timeout=180_000)
             report = page.locator(".jp-OutputArea-output", has_text="01_weighted_average: checking").first
             text = report.inner_text()
-            assert f"{clone}/exercises/01_weighted_average/01_weighted_average.ipynb" in text, text
+            assert f"{clone}/work/01_weighted_average/01_weighted_average.ipynb" in text, text
             assert re.search(r"q1: FAILED", text) and "test(s) failed" in text, text
+            # the saved cell was skipped inside the check: no check in a check, and none left running
+            assert "1 cell(s) that run qkv check were skipped" in text, text
+            assert not _checks_running(proc.pid)
             browser.close()
+        # JupyterLab's terminal: `qkv` on its PATH, and the self-study check with the hidden tests
+        out = _in_a_terminal(port, token, "qkv check 01_weighted_average --all", until="test(s) failed")
+        assert f"01_weighted_average: checking {clone}/work/01_weighted_average/01_weighted_average.ipynb " \
+               "with every test, hidden ones included" in out, out
+        assert "score: 0 of 10 points" in out and "command not found" not in out, out
+        assert not _checks_running(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # make and the JupyterLab it started (their own session)
         try:

@@ -2,13 +2,15 @@
 
 Assignment NAME has its instructor version at ``solutions/NAME/NAME.ipynb`` (nbgrader's *source*) and its
 student version at ``exercises/NAME/NAME.ipynb`` (nbgrader's *release*); ``nbgrader_config.py`` at the
-repository root maps nbgrader's folders to these two.
+repository root maps nbgrader's folders to these two. A learner works in a copy of the exercises,
+``work/NAME/NAME.ipynb``, which git ignores and ``make lab`` makes (``qkv_grading.workcopy``).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -22,6 +24,7 @@ ASSIGNMENTS = (
 )
 SOURCE_DIR = "solutions"
 RELEASE_DIR = "exercises"
+WORK_DIR = "work"
 
 
 def find_root(start: str | os.PathLike | None = None) -> Path:
@@ -43,6 +46,10 @@ def source_path(root: Path, name: str) -> Path:
 
 def release_path(root: Path, name: str) -> Path:
     return root / RELEASE_DIR / name / f"{name}.ipynb"
+
+
+def working_path(root: Path, name: str) -> Path:
+    return root / WORK_DIR / name / f"{name}.ipynb"
 
 
 def read_notebook(path: str | os.PathLike) -> nbformat.NotebookNode:
@@ -85,6 +92,7 @@ def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
                                         ClearSolutions, ComputeChecksums, LockCells)
 
     nb = copy.deepcopy(source)
+    points_in_headings(nb)
     for cell in nb.cells:  # say which tests have a hidden part, so `qkv check` can tell the learner
         if cell.cell_type == "code" and "### BEGIN HIDDEN TESTS" in cell.source:
             visible = _strip_hidden(cell.source)
@@ -96,7 +104,23 @@ def release_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type == "code":
             cell.execution_count = None
             cell.outputs = []
+    run_all_goes_on(nb)
     return nb
+
+
+RUN_ALL_GOES_ON = "raises-exception"
+
+
+def run_all_goes_on(nb: nbformat.NotebookNode) -> None:
+    """Tag every answer and test cell ``raises-exception``: its error (a failing test, an answer not written
+    yet) then does not stop JupyterLab's Run All (the kernel is asked not to drop the cells queued after
+    it), so every question's tests run. nbgrader's checksums do not cover tags."""
+    for cell in nb.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and (info.get("grade") or info.get("solution")):
+            tags = cell.metadata.setdefault("tags", [])
+            if RUN_ALL_GOES_ON not in tags:
+                tags.append(RUN_ALL_GOES_ON)
 
 
 def instructor_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -104,4 +128,49 @@ def instructor_notebook(source: nbformat.NotebookNode) -> nbformat.NotebookNode:
     instructor wrote them, checksums recomputed. Solution cells keep the solution (used only by self-tests)."""
     from nbgrader.preprocessors import ComputeChecksums, LockCells
 
-    return _preprocess(copy.deepcopy(source), [LockCells(), ComputeChecksums()])
+    nb = copy.deepcopy(source)
+    points_in_headings(nb)
+    return _preprocess(nb, [LockCells(), ComputeChecksums()])
+
+
+# A question's heading, "## Question 2 (4 points): ...": its points are written from its tests' metadata.
+_HEADING = re.compile(r"^(#+ Question (\d+) \(\s*)(\d+(?:\.\d+)?)(\s+points?\b)", re.M)
+_POINTS = re.compile(r"\(\s*\d+(?:\.\d+)?\s+points?\b")
+
+
+def question_points(nb: nbformat.NotebookNode) -> dict[str, float]:
+    """Question ("q2") -> the points of its graded cells (those whose grade_id starts "q2_")."""
+    totals: dict[str, float] = {}
+    for cell in nb.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("grade") and isinstance(info.get("grade_id"), str):
+            q = info["grade_id"].split("_", 1)[0]
+            totals[q] = totals.get(q, 0.0) + float(info.get("points", 0))
+    return totals
+
+
+def points_in_headings(nb: nbformat.NotebookNode) -> list[str]:
+    """Write each question heading's "(N points" from its tests' points, in place; return the questions
+    whose heading said otherwise. So a change of points is made in the metadata alone."""
+    totals, changed = question_points(nb), []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+
+        def fix(m):
+            q = f"q{m.group(2)}"
+            if q not in totals:
+                return m.group(0)
+            heading = m.group(1) + f"{totals[q]:g} point" + ("" if totals[q] == 1 else "s")
+            if heading != m.group(0):
+                changed.append(q)
+            return heading
+
+        cell.source = _HEADING.sub(fix, cell.source)
+    return changed
+
+
+def same_but_points(a: str, b: str) -> bool:
+    """Whether two cells' texts differ at most in the points their question headings state: a locked
+    cell released before a change of points is not the learner's edit."""
+    return _POINTS.sub("(# points", a.strip()) == _POINTS.sub("(# points", b.strip())

@@ -31,7 +31,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from qkv_grading import sandbox
+from qkv_grading import guard, sandbox
 
 from qkv_grading.probe import MIME as RECORDS_MIME
 from qkv_grading.wire import MAX_BYTES as MAX_RECORD_BYTES
@@ -211,7 +211,10 @@ def _seen(task) -> None:
 
 def _kill_now(km) -> None:
     """SIGKILL a kernel's process group (it runs in a session of its own; sandboxed, the rest of its tree
-    dies with bwrap): the kernel stops at once, before anything else runs."""
+    dies with bwrap): the kernel stops at once, before anything else runs. Unsandboxed, whatever it
+    started in sessions of its own (a `!` command's terminal) is killed first."""
+    if not SANDBOX:
+        guard.end_tree(getattr(getattr(km, "provisioner", None), "pid", None))
     pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
     if pgid and pgid != os.getpgid(0):
         try:

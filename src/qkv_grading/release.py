@@ -2,7 +2,10 @@
 
 The result is byte-for-byte reproducible: solutions are replaced by stubs, hidden tests removed, outputs
 cleared, instruction and test cells locked with nbgrader checksums, and nothing that changes between runs
-(timestamps, random ids) is written. Files other than the notebook in solutions/NAME/ are copied as they are.
+(timestamps, random ids) is written. Files other than the notebook in solutions/NAME/ are copied as they are. A question's heading states its
+points, "## Question 1 (3 points): ...": they are written from its tests' nbgrader metadata, in solutions/
+and in exercises/, so a change of points is made in the metadata alone (and the grader does not take a
+heading released with the old points for a learner's edit).
 
 With --check nothing is written: the command exits 1 and lists what differs when exercises/ is out of date.
 It also grades every solution against all of its tests, hidden ones included, with the grader's own run
@@ -19,8 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, read_notebook,
-                                release_notebook, source_path)
+from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, points_in_headings,
+                                read_notebook, release_notebook, source_path)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +58,36 @@ def actual_tree(root: Path) -> dict[str, bytes]:
             if p.is_file() and ".ipynb_checkpoints" not in p.parts}
 
 
+def stale_headings(root: Path) -> dict[str, list[str]]:
+    """Assignment -> the questions whose heading in solutions/ states other points than its tests' metadata."""
+    stale = {}
+    for name in ASSIGNMENTS:
+        src = source_path(root, name)
+        changed = points_in_headings(read_notebook(src)) if src.is_file() else []
+        if changed:
+            stale[name] = changed
+    return stale
+
+
+def write_headings(root: Path) -> list[str]:
+    """Write the points of every question heading in solutions/ from its tests' metadata (the release does
+    the same), so that a change of points is made in the metadata alone; return the files written."""
+    touched = []
+    for name, questions in stale_headings(root).items():
+        src = source_path(root, name)
+        nb = read_notebook(src)
+        points_in_headings(nb)
+        src.write_text(dumps(nb), encoding="utf-8")
+        touched.append(f"wrote     {SOURCE_DIR}/{name}/{name}.ipynb (the points in the heading of "
+                       f"{', '.join(questions)}, from its tests' metadata)")
+    return touched
+
+
 def differences(root: Path) -> list[str]:
     """One line per file that differs (with the size of the change), empty when in sync."""
     want, have = expected_tree(root), actual_tree(root)
-    lines = []
+    lines = [f"heading   {SOURCE_DIR}/{name}/{name}.ipynb: the heading of {', '.join(qs)} states other points "
+             f"than its tests' metadata" for name, qs in stale_headings(root).items()]
     for rel in sorted(set(want) | set(have)):
         if rel not in have:
             lines.append(f"missing   {RELEASE_DIR}/{rel}")
@@ -77,10 +106,11 @@ def differences(root: Path) -> list[str]:
 
 
 def release(root: Path) -> list[str]:
-    """Write exercises/ from solutions/; return the files written or removed."""
+    """Write exercises/ from solutions/ (and the points of question headings in solutions/ from the
+    tests' metadata); return the files written or removed."""
+    touched = write_headings(root)
     want, have = expected_tree(root), actual_tree(root)
     out = root / RELEASE_DIR
-    touched = []
     for rel, data in want.items():
         if have.get(rel) != data:
             path = out / rel

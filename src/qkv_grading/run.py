@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading import probe
+from qkv_grading import guard, probe
 from qkv_grading.assemble import assemble
 from qkv_grading.execute import run_notebook
 from qkv_grading.results import short
@@ -67,6 +67,7 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     decides a point: the kernel's results come back as data for ``judge_run``."""
     built = assemble(submission, spec.released, spec.runnable)
     nb = built.nb
+    guard.skip_self_checks(nb)  # a learner's `!qkv check` cell: a plain note, never a check in a check
     tests = {t["id"] for t in spec.tests}
 
     def test_id(cell):
