@@ -4,17 +4,23 @@ A submission is trusted only for its answers. Every locked cell (instructions, s
 from the instructor's version, whatever the learner did to it: edited, deleted, moved, or stripped of its
 nbgrader metadata. Answer cells are found by their nbgrader ``grade_id``, else by their Jupyter cell id,
 else by where they sit between the locked cells around them. Cells the learner added are kept in place.
-Every repair is written down as a note, so the report can say what happened.
+Every repair is written down as a note, so the report can say what happened. Of a learner's cell only
+its type and source are taken, with its tags when they are valid: whatever other metadata a tool wrote
+there (``{"collapsed": "yes"}`` once stopped the whole run) is dropped, and the notebook built is
+validated against nbformat's schema before it goes anywhere.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 
 import nbformat
 
 STUB_MARK = "raise NotImplementedError()"
+_CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat's own rule for a cell id
+_TAG = re.compile(r"^[\w.:-]{1,100}$")  # no comma (nbformat) and nothing a page would read as markup
 
 
 @dataclass
@@ -114,12 +120,11 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
         for s in gaps.get(after, []):
             if s in used:
                 continue
-            cell = copy.deepcopy(student[s])
+            cell = student[s]
             if cell.get("cell_type") not in ("code", "markdown", "raw"):
                 continue
-            meta = cell.get("metadata", {})
-            meta.pop("nbgrader", None)
-            clean = {"cell_type": cell["cell_type"], "metadata": meta, "source": _text(cell)}
+            clean = {"cell_type": cell["cell_type"], "metadata": _learner_metadata(cell, notes),
+                     "source": _text(cell)}
             if cell["cell_type"] == "code":
                 clean.update(outputs=[], execution_count=None)
             cells.append(nbformat.from_dict(clean))
@@ -155,11 +160,30 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
     seen: set[str] = set()
     for n, cell in enumerate(cells):
         cid = cell.get("id")
-        if not isinstance(cid, str) or not cid or cid in seen or len(cid) > 64:
+        if not isinstance(cid, str) or not _CELL_ID.match(cid) or cid in seen:
             cid = f"extra-{n}"
         cell["id"] = cid
         seen.add(cid)
     nb.cells = cells
     if not student:  # one note, not one per cell
         notes = ["empty notebook (no cells): graded as left blank"]
-    return Assembled(nb, notes)
+    nbformat.validate(nb)  # built of known-valid parts: a failure here is the grader's, said as one
+    return Assembled(nb, list(dict.fromkeys(notes)))
+
+
+def _learner_metadata(cell, notes: list[str]) -> dict:
+    """What is kept of a learner's cell metadata: its tags, when they are valid; nothing else."""
+    meta = cell.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    tags = meta.get("tags")
+    kept = [t for t in dict.fromkeys(tags) if isinstance(t, str) and _TAG.match(t)] \
+        if isinstance(tags, list) and all(isinstance(t, str) for t in tags) else []
+    invalid = (("tags" in meta and kept != tags)
+               or ("collapsed" in meta and not isinstance(meta["collapsed"], bool))
+               or ("scrolled" in meta and not (isinstance(meta["scrolled"], bool)
+                                               or meta["scrolled"] == "auto"))
+               or "name" in meta and not isinstance(meta["name"], str))
+    if invalid:
+        notes.append("cell metadata that is not valid was dropped from a cell you added")
+    # the rest (a tool's own keys, valid or not) is dropped without a note: the run never needs it
+    return {"tags": kept} if kept else {}

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qkv_grading import probe, wire
-from qkv_grading.feedback import feedback_page
-from qkv_grading.results import Result, short, tests_of
+from qkv_grading.results import Result, plain, short, tests_of
 
 if TYPE_CHECKING:
     from qkv_grading.run import KernelRun
@@ -44,6 +43,7 @@ def is_setup(cell) -> bool:
 class Verdict:
     passed: bool
     message: str = ""
+    refused: bool = False  # what came back was not plain data (a forged or broken record)
 
 
 class Judge:
@@ -74,7 +74,8 @@ class Judge:
         try:
             records = probe.decode_records(records_text)
         except wire.WireError as exc:
-            return Verdict(False, f"what your notebook sent back for this test is not plain data ({exc})")
+            return Verdict(False, f"what your notebook sent back for this test is not plain data ({exc})",
+                           refused=True)
         namespace = self._namespace()
         try:  # what a test prints here ("checked when graded", say) is for a learner's notebook, not the grader's
             with probe.replaying(records), contextlib.redirect_stdout(io.StringIO()):
@@ -87,30 +88,43 @@ class Judge:
 
 
 def empty_result(spec: Spec, status: str, reason: str) -> Result:
-    reason = spec.scrub(reason)
-    tests = tests_of(spec, message=reason)
-    return Result(spec.name, status, tests, spec.max_score, notes=[reason],
-                  feedback=feedback_page(spec, None, tests, [reason]))
+    """A submission with no run to judge (missing, unreadable, refused, lost): 0 with ``reason``."""
+    reason = plain(spec.scrub(reason))
+    return Result(spec.name, status, tests_of(spec, message=short(reason)), spec.max_score,
+                  notes=[reason])
 
 
 def judge_run(run: KernelRun, spec: Spec) -> Result:
     """Award the points for a kernel's run, here, outside the kernel; hidden test code is scrubbed from
-    everything a learner will see."""
+    everything a learner will see. Total: whatever the run holds, a ``Result`` (status "error" and the
+    reason when judging itself failed), so one submission cannot stop the others being graded. Its
+    ``executed`` notebook is what the feedback page shows, rendered after judging (``feedback``)."""
+    try:
+        return _judge_run(run, spec)
+    except Exception as exc:
+        return empty_result(spec, "error", f"the grader failed judging this submission: "
+                                           f"{type(exc).__name__}: {exc}")
+
+
+def _judge_run(run: KernelRun, spec: Spec) -> Result:
     if run.nb is None:
         return empty_result(spec, run.status, "; ".join(run.notes))
     scrub = spec.scrub
     for cell in run.nb.cells:
         scrub.outputs(cell)
-    tests = []
+    tests, refused = [], []
     for t in tests_of(spec):
         kernel_error = run.errors.get(t.id, "")
         verdict = spec.judge.verdict(t.id, run.records.get(t.id), kernel_error)
         message = verdict.message
         if not verdict.passed and kernel_error and message == probe.NOT_BACK:
             message = kernel_error
+        if verdict.refused:
+            refused.append(t.id)
         t.passed, t.points = verdict.passed, t.max_points if verdict.passed else 0.0
-        t.message = "" if verdict.passed else short(scrub(message))
+        t.message = "" if verdict.passed else short(plain(scrub(message)))
         tests.append(t)
-    notes = [scrub(n) for n in run.notes]
-    return Result(spec.name, run.status, tests, spec.max_score, notes=notes,
-                  feedback=feedback_page(spec, run.nb, tests, notes))
+    notes = [plain(scrub(n)) for n in run.notes]
+    if refused:
+        notes.append(f"what the notebook sent back for {', '.join(refused)} is not plain data: refused")
+    return Result(spec.name, run.status, tests, spec.max_score, notes=notes, executed=run.nb)
