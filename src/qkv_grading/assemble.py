@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 import nbformat
 
+from qkv_grading import cells as cell_kinds
+from qkv_grading.cells import grade_id as _grade_id
+from qkv_grading.cells import source as _text
+
 STUB_MARK = "raise NotImplementedError()"
 _CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat's own rule for a cell id
 _TAG = re.compile(r"^[\w.:-]{1,100}$")  # no comma (nbformat) and nothing a page would read as markup
@@ -27,20 +31,6 @@ _TAG = re.compile(r"^[\w.:-]{1,100}$")  # no comma (nbformat) and nothing a page
 class Assembled:
     nb: nbformat.NotebookNode
     notes: list[str] = field(default_factory=list)
-
-
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def _grade_id(cell) -> str | None:
-    gid = _nbgrader(cell).get("grade_id")
-    return gid if isinstance(gid, str) else None
-
-
-def _text(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
 
 
 def _same(a: str, b: str) -> bool:
@@ -63,7 +53,7 @@ def _match(student_cells, released_cells) -> dict[int, int]:
         if s in matched:
             continue
         for k, rc in enumerate(released_cells):
-            if k not in taken and _nbgrader(rc).get("locked") and rc.cell_type == cell.get("cell_type") \
+            if k not in taken and cell_kinds.is_locked(rc) and rc.cell_type == cell.get("cell_type") \
                     and _same(_text(cell), _text(rc)):
                 matched[s], _ = k, taken.add(k)
                 break
@@ -83,7 +73,7 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
     student = list(submission.get("cells", []))
     matched = _match(student, rel_cells)
     notes: list[str] = []
-    if student and not any(_nbgrader(c) for c in student):
+    if student and not any(cell_kinds.info(c) for c in student):
         notes.append("the notebook has no nbgrader metadata (stripped); its cells were matched by id and position")
 
     # Unmatched learner cells, grouped after the released cell they follow (-1: before the first one).
@@ -100,7 +90,7 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
     used: set[int] = set()
     recovered: dict[int, str] = {}
     for k, rc in enumerate(rel_cells):
-        if k in owner or not _nbgrader(rc).get("solution"):
+        if k in owner or not cell_kinds.is_answer(rc):
             continue
         prev_anchor = max((a for a in owner if a < k), default=-1)
         candidates = [s for s in gaps.get(prev_anchor, []) if s not in used
@@ -132,16 +122,15 @@ def assemble(submission: nbformat.NotebookNode, released: nbformat.NotebookNode,
     add_extras(-1)
     for k, rc in enumerate(rel_cells):
         gid = _grade_id(rc)
-        info = _nbgrader(rc)
         target = copy.deepcopy(run_by_gid.get(gid, rc))
-        if info.get("solution"):
+        if cell_kinds.is_answer(rc):
             if k in owner:
                 target.source = _text(student[owner[k]])
             elif k in recovered:
                 target.source = recovered[k]
             else:
                 target.source = rc.source  # the released stub, never the instructor's solution
-        elif info.get("locked") or info.get("grade"):
+        elif cell_kinds.is_locked(rc) or cell_kinds.is_test(rc):
             if k not in owner:
                 notes.append(f"locked cell {gid} was deleted; restored")
             elif not (_same(_text(student[owner[k]]), _text(rc)) or _same(_text(student[owner[k]]), _text(target))):

@@ -30,6 +30,7 @@ from pathlib import Path
 import nbformat
 import nh3
 
+from qkv_grading import cells
 from qkv_grading.discover import collected
 
 from qkv_grading.results import Result, TestResult
@@ -175,25 +176,18 @@ def _safe_output(out, repairs: set[str]):
     return nbformat.v4.new_output("display_data", data=kept, metadata=shown_meta)
 
 
-def _nbgrader(cell) -> dict:
-    meta = cell.get("metadata")
-    info = meta.get("nbgrader") if isinstance(meta, dict) else None
-    return info if isinstance(info, dict) else {}
-
-
 def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.NotebookNode, list[str]]:
     """The notebook as the learner sees it, rebuilt of what is known to be safe to show: test cells as
     released, each with its result attached; the learner's cells with their source and safe outputs
     only. Also what had to be left out (a note each), when something of the learner's was dangerous."""
-    released = {_nbgrader(c).get("grade_id"): c for c in spec.released.cells}
+    released = {cells.grade_id(c): c for c in spec.released.cells}
     by_test = {t.id: t for t in tests}
     repairs: set[str] = set()
-    cells = []
+    shown_cells, ids = [], set()
     for k, cell in enumerate((nb if nb is not None else spec.released).get("cells", [])):
-        info = _nbgrader(cell)
-        gid = info.get("grade_id") if isinstance(info.get("grade_id"), str) else None
+        gid = cells.grade_id(cell)
         kind, source = cell.get("cell_type"), _text_of(cell.get("source", ""))
-        trusted = bool(info.get("locked")) and not info.get("solution")  # restored from the instructor's
+        trusted = cells.is_instructors(cell)
         cid = cell.get("id") if isinstance(cell.get("id"), str) and _CELL_ID.match(cell.get("id")) else None
         if kind == "code":
             new = nbformat.v4.new_code_cell(source)
@@ -203,7 +197,7 @@ def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.No
                     new.outputs.append(safe)
             count = cell.get("execution_count")
             new.execution_count = count if type(count) is int else None
-            if info.get("grade") and gid in by_test:
+            if cells.is_test(cell) and gid in by_test:
                 t = by_test[gid]
                 new.source = released[gid].source if gid in released else ""
                 new.metadata["qkv_test"] = {
@@ -224,9 +218,10 @@ def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.No
                     new.metadata[key] = cell["metadata"][key]
         else:
             continue
-        new.id = cid if cid and cid not in {c.id for c in cells} else f"shown-{k}"
-        cells.append(new)
-    shown = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(spec.released.metadata))
+        new.id = cid if cid and cid not in ids else f"shown-{k}"
+        ids.add(new.id)
+        shown_cells.append(new)
+    shown = nbformat.v4.new_notebook(cells=shown_cells, metadata=copy.deepcopy(spec.released.metadata))
     return shown, sorted(repairs)
 
 

@@ -12,31 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qkv_grading import probe, wire
+from qkv_grading import cells, probe, wire
 from qkv_grading.results import Result, plain, short, tests_of
 
-if TYPE_CHECKING:
-    from qkv_grading.run import KernelRun
-    from qkv_grading.spec import Spec
+# ``spec`` below is a ``qkv_grading.spec.Spec`` and ``run`` a ``qkv_grading.run.KernelRun``: not imported
+# here, since a Spec builds its Judge (spec -> judge, never judge -> spec).
 
 
 class InstructorError(Exception):
     """The instructor's notebook itself cannot be judged (a set-up cell fails here, say)."""
-
-
-def _code(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def is_setup(cell) -> bool:
-    info = cell.get("metadata", {}).get("nbgrader", {})
-    return (cell.get("cell_type") == "code" and bool(info.get("locked"))
-            and not info.get("grade") and not info.get("solution"))
 
 
 @dataclass
@@ -53,15 +40,15 @@ class Judge:
         self.name = name
         self.base: dict = {"__name__": f"judge_{name}"}
         for cell in runnable.cells:
-            if is_setup(cell):
-                gid = cell.metadata.nbgrader.get("grade_id")
+            if cells.is_setup(cell):
+                gid = cells.grade_id(cell)
                 try:
-                    exec(compile(_code(cell), f"<{name}:{gid}>", "exec"), self.base)
+                    exec(compile(cells.source(cell), f"<{name}:{gid}>", "exec"), self.base)
                 except Exception as exc:
                     raise InstructorError(f"{name}: set-up cell {gid} fails in the grader: "
                                           f"{type(exc).__name__}: {exc}") from None
-        self.tests = {cell.metadata.nbgrader["grade_id"]: _code(cell) for cell in runnable.cells
-                      if cell.get("metadata", {}).get("nbgrader", {}).get("grade")}
+        self.tests = {cells.grade_id(cell): cells.source(cell) for cell in runnable.cells
+                      if cells.is_test(cell)}
 
     def _namespace(self) -> dict:
         # arrays copied: a test that changes its inputs in place cannot change the next submission's
@@ -87,14 +74,14 @@ class Judge:
         return Verdict(True)
 
 
-def empty_result(spec: Spec, status: str, reason: str) -> Result:
+def empty_result(spec, status: str, reason: str) -> Result:
     """A submission with no run to judge (missing, unreadable, refused, lost): 0 with ``reason``."""
     reason = plain(spec.scrub(reason))
     return Result(spec.name, status, tests_of(spec, message=short(reason)), spec.max_score,
                   notes=[reason])
 
 
-def judge_run(run: KernelRun, spec: Spec) -> Result:
+def judge_run(run, spec) -> Result:
     """Award the points for a kernel's run, here, outside the kernel; hidden test code is scrubbed from
     everything a learner will see. Total: whatever the run holds, a ``Result`` (status "error" and the
     reason when judging itself failed), so one submission cannot stop the others being graded. Its
@@ -106,7 +93,7 @@ def judge_run(run: KernelRun, spec: Spec) -> Result:
                                            f"{type(exc).__name__}: {exc}")
 
 
-def _judge_run(run: KernelRun, spec: Spec) -> Result:
+def _judge_run(run, spec) -> Result:
     if run.nb is None:
         return empty_result(spec, run.status, "; ".join(run.notes))
     scrub = spec.scrub
