@@ -74,6 +74,7 @@ _probe.run_probe_part = _fake
 
 ODD_METADATA = [{"collapsed": "yes"}, {"scrolled": "x"}, {"name": 3}, {"tags": ['a" onclick="x', 3]},
                 {"jupyter": {"source_hidden": "no"}, "execution": 7}]
+ESCAPED_NAME = "esc\x1b[2Jape"
 ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;a new terminal title\x07\x07 \u202eevil"
 
 MARKDOWN_ATTACK = (f"[click me](javascript:window.PWNED=1) ![remote]({OUTSIDE}/md.png) "
@@ -135,6 +136,7 @@ def graded(tmp_path_factory):
     (subs / "link_student").symlink_to(subs / "honest_a", target_is_directory=True)
     (subs / "fifo_notebook" / NAME).mkdir(parents=True)
     os.mkfifo(subs / "fifo_notebook" / NAME / f"{NAME}.ipynb")  # would hang a plain open()
+    submit(subs, ESCAPED_NAME, NAME, filled(NAME))  # a name that would clear an instructor's terminal
 
     out = base / "out"
     grade(subs, out, ROOT, workers=2, timeout=15, progress=False)
@@ -173,6 +175,8 @@ def test_links_are_refused_listed_and_never_followed(graded):
                  f"link_timestamp/{NAME}/timestamp.txt", f"link_timestamp/{NAME}/submission_secret.txt"):
         assert "symbolic link" in ignored[path], (path, ignored)
     assert "not a regular file" in ignored[f"fifo_notebook/{NAME}/{NAME}.ipynb"]
+    assert "control characters" in ignored[ascii(ESCAPED_NAME)]
+    assert not any("esc" in student for student in graded["grades"])
     assert "link_student" not in graded["grades"]
     assert SECRET not in graded["grades"]["link_timestamp"]["timestamp"]
     folder = graded["out"] / "feedback" / "link_timestamp" / NAME
@@ -222,7 +226,7 @@ def test_a_feedback_page_keeps_nothing_live_of_the_learners(graded):
         assert live.scripts == ["inline", "../../mathjax/tex-svg-full.js"], live.scripts  # ours alone
         assert all(s.startswith("data:image/png;base64,") for s in live.sources), live.sources
     attack = (graded["out"] / "feedback" / "feedback_attack" / NAME / f"{NAME}.html").read_text()
-    assert attack.count("<img src=\"data:image/png;base64,") == 2  # the images themselves are shown
+    assert attack.count('src="data:image/png;base64,') == 2  # the images themselves are shown
 
 
 # ---- the grader failing, or stopped, while it records ----------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS
+from qkv_grading.results import plain
 
 DEBRIS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 COLLECTED = ("timestamp.txt", "submission_secret.txt")  # written by `nbgrader collect`
@@ -31,6 +32,7 @@ TOO_SHALLOW = ("one level too shallow: submissions go in "
 
 LINK = "a symbolic link: refused (submissions are read as files, never followed)"
 NOT_REGULAR = "not a regular file: refused"
+ODD_NAME = "a name with control characters: refused"
 SMALL = 4096  # bytes: the most a file that `nbgrader collect` writes may hold
 
 
@@ -106,6 +108,9 @@ def discover(submissions: Path, only: list[str] | None = None) -> tuple[list[tup
         if _link(entry, submissions, ignored):
             continue
         if _debris(entry, submissions, ignored) or entry.name.startswith("."):
+            continue
+        if entry.name != plain(entry.name):  # a terminal escape in a name would reach every table
+            ignored.append(Ignored(ascii(entry.name), ODD_NAME))
             continue
         if entry.is_dir():
             students.append(entry)

@@ -198,7 +198,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             for result in itertools.chain(stopped, ran, absent):
                 _stop_if_told()
                 student, name = result.student, result.assignment
-                result.notes += found.get((student, name), [])
+                result.notes += [n for n in found.get((student, name), []) if n not in result.notes]
                 _record(out, submissions, writer, specs[name], result, keys[(student, name)])
                 executed.append((student, name))
             _stop_if_told()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS
-from qkv_grading.discover import LINK, NOT_REGULAR, Ignored
+from qkv_grading.discover import LINK, NOT_REGULAR, ODD_NAME, Ignored
 from qkv_grading.results import Result, plain
 
 
@@ -188,7 +188,7 @@ def write_class_report(out: Path, results: list[Result]) -> Path:
     look = [r for r in results if r.needs_a_look()]
     ignored = out / "ignored.csv"
     rows = list(csv.reader(ignored.read_text().splitlines()))[1:] if ignored.is_file() else []
-    refused = [(p, why) for p, why in rows if why in (LINK, NOT_REGULAR)]
+    refused = [(p, why) for p, why in rows if why in (LINK, NOT_REGULAR, ODD_NAME)]
     body.append("<h2 id='needs-a-look'>Submissions that need a human look</h2>")
     if look:
         body.append("<table class='look'><tr><th>student</th><th>assignment</th><th>status</th>"
