@@ -19,8 +19,11 @@ Workers are Dask worker processes that only execute notebooks: --workers N start
 --scheduler tcp://HOST:PORT uses a running cluster (a worker needs the course package and bubblewrap, never
 solutions/). This process awards the points and alone writes the gradebook and the files, so parallel
 grading cannot corrupt them. A bad submission (not JSON, metadata
-stripped, cells deleted or edited, an endless loop, a crashing kernel, huge output, a missing notebook)
-gets its score and a reason in report.csv, and costs the others no more than its own timeouts.
+stripped or invalid, cells deleted or edited, an endless loop, a crashing kernel, huge output, records
+that are not plain data, a missing notebook, a symbolic link) gets its score and a reason in report.csv,
+and costs the others no more than its own timeouts. Submissions are read as data: a link under
+SUBMISSIONS is refused (ignored.csv), never followed. Should the grader itself fail on one submission,
+that submission is recorded as "error" with the reason, and graded again by the next run.
 
 Stopping (Ctrl-C, kill, a lost scheduler) stops the workers and kernels this run started, and keeps every
 submission recorded so far; the same command again grades only the rest. Each submission's gradebook row is
