@@ -92,6 +92,7 @@ EXPECTED = {  # student -> (score, status, what report.csv says)
     "bad_records": (0, "graded", "not plain data"),
     "odd_metadata": (10, "graded", "cell metadata that is not valid was dropped"),
     "feedback_attack": (10, "graded", "left out of the feedback page"),
+    "all_at_once": (0, "graded", "not plain data"),
     "link_timestamp": (10, "graded", "timestamp.txt: a symbolic link"),
     "link_notebook": (0, "rejected", f"{NAME}.ipynb: a symbolic link"),
     "link_assignment": (0, "rejected", f"link_assignment/{NAME}: a symbolic link"),
@@ -123,6 +124,15 @@ def graded(tmp_path_factory):
     nb = filled(NAME)
     nb.cells += [nbformat.v4.new_markdown_cell(MARKDOWN_ATTACK), nbformat.v4.new_code_cell(OUTPUT_ATTACK)]
     submit(subs, "feedback_attack", NAME, nb)
+
+    nb = filled(NAME, {"q1_answer": answers["q1_answer"] + "\n" + FAKE_RECORDS})  # everything at once
+    for meta in ODD_METADATA:
+        nb.cells.append(nbformat.v4.new_code_cell("y = 2"))
+        nb.cells[-1].metadata.update(meta)  # after: new_code_cell would validate it
+    nb.cells += [nbformat.v4.new_markdown_cell(MARKDOWN_ATTACK), nbformat.v4.new_code_cell(OUTPUT_ATTACK),
+                 nbformat.v4.new_code_cell(f"raise ValueError({ESCAPES!r})")]
+    folder = submit(subs, "all_at_once", NAME, json.dumps(nb)).parent
+    (folder / "timestamp.txt").symlink_to(secret)
 
     folder = submit(subs, "link_timestamp", NAME, filled(NAME)).parent
     (folder / "timestamp.txt").symlink_to(secret)
@@ -159,6 +169,13 @@ def test_honest_students_keep_full_marks_and_the_attackers_earn_only_their_answe
     for student in ("honest_a", "honest_b"):
         assert all(s == m for s, m in graded["questions"][(student, NAME)].values())
     assert all(s == 0 for s, _ in graded["questions"][("bad_records", NAME)].values())
+
+
+def test_a_notebook_that_does_everything_at_once_gets_every_reason(graded):
+    notes = graded["report"]["all_at_once"]["notes"]
+    for reason in ("not plain data", "cell metadata that is not valid", "left out of the feedback page",
+                   "timestamp.txt: a symbolic link", "ValueError: red"):
+        assert reason in notes, (reason, notes)
 
 
 def test_report_html_lists_every_case_under_needs_a_look(graded):
