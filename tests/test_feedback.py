@@ -23,6 +23,7 @@ import pytest
 from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv,
                              submit)
 from qkv_grading.grade import grade
+from test_hostile import MARKDOWN_ATTACK, OUTPUT_ATTACK
 from test_site import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,8 @@ def course(tmp_path_factory):
     nb.cells += [nbformat.v4.new_markdown_cell(f"My notes <img src='{OUTSIDE}/md.png'> $x_i$"),
                  nbformat.v4.new_raw_cell(f"<script src='{OUTSIDE}/raw.js'></script>"),
                  nbformat.v4.new_code_cell("from IPython.display import HTML\n"
-                                           f"HTML(\"<img src='{OUTSIDE}/out.png'>\")")]
+                                           f"HTML(\"<img src='{OUTSIDE}/out.png'>\")"),
+                 nbformat.v4.new_markdown_cell(MARKDOWN_ATTACK), nbformat.v4.new_code_cell(OUTPUT_ATTACK)]
     folder = submit(subs, "ada", NAME, nb).parent
     (folder / "timestamp.txt").write_text(STAMP)
     (folder / "submission_secret.txt").write_text(SECRET)
@@ -117,7 +119,11 @@ PAGE_JS = r"""
   const clone = document.body.cloneNode(true);
   clone.querySelectorAll("pre, code, script, style, mjx-container").forEach(el => el.remove());
   const text = clone.textContent;
-  return {tests, mjx: document.querySelectorAll("mjx-container").length,
+  const handlers = [...document.querySelectorAll("*")].filter(
+    el => [...el.attributes].some(a => a.name.toLowerCase().startsWith("on"))).length;
+  return {tests, mjx: document.querySelectorAll("mjx-container").length, pwned: window.PWNED || 0,
+          handlers, violations: window.__violations,
+          jslinks: document.querySelectorAll("a[href^='javascript:' i]").length,
           raw: (text.match(/\$\$|\\\(|\*\*/g) || []).length, shown: document.body.innerText,
           html: document.documentElement.outerHTML, total: document.querySelector(".qkv-total").textContent,
           width: document.documentElement.scrollWidth};
@@ -142,21 +148,35 @@ def pages(course):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
+    # ada's page with what the sanitizer would have taken out put back in: the Content-Security-Policy
+    # alone must stop it (and let MathJax render)
+    page_html = (course / "feedback" / "ada" / NAME / f"{NAME}.html").read_text()
+    (course / "feedback" / "ada" / NAME / "csp_probe.html").write_text(page_html.replace(
+        "</body>", f"<script>window.PWNED=9</script><img src='{OUTSIDE}/csp.png'>"
+                   f"<img src=x onerror='window.PWNED=10'></body>"))
     seen: dict = {}
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 390, "height": 844})
-            for student, name in (("ada", NAME), ("peek", BAD)):
+            context.add_init_script("window.__violations = []; document.addEventListener("
+                                    "'securitypolicyviolation', e => window.__violations.push("
+                                    "e.effectiveDirective + ' ' + e.blockedURI))")
+            file_url = (course / "feedback" / "ada" / NAME / f"{NAME}.html").as_uri()
+            for student, name, url in (("ada", NAME, f"{base}ada/{NAME}/{NAME}.html"),
+                                       ("peek", BAD, f"{base}peek/{BAD}/{BAD}.html"),
+                                       ("csp_probe", NAME, f"{base}ada/{NAME}/csp_probe.html"),
+                                       ("ada_file", NAME, file_url)):
                 requests: list[str] = []
 
                 def guard(route, request, requests=requests):
                     requests.append(request.url)
-                    route.continue_() if request.url.startswith(base) else route.abort()
+                    local = request.url.startswith(base) or request.url.startswith("file://")
+                    route.continue_() if local else route.abort()
 
                 page = context.new_page()
                 page.route("**/*", guard)
-                page.goto(f"{base}{student}/{name}/{name}.html", wait_until="load")
+                page.goto(url, wait_until="load")
                 try:  # MathJax typesets after load; a page whose math never renders fails below
                     page.wait_for_function(
                         "() => document.querySelectorAll('mjx-container').length > 0", timeout=30_000)
@@ -173,8 +193,24 @@ def pages(course):
 
 
 def test_a_feedback_page_renders_its_markdown_and_math(pages):
-    page = pages["ada"]
-    assert page["mjx"] >= 5 and page["raw"] == 0, (page["mjx"], page["raw"])
+    for student in ("ada", "ada_file", "csp_probe"):  # served, opened as a file, and under attack
+        page = pages[student]
+        assert page["mjx"] >= 5 and page["raw"] == 0, (student, page["mjx"], page["raw"])
+
+
+def test_nothing_of_the_learners_runs_on_a_feedback_page(pages):
+    for student in ("ada", "ada_file", "peek"):
+        page = pages[student]
+        assert (page["pwned"], page["handlers"], page["jslinks"]) == (0, 0, 0), student
+        assert page["violations"] == [], (student, page["violations"])  # nothing of ours is blocked
+
+
+def test_the_content_security_policy_alone_stops_a_script_and_a_remote_image(pages):
+    probe = pages["csp_probe"]
+    assert probe["pwned"] == 0
+    blocked = " ".join(probe["violations"])
+    assert "script-src" in blocked and f"img-src {OUTSIDE}/csp.png" in blocked, blocked
+    assert not any(OUTSIDE in u for u in probe["requests"]), probe["requests"]
 
 
 def test_each_test_shows_its_points_and_message_under_its_cell(course, pages):
@@ -199,8 +235,9 @@ def test_a_feedback_page_contains_no_hidden_test_line(course, pages):
 
 def test_a_feedback_page_asks_for_nothing_beyond_its_folder(pages):
     for student, page in pages.items():
-        assert page["requests"], student
-        outside = [u for u in page["requests"] if "127.0.0.1" not in u.split("/")[2]]
+        assert page["requests"] or student.endswith("_file"), student  # routes see no file:// request
+        outside = [u for u in page["requests"] if not u.startswith("file://")
+                   and "127.0.0.1" not in u.split("/")[2]]
         assert not outside, (student, outside)
         assert any(u.endswith("/mathjax/tex-svg-full.js") for u in page["requests"])
 

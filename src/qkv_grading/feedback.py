@@ -2,6 +2,12 @@
 points at the top and each test's points and message under its cell.
 
 Test cells are shown as released (hidden test code never appears); outputs were scrubbed by the judge.
+The page is rendered after judging, from a notebook rebuilt of what is known to be safe to show: the
+learner's markdown is rendered and then sanitized (Ammonia, through ``nh3``: no script, no handler
+attribute, no ``javascript:`` link, no image but an inline one), outputs keep text and PNG/JPEG images
+only, with a width and height only when they are plain numbers (nbconvert writes them unquoted), and the
+page carries a Content-Security-Policy that lets it load nothing but the MathJax beside it (its inline
+configuration by hash). What was taken out is said in a note, for the report's "needs a look".
 MathJax is served from the feedback folder itself, so a page opens offline. Files are written in
 nbgrader's feedback layout, ``feedback/<student>/<assignment>/<assignment>.html`` beside
 ``timestamp.txt`` and ``submission_secret.txt`` (those ``nbgrader collect`` wrote, when it did), so
@@ -10,21 +16,37 @@ that ``nbgrader release_feedback`` can hand them back.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import hashlib
 import html
+import os
+import re
 import secrets
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+import nh3
+
+from qkv_grading import cells
+from qkv_grading.discover import collected
 
 from qkv_grading.results import Result, TestResult
 from qkv_grading.spec import Spec
 
 MATHJAX = "mathjax/tex-svg-full.js"  # one file, every TeX extension, glyphs as SVG: no font requests
 COLLECT_FILES = ("timestamp.txt", "submission_secret.txt")  # written by `nbgrader collect`
+
+# The one inline script of a page; the Content-Security-Policy allows it by its hash, and no other.
+_MATHJAX_CONFIG = r"""
+window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']],
+                        displayMath: [['$$', '$$'], ['\\[', '\\]']], processEscapes: true},
+                  options: {enableMenu: false}};
+"""
+_CSP = ("default-src 'none'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; font-src 'self' data:; base-uri 'none'; form-action 'none'")
 
 _CSS = """
 main{max-width:62em;margin:0 auto;padding:0 .6em}
@@ -44,14 +66,12 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
 _TEMPLATE = r"""{%- extends 'index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js -%}
+<meta http-equiv="Content-Security-Policy" content="{{ resources.qkv_csp }}">
+{%- endblock html_head_js -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block html_head_js_mathjax -%}
-<script>
-window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']],
-                        displayMath: [['$$', '$$'], ['\\[', '\\]']], processEscapes: true},
-                  options: {enableMenu: false}};
-</script>
+<script>{{ resources.qkv_mathjax_config }}</script>
 <script src="{{ resources.qkv_mathjax }}" defer></script>
 {%- endblock html_head_js_mathjax -%}
 {%- block extra_css -%}<style>{{ resources.qkv_css }}</style>{%- endblock extra_css -%}
@@ -93,38 +113,163 @@ def _summary(spec: Spec, tests: list[TestResult], notes: list[str]) -> str:
     return "".join(parts)
 
 
-def _shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> nbformat.NotebookNode:
-    """The notebook as the learner sees it: test cells as released, each with its result attached."""
-    released = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in spec.released.cells}
+_CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat's own rule for a cell id
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
+_IMAGES = ("image/png", "image/jpeg")
+_SIZE_LIMIT = 100_000  # pixels: a width or height above it is no real image's
+
+
+def _size(value) -> int | None:
+    """An image's width or height, if it is a plain number (nbconvert writes it unquoted)."""
+    return value if type(value) is int and 0 < value <= _SIZE_LIMIT else None
+
+
+def _text_of(value) -> str:
+    return "".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _safe_output(out, repairs: set[str]):
+    """A learner's output rebuilt of what is known to be safe to show, or None: text and PNG/JPEG images
+    only (HTML or scripts a learner's code displays stay out of the page), an image's width and height
+    only when they are plain numbers, nothing else of its metadata (``filenames`` would make the page
+    fetch a URL)."""
+    kind = out.get("output_type")
+    if kind == "stream":
+        name = out.get("name") if out.get("name") in ("stdout", "stderr") else "stdout"
+        return nbformat.v4.new_output("stream", name=name, text=_text_of(out.get("text", "")))
+    if kind == "error":
+        tb = out.get("traceback")
+        return nbformat.v4.new_output("error", ename=_text_of(out.get("ename", "")),
+                                      evalue=_text_of(out.get("evalue", "")),
+                                      traceback=[_text_of(t) for t in tb] if isinstance(tb, list) else [])
+    if kind not in ("display_data", "execute_result"):
+        return None
+    data = out.get("data") if isinstance(out.get("data"), dict) else {}
+    meta = out.get("metadata") if isinstance(out.get("metadata"), dict) else {}
+    kept: dict = {}
+    if "text/plain" in data:
+        kept["text/plain"] = _text_of(data["text/plain"])
+    shown_meta: dict = {}
+    for mime in _IMAGES:
+        if mime not in data:
+            continue
+        image = _text_of(data[mime])
+        if not _BASE64.match(image):
+            repairs.add("an image output that is not base64 was left out of the feedback page")
+            continue
+        kept[mime] = image
+        sizes = meta.get(mime) if isinstance(meta.get(mime), dict) else {}
+        safe = {k: _size(sizes[k]) for k in ("width", "height") if k in sizes}
+        if any(v is None for v in safe.values()):
+            repairs.add("an image's width or height that is not a number was left out of the feedback page")
+        safe = {k: v for k, v in safe.items() if v is not None}
+        if safe:
+            shown_meta[mime] = safe
+    if "filenames" in meta:
+        repairs.add("an output's file names (a URL the page would fetch) were left out of the feedback page")
+    if not kept:
+        kept["text/plain"] = "[a rich output, not shown in feedback]"
+    if kind == "execute_result":
+        count = out.get("execution_count")
+        return nbformat.v4.new_output("execute_result", data=kept, metadata=shown_meta,
+                                      execution_count=count if type(count) is int else None)
+    return nbformat.v4.new_output("display_data", data=kept, metadata=shown_meta)
+
+
+def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The notebook as the learner sees it, rebuilt of what is known to be safe to show: test cells as
+    released, each with its result attached; the learner's cells with their source and safe outputs
+    only. Also what had to be left out (a note each), when something of the learner's was dangerous."""
+    released = {cells.grade_id(c): c for c in spec.released.cells}
     by_test = {t.id: t for t in tests}
-    shown = copy.deepcopy(nb if nb is not None else spec.released)
-    for cell in shown.cells:
-        info = cell.get("metadata", {}).get("nbgrader", {})
-        gid = info.get("grade_id")
-        if info.get("grade") and gid in by_test:
-            t = by_test[gid]
-            cell.source = released[gid].source if gid in released else ""
-            cell.metadata["qkv_test"] = {
-                "id": gid, "passed": t.passed, "message": t.message,
-                "points_text": f"{t.points:g} / {t.max_points:g}"}
-        trusted = info.get("locked") and not info.get("solution")  # restored from the instructor's
-        if cell.cell_type == "raw" and not trusted:  # nbconvert would paste a raw cell in as HTML
-            cell.cell_type, cell.source = "markdown", f"```\n{cell.source}\n```"
-            for key in ("raw_mimetype", "format"):
-                cell.metadata.pop(key, None)
-        if cell.cell_type == "markdown" and not trusted:  # the learner's: HTML in it shown as text
-            cell.source = _clean(cell.source)
-        if cell.cell_type == "code":
-            # only text and images: HTML or scripts a learner's code displays stay out of the page
-            for out in cell.get("outputs", []):
-                data = out.get("data")
-                if data:
-                    for key in [k for k in data if k not in ("text/plain", "image/png",
-                                                             "image/jpeg")]:
-                        del data[key]
-                    if not data:
-                        data["text/plain"] = "[a rich output, not shown in feedback]"
-    return shown
+    repairs: set[str] = set()
+    shown_cells, ids = [], set()
+    for k, cell in enumerate((nb if nb is not None else spec.released).get("cells", [])):
+        gid = cells.grade_id(cell)
+        kind, source = cell.get("cell_type"), _text_of(cell.get("source", ""))
+        trusted = cells.is_instructors(cell)
+        cid = cell.get("id") if isinstance(cell.get("id"), str) and _CELL_ID.match(cell.get("id")) else None
+        if kind == "code":
+            new = nbformat.v4.new_code_cell(source)
+            for out in cell.get("outputs", []) if isinstance(cell.get("outputs"), list) else []:
+                safe = _safe_output(out, repairs) if isinstance(out, dict) else None
+                if safe is not None:
+                    new.outputs.append(safe)
+            count = cell.get("execution_count")
+            new.execution_count = count if type(count) is int else None
+            if cells.is_test(cell) and gid in by_test:
+                t = by_test[gid]
+                new.source = released[gid].source if gid in released else ""
+                new.metadata["qkv_test"] = {
+                    "id": gid, "passed": t.passed, "message": t.message,
+                    "points_text": f"{t.points:g} / {t.max_points:g}"}
+        elif kind == "markdown" or (kind == "raw" and not trusted):
+            if kind == "raw":  # the learner's raw cell: nbconvert would paste it in as HTML
+                source = f"```\n{source}\n```"
+            new = nbformat.v4.new_markdown_cell(source)
+            if trusted and isinstance(cell.get("attachments"), dict):
+                new.attachments = copy.deepcopy(cell["attachments"])
+            elif not trusted:
+                repairs.update(markdown_threats(_rendered_markdown(source, "")))
+        elif kind == "raw":  # the instructor's own raw cell
+            new = nbformat.v4.new_raw_cell(source)
+            for key in ("format", "raw_mimetype"):
+                if isinstance(cell.get("metadata", {}).get(key), str):
+                    new.metadata[key] = cell["metadata"][key]
+        else:
+            continue
+        new.id = cid if cid and cid not in ids else f"shown-{k}"
+        ids.add(new.id)
+        shown_cells.append(new)
+    shown = nbformat.v4.new_notebook(cells=shown_cells, metadata=copy.deepcopy(spec.released.metadata))
+    return shown, sorted(repairs)
+
+
+# ---- the learner's markdown, sanitized ---------------------------------------------------------------
+
+_ALLOWED_CLASS = re.compile(r"^(?!qkv|jp-|mjx|MathJax)[A-Za-z][\w-]{0,40}$")
+_THREATS = [
+    (re.compile(r"<script", re.I), "a script in a markdown cell was left out of the feedback page"),
+    (re.compile(r"<[^>]+\son[a-z]+\s*=", re.I),
+     "an event handler in a markdown cell was left out of the feedback page"),
+    (re.compile(r"(?:href|src)\s*=\s*[\"']?\s*(?:javascript|vbscript|data:text)", re.I),
+     "a javascript: link in a markdown cell was left out of the feedback page"),
+    (re.compile(r"<(?:img|iframe|embed|object|video|audio|source|link)[^>]*\s(?:src|href|data|srcset)\s*="
+                r"\s*[\"']?\s*(?!data:image/)[^\s\"'>]", re.I),
+     "a remote image or embed in a markdown cell was left out of the feedback page"),
+]
+
+
+def markdown_threats(rendered: str) -> list[str]:
+    """What sanitizing takes out of a markdown cell's HTML that would have been live: a note for each."""
+    return [note for pattern, note in _THREATS if pattern.search(rendered)]
+
+
+def _attribute(tag: str, name: str, value: str) -> str | None:
+    if name == "class":
+        kept = [c for c in value.split() if _ALLOWED_CLASS.match(c)]
+        return " ".join(kept) or None
+    if tag == "img" and name == "src":  # inline images only: the page fetches nothing
+        return value if value.startswith(tuple(f"data:{m};" for m in _IMAGES)) else None
+    return value
+
+
+@functools.lru_cache(maxsize=8192)
+def sanitize(rendered: str) -> str:
+    """HTML of a markdown cell, with what could run or fetch taken out (Ammonia's allowlist: no script,
+    no handler attribute, links of http, https and mailto only, images only inline)."""
+    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+    attributes["*"] = attributes.get("*", set()) | {"class"}
+    for heading in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        attributes[heading] = attributes.get(heading, set()) | {"id"}  # anchor links' targets
+    return nh3.clean(rendered, attributes=attributes, attribute_filter=_attribute,
+                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer")
+
+
+@functools.lru_cache(maxsize=8192)
+def _rendered_markdown(source: str, path: str) -> str:
+    """A markdown cell as nbconvert renders it, before sanitizing."""
+    return _exporter().markdown2html({"resources": {"metadata": {"path": path}}}, source)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -151,14 +296,14 @@ def _exporter():
 
     exporter = HTMLExporter(template_name="lab", template_file="qkv_feedback.html.j2",
                             extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})])
-    markdown2html = functools.lru_cache(maxsize=8192)(
-        lambda source, path: exporter.markdown2html({"resources": {"metadata": {"path": path}}}, source))
+    render = exporter.markdown2html
 
     @pass_context
     def markdown(context, source):
         if context.get("cell", {}).get("attachments"):
-            return exporter.markdown2html(context, source)
-        return markdown2html(source, context.get("resources", {}).get("metadata", {}).get("path", ""))
+            return sanitize(render(context, source))
+        return sanitize(_rendered_markdown(source, context.get("resources", {}).get("metadata", {})
+                                           .get("path", "")))
 
     @pass_context
     def highlight(context, source, language=None, metadata=None):
@@ -171,13 +316,20 @@ def _exporter():
     return exporter
 
 
-def feedback_page(spec: Spec, nb, tests: list[TestResult], notes: list[str]) -> str:
-    """The feedback page for one submission (``nb``: the executed notebook, outputs scrubbed; None when
-    none could be run, and the released notebook is shown with every test's reason)."""
+def render_page(spec: Spec, shown: nbformat.NotebookNode, tests: list[TestResult], notes: list[str]) -> str:
+    """The feedback page of a notebook from ``shown_notebook``, which is validated first (nbformat's
+    schema): one that does not validate is not rendered, the released notebook is shown instead."""
+    try:
+        nbformat.validate(shown)
+    except nbformat.ValidationError as exc:
+        notes = [*notes, f"the notebook could not be shown ({exc.message[:200]}); the released one is"]
+        shown, _ = shown_notebook(spec, None, tests)
+    digest = base64.b64encode(hashlib.sha256(_MATHJAX_CONFIG.encode()).digest()).decode()
     resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,
+                 "qkv_mathjax_config": _MATHJAX_CONFIG, "qkv_csp": _CSP.format(digest=digest),
                  "qkv_summary": _summary(spec, tests, notes),
                  "metadata": {"name": f"{spec.name} feedback"}}
-    body, _ = _exporter().from_notebook_node(_shown_notebook(spec, nb, tests), resources=resources)
+    body, _ = _exporter().from_notebook_node(shown, resources=resources)
     return body
 
 
@@ -197,25 +349,28 @@ def mathjax_source() -> Path:
 
 def write_feedback(out: Path, student: str, name: str, page: str, submission: Path) -> Path:
     """Write one page in nbgrader's layout under ``out/feedback``, with ``timestamp.txt`` (the one
-    ``nbgrader collect`` wrote, else the notebook's time) and ``submission_secret.txt`` when collected.
+    ``nbgrader collect`` wrote, else the notebook's time) and ``submission_secret.txt`` when collected:
+    each copied only when it is a small regular file (``discover.collected``: a link is never followed).
     MathJax is copied once into the feedback root."""
     root = out / "feedback"
     mathjax = root / MATHJAX
     if not mathjax.is_file():
         mathjax.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mathjax_source(), mathjax)
+        mathjax.write_bytes(mathjax_source().read_bytes())
     folder = root / student / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.html").write_text(page, encoding="utf-8")
-    for fname in COLLECT_FILES:
-        if (submission / fname).is_file():
-            shutil.copyfile(submission / fname, folder / fname)
-    if not (submission / "submission_secret.txt").is_file():
-        # not collected by nbgrader (handed in otherwise): `release_feedback` still needs a secret for
-        # every page; a random one, which nobody else can guess the file name from
-        (folder / "submission_secret.txt").write_text(secrets.token_hex(16))
-    if not (submission / "timestamp.txt").is_file():
-        nb = submission / f"{name}.ipynb"
-        when = datetime.fromtimestamp(nb.stat().st_mtime if nb.is_file() else 0, timezone.utc)
-        (folder / "timestamp.txt").write_text(when.strftime("%Y-%m-%d %H:%M:%S.%f %Z"))
+    notebook = submission / f"{name}.ipynb"
+    stamp, secret = (collected(notebook, fname) for fname in COLLECT_FILES)
+    # not collected by nbgrader (handed in otherwise): `release_feedback` still needs a secret for every
+    # page; a random one, which nobody else can guess the file name from
+    (folder / "submission_secret.txt").write_bytes(secret if secret is not None
+                                                   else secrets.token_hex(16).encode())
+    if stamp is None:
+        try:
+            when = os.lstat(notebook).st_mtime  # the link's own time, if it is one: never followed
+        except OSError:
+            when = 0
+        stamp = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f %Z").encode()
+    (folder / "timestamp.txt").write_bytes(stamp)
     return folder / f"{name}.html"

@@ -19,8 +19,11 @@ Workers are Dask worker processes that only execute notebooks: --workers N start
 --scheduler tcp://HOST:PORT uses a running cluster (a worker needs the course package and bubblewrap, never
 solutions/). This process awards the points and alone writes the gradebook and the files, so parallel
 grading cannot corrupt them. A bad submission (not JSON, metadata
-stripped, cells deleted or edited, an endless loop, a crashing kernel, huge output, a missing notebook)
-gets its score and a reason in report.csv, and costs the others no more than its own timeouts.
+stripped or invalid, cells deleted or edited, an endless loop, a crashing kernel, huge output, records
+that are not plain data, a missing notebook, a symbolic link) gets its score and a reason in report.csv,
+and costs the others no more than its own timeouts. Submissions are read as data: a link under
+SUBMISSIONS is refused (ignored.csv), never followed. Should the grader itself fail on one submission,
+that submission is recorded as "error" with the reason, and graded again by the next run.
 
 Stopping (Ctrl-C, kill, a lost scheduler) stops the workers and kernels this run started, and keeps every
 submission recorded so far; the same command again grades only the rest. Each submission's gradebook row is
@@ -46,13 +49,14 @@ from pathlib import Path
 
 from qkv_grading import sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
-from qkv_grading.discover import (TOO_SHALLOW, Ignored, collected_timestamp, discover, submission_key,
-                                  submitted)
-from qkv_grading.feedback import write_feedback
+from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, collected_timestamp, discover,
+                                  submission_key, submitted)
+from qkv_grading.feedback import render_page, shown_notebook, write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
-from qkv_grading.judge import InstructorError
+from qkv_grading.judge import InstructorError, empty_result
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
-from qkv_grading.results import not_submitted
+from qkv_grading.results import Result, not_submitted, plain
+from qkv_grading.spec import load_spec
 from qkv_grading.workers import Job, Runner, SchedulerUnreachable
 
 
@@ -133,84 +137,158 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
-    (Ctrl-C, SIGTERM, the scheduler lost)."""
+    (Ctrl-C, SIGTERM, the scheduler lost). Whatever one submission does ends as its own status and
+    reason; and however the run ends, the tables and the class report are written from what was graded."""
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
-    from qkv_grading.spec import load_spec
-
     out.mkdir(parents=True, exist_ok=True)
+    submissions = submissions.resolve()  # no link above the students' folders: see discover.read_regular
     jobs, ignored = discover(submissions, only)
-    names = [a for a in ASSIGNMENTS if a in {j[1] for j in jobs}]
-    specs = {name: load_spec(root, name, hidden=True) for name in names}
-    for spec in specs.values():
-        spec.judge  # built before anything runs: an instructor's set-up cell that fails here stops the run
-    todo = []
-    for student, name, path in jobs:
-        key = submission_key(path, specs[name].fingerprint, timeout)
-        record = out / "results" / student / f"{name}.json"
-        if record.is_file():
-            try:
-                if json.loads(record.read_text()).get("key") == key:
-                    continue  # graded before, unchanged: keep what was recorded
-            except ValueError:
-                pass
-        todo.append((Job(student, name, str(path), timeout), key))
-    keys = {(j.student, j.assignment): key for j, key in todo}
-    absent = [not_submitted(specs[j.assignment], j.student) for j, _ in todo if not submitted(Path(j.path))]
-    todo = [(j, key) for j, key in todo if submitted(Path(j.path))]
-    if sandboxed:
-        sandbox.require()
-    runner = writer = None
-    executed = []
-    absent_keys = {(r.student, r.assignment) for r in absent}
+    executed: list[tuple[str, str]] = []
+    absent: list = []
+    finished = False
     try:
-        if todo:
-            # the gradebook opens (nbgrader stamps a new one by running alembic) while the workers start
-            pool = ThreadPoolExecutor(1)
-            opening = pool.submit(GradebookWriter, db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
-            try:
-                runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers, sandboxed,
-                                scheduler=scheduler)
-            finally:
-                pool.shutdown()
-                writer = None if opening.exception() else opening.result()
-            if writer is None:
-                raise opening.exception()
-            for name in {j.assignment for j, _ in todo}:
-                writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
-        ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
-        for result in itertools.chain(ran, absent):
-            _stop_if_told()
-            student, name = result.student, result.assignment
-            result.key = keys[(student, name)]
-            path = submissions / student / name / f"{name}.ipynb"
-            if result.feedback is not None:
-                result.timestamp = collected_timestamp(path)
-                write_feedback(out, student, name, result.feedback, path.parent)
-                writer.record(result)
+        names = [a for a in ASSIGNMENTS if a in {j[1] for j in jobs}]
+        specs = {name: load_spec(root, name, hidden=True) for name in names}
+        for spec in specs.values():
+            spec.judge  # built before anything runs: an instructor's set-up cell that fails here stops the run
+        todo = []
+        for student, name, path in jobs:
+            key = submission_key(path, specs[name].fingerprint, timeout)
             record = out / "results" / student / f"{name}.json"
-            record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(result.to_json())
-            os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
-            executed.append((student, name))
-        _stop_if_told()
-    except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
-        why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
-               if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
-        graded_now = len([key for key in executed if key not in absent_keys])
-        raise Interrupted(why, graded_now, len(todo) - graded_now) from None
+            if record.is_file():
+                try:
+                    if json.loads(record.read_text()).get("key") == key:
+                        continue  # graded before, unchanged: keep what was recorded
+                except ValueError:
+                    pass
+            todo.append((Job(student, name, str(path), timeout), key))
+        keys = {(j.student, j.assignment): key for j, key in todo}
+        refused = {(i.student, i.assignment): i for i in ignored if i.refused}
+        found = {}  # (student, assignment) -> what was refused in that submission, for its notes
+        for i in ignored:
+            if i.student and i.reason in (LINK, NOT_REGULAR):
+                found.setdefault((i.student, i.assignment), []).append(f"{i.path}: {i.reason}")
+        absent = [not_submitted(specs[j.assignment], j.student) for j, _ in todo if not submitted(Path(j.path))]
+        stopped = [_refusal(specs[j.assignment], j.student, refused[(j.student, j.assignment)])
+                   for j, _ in todo if (j.student, j.assignment) in refused and submitted(Path(j.path))]
+        todo = [(j, key) for j, key in todo
+                if submitted(Path(j.path)) and (j.student, j.assignment) not in refused]
+        if sandboxed:
+            sandbox.require()
+        runner = writer = None
+        absent_keys = {(r.student, r.assignment) for r in absent}
+        try:
+            if todo:
+                # the gradebook opens (nbgrader stamps a new one by running alembic) while the workers start
+                pool = ThreadPoolExecutor(1)
+                opening = pool.submit(GradebookWriter, db or f"sqlite:///{(out / 'gradebook.db').resolve()}",
+                                      root)
+                try:
+                    runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers,
+                                    sandboxed, scheduler=scheduler)
+                finally:
+                    pool.shutdown()
+                    writer = None if opening.exception() else opening.result()
+                if writer is None:
+                    raise opening.exception()
+                for name in {j.assignment for j, _ in todo}:
+                    writer.prepare(name)  # a gradebook that cannot take them stops the run before any work
+            elif stopped:
+                writer = GradebookWriter(db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
+            ran = runner.results([j for j, _ in todo], progress) if runner is not None else []
+            for result in itertools.chain(stopped, ran, absent):
+                _stop_if_told()
+                student, name = result.student, result.assignment
+                result.notes += [n for n in found.get((student, name), []) if n not in result.notes]
+                _record(out, submissions, writer, specs[name], result, keys[(student, name)])
+                executed.append((student, name))
+            _stop_if_told()
+        except (KeyboardInterrupt, CommClosedError, FutureCancelledError) as exc:
+            why = ("told to stop (SIGTERM)" if isinstance(exc, Stopped) else "interrupted (Ctrl-C)"
+                   if isinstance(exc, KeyboardInterrupt) else f"lost the Dask scheduler ({exc})")
+            graded_now = len([key for key in executed if key not in absent_keys])
+            raise Interrupted(why, graded_now, len(todo) + len(stopped) - graded_now) from None
+        finally:
+            try:
+                if runner is not None:
+                    runner.close()
+            finally:
+                if writer is not None:
+                    writer.close()
+        finished = True
     finally:
         try:
-            if runner is not None:
-                runner.close()
-        finally:
-            if writer is not None:
-                writer.close()
-    results = Graded(load_results(out))
+            results = _write_reports(out, ignored, sandboxed)
+        except Exception as exc:
+            if finished:
+                raise
+            # the run is stopping for another reason, which is the one to see
+            print(f"qkv grade: could not write the tables and report.html ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
     results.executed = executed
     results.absent, results.asked, results.ignored = len(absent), len(jobs), ignored
+    return results
+
+
+def _refusal(spec, student: str, refused: Ignored) -> Result:
+    """The result of a submission that cannot be graded at all (its notebook or folder is a link)."""
+    result = empty_result(spec, "rejected", f"{refused.path}: {refused.reason}")
+    result.student = student
+    return result
+
+
+def _record(out: Path, submissions: Path, writer, spec, result: Result, key: str) -> None:
+    """Write one submission's feedback page, gradebook row and result record, in that order (the record
+    last and atomically: a run stopped before it grades this submission again next time). Should the
+    grader fail on it (a bug, a page nbconvert cannot render), the submission is recorded as "error"
+    with the reason, and graded again by the next run."""
+    student, name = result.student, result.assignment
+    try:
+        _write_one(out, submissions, writer, spec, result, key)
+    except Exception as exc:
+        if writer is not None:
+            writer.rollback()
+        reason = (f"the grader failed on {student}/{name} while recording it: {type(exc).__name__}: "
+                  f"{exc}")
+        print(f"qkv grade: {plain(reason)}", file=sys.stderr)
+        failed = empty_result(spec, "error", reason)
+        failed.student = student
+        try:
+            _write_one(out, submissions, writer, spec, failed, "")  # no key: graded again next run
+        except Exception:
+            if writer is not None:
+                writer.rollback()
+            _write_record(out, failed)
+
+
+def _write_one(out: Path, submissions: Path, writer, spec, result: Result, key: str) -> None:
+    student, name = result.student, result.assignment
+    result.key = key
+    path = submissions / student / name / f"{name}.ipynb"
+    if result.submitted:
+        result.timestamp = plain(collected_timestamp(path))
+        shown, repairs = shown_notebook(spec, result.executed, result.tests)
+        result.notes += repairs
+        result.executed = None  # shown: not kept in memory while the rest are graded
+        page = render_page(spec, shown, result.tests, result.notes)
+        write_feedback(out, student, name, page, path.parent)
+        writer.record(result)
+    _write_record(out, result)
+
+
+def _write_record(out: Path, result: Result) -> None:
+    record = out / "results" / result.student / f"{result.assignment}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(result.to_json())
+    os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
+
+
+def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool) -> Graded:
+    """The tables, the figure and the class report, from every result recorded in ``out``."""
+    results = Graded(load_results(out))
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
     write_tables(out, results, ignored, notices)

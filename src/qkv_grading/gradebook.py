@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def _own_bin_on_path():
+    """Inside the block, this environment's bin folder is on PATH: nbgrader runs the ``alembic`` command
+    of its own environment to stamp a new gradebook. PATH is put back as it was afterwards."""
+    bindir = os.path.dirname(sys.executable)
+    before = os.environ.get("PATH")
+    if bindir in (before or "").split(os.pathsep):
+        yield
+        return
+    os.environ["PATH"] = bindir + os.pathsep + (before or "")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = before
 
 
 def _save_cells_into(gb):
@@ -69,12 +90,9 @@ class GradebookWriter:
     def __init__(self, url: str, root: Path):
         from nbgrader.api import Gradebook
 
-        # nbgrader runs the `alembic` command of its own environment to stamp a new gradebook
-        bindir = os.path.dirname(sys.executable)
-        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.url = url
-        self.gb = Gradebook(url, course_id="qkv-course")
+        with _own_bin_on_path():
+            self.gb = Gradebook(url, course_id="qkv-course")
         if self.gb.engine.dialect.name == "sqlite":
             _write_ahead(self.gb.engine)
         self.gb.db.remove()  # this thread's session: opened in a helper thread, the writer is used in another
@@ -117,11 +135,7 @@ class GradebookWriter:
                 f"the gradebook keeps what it had. Undo the change, or grade into a new --out folder (or --db).")
 
     def record(self, result) -> None:
-        import warnings
-
         from nbgrader.api import MissingEntry
-
-        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's add_submission, harmless
 
         name, student = result.assignment, result.student
         self.prepare(name)
@@ -129,11 +143,17 @@ class GradebookWriter:
         try:
             self.gb.find_submission(name, student)
         except MissingEntry:
-            self.gb.add_submission(name, student)
+            with warnings.catch_warnings():  # nbgrader's add_submission warns "not in session": harmless
+                warnings.filterwarnings("ignore", message=".*not in session.*")
+                self.gb.add_submission(name, student)
         for t in result.tests:
             grade = self.gb.find_grade(t.id, name, name, student)
             grade.auto_score = t.points  # overwritten, never added: a re-run cannot double-count
         self.gb.db.commit()
+
+    def rollback(self) -> None:
+        """Undo what a submission that failed while it was recorded left half written."""
+        self.gb.db.rollback()
 
     def close(self) -> None:
         self.gb.close()

@@ -12,38 +12,25 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qkv_grading import probe, wire
-from qkv_grading.feedback import feedback_page
-from qkv_grading.results import Result, short, tests_of
+from qkv_grading import cells, probe, wire
+from qkv_grading.results import Result, plain, short, tests_of
 
-if TYPE_CHECKING:
-    from qkv_grading.run import KernelRun
-    from qkv_grading.spec import Spec
+# ``spec`` below is a ``qkv_grading.spec.Spec`` and ``run`` a ``qkv_grading.run.KernelRun``: not imported
+# here, since a Spec builds its Judge (spec -> judge, never judge -> spec).
 
 
 class InstructorError(Exception):
     """The instructor's notebook itself cannot be judged (a set-up cell fails here, say)."""
 
 
-def _code(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def is_setup(cell) -> bool:
-    info = cell.get("metadata", {}).get("nbgrader", {})
-    return (cell.get("cell_type") == "code" and bool(info.get("locked"))
-            and not info.get("grade") and not info.get("solution"))
-
-
 @dataclass
 class Verdict:
     passed: bool
     message: str = ""
+    refused: bool = False  # what came back was not plain data (a forged or broken record)
 
 
 class Judge:
@@ -53,15 +40,15 @@ class Judge:
         self.name = name
         self.base: dict = {"__name__": f"judge_{name}"}
         for cell in runnable.cells:
-            if is_setup(cell):
-                gid = cell.metadata.nbgrader.get("grade_id")
+            if cells.is_setup(cell):
+                gid = cells.grade_id(cell)
                 try:
-                    exec(compile(_code(cell), f"<{name}:{gid}>", "exec"), self.base)
+                    exec(compile(cells.source(cell), f"<{name}:{gid}>", "exec"), self.base)
                 except Exception as exc:
                     raise InstructorError(f"{name}: set-up cell {gid} fails in the grader: "
                                           f"{type(exc).__name__}: {exc}") from None
-        self.tests = {cell.metadata.nbgrader["grade_id"]: _code(cell) for cell in runnable.cells
-                      if cell.get("metadata", {}).get("nbgrader", {}).get("grade")}
+        self.tests = {cells.grade_id(cell): cells.source(cell) for cell in runnable.cells
+                      if cells.is_test(cell)}
 
     def _namespace(self) -> dict:
         # arrays copied: a test that changes its inputs in place cannot change the next submission's
@@ -74,7 +61,8 @@ class Judge:
         try:
             records = probe.decode_records(records_text)
         except wire.WireError as exc:
-            return Verdict(False, f"what your notebook sent back for this test is not plain data ({exc})")
+            return Verdict(False, f"what your notebook sent back for this test is not plain data ({exc})",
+                           refused=True)
         namespace = self._namespace()
         try:  # what a test prints here ("checked when graded", say) is for a learner's notebook, not the grader's
             with probe.replaying(records), contextlib.redirect_stdout(io.StringIO()):
@@ -86,31 +74,44 @@ class Judge:
         return Verdict(True)
 
 
-def empty_result(spec: Spec, status: str, reason: str) -> Result:
-    reason = spec.scrub(reason)
-    tests = tests_of(spec, message=reason)
-    return Result(spec.name, status, tests, spec.max_score, notes=[reason],
-                  feedback=feedback_page(spec, None, tests, [reason]))
+def empty_result(spec, status: str, reason: str) -> Result:
+    """A submission with no run to judge (missing, unreadable, refused, lost): 0 with ``reason``."""
+    reason = plain(spec.scrub(reason))
+    return Result(spec.name, status, tests_of(spec, message=short(reason)), spec.max_score,
+                  notes=[reason])
 
 
-def judge_run(run: KernelRun, spec: Spec) -> Result:
+def judge_run(run, spec) -> Result:
     """Award the points for a kernel's run, here, outside the kernel; hidden test code is scrubbed from
-    everything a learner will see."""
+    everything a learner will see. Total: whatever the run holds, a ``Result`` (status "error" and the
+    reason when judging itself failed), so one submission cannot stop the others being graded. Its
+    ``executed`` notebook is what the feedback page shows, rendered after judging (``feedback``)."""
+    try:
+        return _judge_run(run, spec)
+    except Exception as exc:
+        return empty_result(spec, "error", f"the grader failed judging this submission: "
+                                           f"{type(exc).__name__}: {exc}")
+
+
+def _judge_run(run, spec) -> Result:
     if run.nb is None:
         return empty_result(spec, run.status, "; ".join(run.notes))
     scrub = spec.scrub
     for cell in run.nb.cells:
         scrub.outputs(cell)
-    tests = []
+    tests, refused = [], []
     for t in tests_of(spec):
         kernel_error = run.errors.get(t.id, "")
         verdict = spec.judge.verdict(t.id, run.records.get(t.id), kernel_error)
         message = verdict.message
         if not verdict.passed and kernel_error and message == probe.NOT_BACK:
             message = kernel_error
+        if verdict.refused:
+            refused.append(t.id)
         t.passed, t.points = verdict.passed, t.max_points if verdict.passed else 0.0
-        t.message = "" if verdict.passed else short(scrub(message))
+        t.message = "" if verdict.passed else short(plain(scrub(message)))
         tests.append(t)
-    notes = [scrub(n) for n in run.notes]
-    return Result(spec.name, run.status, tests, spec.max_score, notes=notes,
-                  feedback=feedback_page(spec, run.nb, tests, notes))
+    notes = [plain(scrub(n)) for n in run.notes]
+    if refused:
+        notes.append(f"what the notebook sent back for {', '.join(refused)} is not plain data: refused")
+    return Result(spec.name, run.status, tests, spec.max_score, notes=notes, executed=run.nb)

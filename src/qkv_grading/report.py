@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkv_grading.course import ASSIGNMENTS
-from qkv_grading.discover import Ignored
-from qkv_grading.results import Result
+from qkv_grading.discover import LINK, NOT_REGULAR, ODD_NAME, Ignored
+from qkv_grading.results import Result, plain
 
 
 def load_results(out: Path) -> list[Result]:
@@ -32,11 +32,22 @@ def _score(r: Result) -> str:
     return f"{r.score:g}" if r.submitted else ""
 
 
+class _Writer:
+    """A CSV writer whose every cell is ``plain``: no control character or terminal escape, whatever a
+    submission put in a note, a timestamp or a file name."""
+
+    def __init__(self, f):
+        self.w = csv.writer(f)
+
+    def writerow(self, row) -> None:
+        self.w.writerow([plain(cell) for cell in row])
+
+
 def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
                  notices: list[str] = ()) -> None:
     """The CSVs. ``notices`` (about the whole run) go in the class report, not in these tables."""
     with open(out / "grades.csv", "w", newline="") as f:
-        w = csv.writer(f)
+        w = _Writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp"])
         for r in results:
             w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
@@ -47,29 +58,29 @@ def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
         wide.setdefault(r.student, {})[r.assignment] = _score(r)
     maxima = {r.assignment: f"{r.max_score:g}" for r in results}
     with open(out / "grades_wide.csv", "w", newline="") as f:
-        w = csv.writer(f)
+        w = _Writer(f)
         w.writerow(["student", *[f"{a} ({maxima[a]} points)" for a in names]])
         for student in sorted(wide):
             w.writerow([student, *[wide[student].get(a, "") for a in names]])
     with open(out / "questions.csv", "w", newline="") as f:
-        w = csv.writer(f)
+        w = _Writer(f)
         w.writerow(["student", "assignment", "question", "score", "max_score"])
         for r in results:
             if r.submitted:
                 for q, (s, m) in r.questions().items():
                     w.writerow([r.student, r.assignment, q, f"{s:g}", f"{m:g}"])
     with open(out / "report.csv", "w", newline="") as f:
-        w = csv.writer(f)
+        w = _Writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp", "notes"])
         for r in results:
             w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
                         r.timestamp, "; ".join(r.notes)])
     with open(out / "ignored.csv", "w", newline="") as f:
-        w = csv.writer(f)
+        w = _Writer(f)
         w.writerow(["path", "reason"])
         for item in ignored:
             w.writerow([item.path, item.reason])
-    (out / "notices.txt").write_text("".join(f"{n}\n" for n in notices))
+    (out / "notices.txt").write_text("".join(f"{plain(n)}\n" for n in notices))
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,9 @@ def write_class_report(out: Path, results: list[Result]) -> Path:
                 "work only; a student who did not hand an assignment in is listed as not submitted, "
                 "not as 0.</p><img src='report.png' alt='score per question, every assignment'>")
     look = [r for r in results if r.needs_a_look()]
+    ignored = out / "ignored.csv"
+    rows = list(csv.reader(ignored.read_text().splitlines()))[1:] if ignored.is_file() else []
+    refused = [(p, why) for p, why in rows if why in (LINK, NOT_REGULAR, ODD_NAME)]
     body.append("<h2 id='needs-a-look'>Submissions that need a human look</h2>")
     if look:
         body.append("<table class='look'><tr><th>student</th><th>assignment</th><th>status</th>"
@@ -184,7 +198,12 @@ def write_class_report(out: Path, results: list[Result]) -> Path:
                         f"<td>{_score(r)} / {r.max_score:g}</td>"
                         f"<td>{'<br>'.join(_e(n) for n in r.notes)}</td></tr>" for r in look)
                     + "</table>")
-    else:
+    if refused:  # refused outright: never read, whoever's they are
+        body.append("<p>Refused in the submissions folder (never read):</p><table class='refused'>"
+                    "<tr><th>path</th><th>why</th></tr>" + "".join(
+                        f"<tr data-path='{_e(p)}'><td>{_e(p)}</td><td>{_e(why)}</td></tr>"
+                        for p, why in refused) + "</table>")
+    if not look and not refused:
         body.append("<p>None: every submission ran cleanly.</p>")
     for name in names:
         mine = [r for r in results if r.assignment == name]
@@ -212,8 +231,6 @@ def write_class_report(out: Path, results: list[Result]) -> Path:
                                 f"<td>{_e(', '.join(who))}</td></tr>" for m, who in ranking)
                             + "</table>")
             body.append("</section>")
-    ignored = out / "ignored.csv"
-    rows = list(csv.reader(ignored.read_text().splitlines()))[1:] if ignored.is_file() else []
     body.append("<h2 id='ignored'>Ignored files</h2>")
     body.append("<table class='ignored'><tr><th>path</th><th>why</th></tr>" + "".join(
         f"<tr><td>{_e(p)}</td><td>{_e(why)}</td></tr>" for p, why in rows) + "</table>"

@@ -4,7 +4,19 @@ holding a ``TestResult`` per test cell."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+# Terminal escape sequences (CSI, OSC), then single control characters (C0, DEL, C1) and the Unicode
+# marks that reorder text as it is shown (bidirectional overrides and isolates).
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]{0,4096}(?:\x07|\x1b\\)?|"
+                      r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text) -> str:
+    """``text`` without control characters or terminal escapes (a tab or a line break becomes a space):
+    what the grader writes in a note, a CSV cell or a message, whatever a kernel put in it."""
+    return _CONTROL.sub("", str(text).replace("\t", " ").replace("\r", " ").replace("\n", " "))
 
 
 def short(message: str, limit: int = 600) -> str:
@@ -33,7 +45,8 @@ class TestResult:
 class Result:
     """One submission's grade. ``status``: "graded", "not submitted", or why nothing could be run
     ("missing", "unreadable", "rejected", "error"); ``notes``: what the grader noticed or repaired.
-    ``feedback`` (the learner's page, HTML) is written to feedback/, never into the stored record."""
+    ``executed`` (the executed notebook, outputs scrubbed, that the learner's feedback page shows) is
+    never stored: the record holds what can be read back without running anything."""
 
     assignment: str
     status: str
@@ -43,7 +56,7 @@ class Result:
     student: str = ""
     timestamp: str = ""
     key: str = ""  # what the submission was graded from: a re-run skips it while this is unchanged
-    feedback: str | None = None
+    executed: object = field(default=None, repr=False, compare=False)
 
     @property
     def score(self) -> float:
@@ -73,8 +86,8 @@ class Result:
         return (self.submitted and not self.ran) or bool(self.notes)
 
     def to_json(self) -> str:
-        record = asdict(self)
-        del record["feedback"]
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "executed"}
+        record["tests"] = [asdict(t) for t in self.tests]
         record["score"] = self.score  # for whoever reads the file; computed again when loaded
         return json.dumps(record, indent=1, sort_keys=True)
 
@@ -82,7 +95,7 @@ class Result:
     def from_json(cls, text: str) -> Result:
         record = json.loads(text)
         record.pop("score", None)
-        record.pop("feedback", None)
+        record.pop("feedback", None)  # in records written before pages were rendered after judging
         record["tests"] = [TestResult(**t) for t in record["tests"]]
         return cls(**record)
 

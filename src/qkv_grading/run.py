@@ -12,6 +12,7 @@ import nbformat
 
 from qkv_grading import guard, probe
 from qkv_grading.assemble import assemble
+from qkv_grading.discover import read_regular
 from qkv_grading.execute import run_notebook
 from qkv_grading.results import short
 from qkv_grading.spec import Spec
@@ -45,7 +46,7 @@ def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode
         return KernelRun(spec.name, "rejected",
                          notes=[f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB"])
     try:
-        submission = nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
+        submission = nbformat.reads(read_regular(path, MAX_NOTEBOOK_BYTES).decode("utf-8"), as_version=4)
         if not isinstance(submission.get("cells"), list):
             raise ValueError("no list of cells")
     except Exception as exc:

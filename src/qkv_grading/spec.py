@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 
+from qkv_grading import cells
+from qkv_grading.judge import Judge
 from qkv_grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
                                split_hidden)
 
@@ -29,13 +32,8 @@ class Spec:
 
     @property
     def tests(self) -> list[dict]:
-        out = []
-        for cell in self.runnable.cells:
-            info = cell.metadata.get("nbgrader", {})
-            if info.get("grade"):
-                gid = info["grade_id"]
-                out.append({"id": gid, "question": question_of(gid), "max_points": float(info.get("points", 0))})
-        return out
+        return [{"id": cells.grade_id(cell), "question": question_of(cells.grade_id(cell)),
+                 "max_points": cells.points(cell)} for cell in self.runnable.cells if cells.is_test(cell)]
 
     @property
     def max_score(self) -> float:
@@ -46,10 +44,8 @@ class Spec:
         return Scrubber(self.runnable, self.released)
 
     @functools.cached_property
-    def judge(self):
-        """Built where the points are awarded (never in a worker, never in a kernel)."""
-        from qkv_grading.judge import Judge
-
+    def judge(self) -> Judge:
+        """Built where the points are awarded, on first use (never in a worker, never in a kernel)."""
         return Judge(self.name, self.runnable)
 
     def __getstate__(self):  # sent to workers: the data, without the judge's namespace of live objects
@@ -76,7 +72,7 @@ class Scrubber:
         public = "\n".join(_compact(cell.source)[0] for cell in released.cells)  # shown anyway: left alone
         hidden: set[str] = set()
         for cell in runnable.cells:
-            if not cell.metadata.get("nbgrader", {}).get("grade"):
+            if not cells.is_test(cell):
                 continue
             hidden.update(line.strip() for line in split_hidden(cell.source)[1])
         variants = set()
@@ -97,7 +93,7 @@ class Scrubber:
         for line in self.lines:
             start = compact.find(line)
             while start >= 0:
-                spans.append((where[start], where[start + len(line) - 1] + 1))
+                spans.append((int(where[start]), int(where[start + len(line) - 1]) + 1))
                 start = compact.find(line, start + 1)
         if not spans:
             return text
@@ -124,10 +120,17 @@ class Scrubber:
                 out["traceback"] = [self(str(line)) for line in out["traceback"]]
 
 
-def _compact(text: str) -> tuple[str, list[int]]:
-    """``text`` without whitespace, and where each character kept was in ``text``."""
-    where = [k for k, c in enumerate(text) if not c.isspace()]
-    return "".join(text[k] for k in where), where
+_IS_SPACE = np.zeros(0x110000, dtype=bool)  # by code point: str.isspace (every such one is below 0x3001)
+_IS_SPACE[[c for c in range(0x3001) if chr(c).isspace()]] = True
+
+
+def _compact(text: str) -> tuple[str, np.ndarray]:
+    """``text`` without whitespace, and where each character kept was in ``text``: four bytes of
+    code point and a few of index per character (a list of Python ints took 46 bytes a character)."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kept = ~_IS_SPACE[codes]
+    where = np.flatnonzero(kept).astype(np.int32 if len(codes) < 2**31 else np.int64)
+    return codes[kept].tobytes().decode("utf-32-le", "surrogatepass"), where
 
 
 def question_of(grade_id: str) -> str:
