@@ -82,32 +82,71 @@ _KV_COUNTS = """
         def total_kv_projections(n, tau, use_cache):
             return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""
 
+_CHECK = "np.any(weights < 0) or not np.isclose(weights.sum(), 1.0)"
+_SOLVE = "np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))"
+_EX1_Q2 = """
+        def weighted_average(values, weights):
+            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+            if {check}:
+                raise ValueError("not attention weights")
+            return weights @ values
+        def weights_for(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            return {solve}
+        def attention_can_output(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            w = weights_for(values, output)
+            return bool({reach})"""
+_GQA = """
+        from qkv.reference import attention
+        def kv_head(h, tau, g):
+            return {head}
+        def grouped_attention(q, k, v):
+            tau, g = q.shape[0], k.shape[0]
+            rows = [kv_head(h, tau, g) - 1 for h in range(1, tau + 1)]
+            return attention(q, k[rows], v[rows])
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            head_dim = W_q.shape[1] // {width}
+            kv = W_k.shape[1] // head_dim
+            return 2 * n_layer * {heads} * head_dim * i if "{heads}" != "g" else 2 * n_layer * kv * head_dim * i"""
+_ZEROED = """
+        def zeroed_value_experiment(Q, K, V, positions):
+            V_zeroed = np.array(V, dtype=float)
+            V_zeroed[{rows}] = 0.0
+            return {weights}, attention(Q, K, V_zeroed)"""
+
 MISCONCEPTIONS = [
     ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": _Q1 + "output = (weights[:, None] * values).sum(axis=1)"}),
     ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": _Q1 + "output = values.mean(axis=0)"}),
     ("01_weighted_average", "q1", "pairs the weights with the items in reverse order", {"q1_answer": _Q1 + "output = weights[::-1] @ values"}),
-    ("01_weighted_average", "q2", "weights applied along the wrong axis", {"q2_answer": """
+    ("01_weighted_average", "q2", "accepts weights that do not sum to 1", {"q2_answer": _EX1_Q2.format(
+        check="np.any(weights < 0)", solve=_SOLVE, reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "accepts negative weights (only the sum is checked)", {"q2_answer": _EX1_Q2.format(
+        check="not np.isclose(weights.sum(), 1.0)", solve=_SOLVE, reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "solves for the weights without their sum of 1 (least squares)",
+     {"q2_answer": _EX1_Q2.format(check=_CHECK, solve="np.linalg.lstsq(values.T, output, rcond=None)[0]",
+                                  reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "reachable when each component lies within the values' range",
+     {"q2_answer": _EX1_Q2.format(check=_CHECK, solve=_SOLVE,
+                                  reach="np.all((values.min(axis=0) <= output) & (output <= values.max(axis=0)))")}),
+    ("01_weighted_average", "q2", "normalises the weights instead of refusing them", {"q2_answer": """
         def weighted_average(values, weights):
-            values, weights = np.asarray(values), np.asarray(weights)
-            return (values * weights[..., None]).sum(axis=-1)"""}),
-    ("01_weighted_average", "q2", "matrix product that only works in 2-D", {"q2_answer": """
-        def weighted_average(values, weights):
-            return np.asarray(weights) @ np.asarray(values)"""}),
-    ("01_weighted_average", "q2", "divides the weighted sum by the number of items", {"q2_answer": """
-        def weighted_average(values, weights):
-            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
-            return (weights[..., :, None] * values).sum(axis=-2) / values.shape[-2]"""}),
-    ("01_weighted_average", "q2", "chapter 1's version: weights not divided by their sum", {"q2_answer": """
-        def weighted_average(values, weights):
-            return np.einsum("...n,...nd->...d", np.asarray(weights, dtype=float), np.asarray(values, dtype=float))"""}),
-    ("01_weighted_average", "q2", "divides by the sum of every weight of the array, not each row's", {"q2_answer": """
-        def weighted_average(values, weights):
-            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
-            return (weights[..., :, None] * values).sum(axis=-2) / weights.sum()"""}),
+            weights = np.asarray(weights, dtype=float)
+            return (weights / weights.sum()) @ np.asarray(values, dtype=float)
+        def weights_for(values, output):
+            values = np.asarray(values, dtype=float)
+            return np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+        def attention_can_output(values, output):
+            return bool(np.all(weights_for(values, output) >= -1e-9))"""}),
     ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
         from qkv.reference import weighted_average as _library_average
         def weighted_average(values, weights):
-            return _library_average(values, weights)"""}),
+            return _library_average(values, weights)
+        def weights_for(values, output):
+            values = np.asarray(values, dtype=float)
+            return np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+        def attention_can_output(values, output):
+            return bool(np.all(weights_for(values, output) >= -1e-9))"""}),
     ("01_weighted_average", "q3", "no maximum subtracted (overflows)", {"q3_answer": """
         def softmax(x):
             e = np.exp(np.asarray(x, dtype=float))
@@ -180,35 +219,50 @@ MISCONCEPTIONS = [
             if mask is not None:
                 w = w * (mask == 0)
             return w @ v"""}),
-    ("02_qkv_roles", "q4", "groups taken round-robin (every g-th query head)", {"q4_answer": """
+    ("02_qkv_roles", "q4", "groups taken round-robin (every g-th query head)",
+     {"q4_answer": _GQA.format(head="(h - 1) % g + 1", heads="g", width="tau")}),
+    ("02_qkv_roles", "q4", "floor instead of ceiling (heads from 0 on one side)",
+     {"q4_answer": _GQA.format(head="max(1, h * g // tau)", heads="g", width="tau")}),
+    ("02_qkv_roles", "q4", "cache counts tau key/value heads (forgets the sharing)",
+     {"q4_answer": _GQA.format(head="(h - 1) // (tau // g) + 1", heads="tau", width="tau")}),
+    ("02_qkv_roles", "q4", "head width read from W_k (taken for one head's)",
+     {"q4_answer": _GQA.format(head="(h - 1) // (tau // g) + 1", heads="1", width="1")}),
+    ("02_qkv_roles", "q4", "each query head reads key/value head h (np.tile of the kv heads)", {"q4_answer": """
+        from qkv.reference import attention
         def kv_head(h, tau, g):
-            return (h - 1) % g + 1
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "floor instead of ceiling (heads from 0 on one side)", {"q4_answer": """
+            return (h - 1) // (tau // g) + 1
+        def grouped_attention(q, k, v):
+            reps = q.shape[0] // k.shape[0]
+            return attention(q, np.tile(k, (reps, 1, 1)), np.tile(v, (reps, 1, 1)))
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            return 2 * n_layer * W_k.shape[1] * i"""}),
+    ("02_qkv_roles", "q4", "hands the work to qkv.memory's grouped_query_attention", {"q4_answer": """
+        from qkv import memory
         def kv_head(h, tau, g):
-            return h * g // tau
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "cache counts tau heads (forgets the sharing)", {"q4_answer": """
-        def kv_head(h, tau, g):
-            return -(-h * g // tau)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * tau * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "cache counts keys only", {"q4_answer": """
-        def kv_head(h, tau, g):
-            return -(-h * g // tau)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("03_zeroed_values", "q1", "believes the weights vanish too", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, np.zeros_like(V)), np.zeros((len(Q), len(K)))"""}),
-    ("03_zeroed_values", "q1", "believes the weights become uniform", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, np.zeros_like(V)), np.full((len(Q), len(K)), 1 / len(K))"""}),
-    ("03_zeroed_values", "q1", "believes the output passes the values through", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, V), attention_weights(Q, K)"""}),
+            return (h - 1) // (tau // g) + 1
+        def grouped_attention(q, k, v):
+            return memory.grouped_query_attention(q, k, v)
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            return 2 * n_layer * W_k.shape[1] * i"""}),
+    ("03_zeroed_values", "q1", "positions counted from 0 (zeroes the row after)",
+     {"q1_answer": _ZEROED.format(rows="[j for j in positions if j < len(V)]", weights="attention_weights(Q, K)")}),
+    ("03_zeroed_values", "q1", "believes a zeroed value loses its weight too", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
+            V_zeroed = np.array(V, dtype=float)
+            weights = attention_weights(Q, K)
+            for j in positions:
+                V_zeroed[j - 1] = 0.0
+                weights[:, j - 1] = 0.0
+            total = weights.sum(axis=-1, keepdims=True)
+            weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+            return weights, weights @ V_zeroed"""}),
+    ("03_zeroed_values", "q1", "zeroes the keys of the positions instead", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
+            K_zeroed = np.array(K, dtype=float)
+            K_zeroed[[j - 1 for j in positions]] = 0.0
+            return attention_weights(Q, K_zeroed), attention(Q, K_zeroed, V)"""}),
+    ("03_zeroed_values", "q1", "zeroes every value whatever the positions",
+     {"q1_answer": _ZEROED.format(rows="list(range(len(V))) if positions else []", weights="attention_weights(Q, K)")}),
     ("03_zeroed_values", "q2", "believes the weights become uniform", {"q2_answer": 'zeroed_values_answer = "A"'}),
     ("03_zeroed_values", "q2", "believes the output equals the input (confuses attention with the residual)",
      {"q2_answer": 'zeroed_values_answer = "C"'}),
@@ -383,23 +437,41 @@ MISCONCEPTIONS = [
                 cache.update(K[j][None, None, :], K[j][None, None, :])
             return cache.keys[0]"""}),
     ("05_cached_decoding", "q3", "exponential instead of cumulative average", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            out = np.empty_like(K)
-            mean = K[0]
-            for i in range(len(K)):
-                mean = K[i] if i == 0 else (K[i] + mean) / 2
-                out[i] = mean
-            return out"""}),
-    ("05_cached_decoding", "q3", "divides by the total length in every row", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            return np.cumsum(K, axis=0) / len(K)"""}),
+        def update_mean(mean_prev, k_i, i):
+            return k_i if i == 1 else (k_i + mean_prev) / 2"""}),
+    ("05_cached_decoding", "q3", "the previous mean weighted as i keys, not i - 1", {"q3_answer": """
+        def update_mean(mean_prev, k_i, i):
+            return (k_i + i * mean_prev) / (i + 1)"""}),
+    ("05_cached_decoding", "q3", "keeps the history and averages it again every step", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(k_i)
+            return np.mean(HISTORY, axis=0)"""}),
+    ("05_cached_decoding", "q3", "cumsum over the kept history", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(k_i)
+            return np.cumsum(np.stack(HISTORY), axis=0)[-1] / i"""}),
+    # the history copied into plain arrays, out of the instrument's sight: two sequences in turn and a
+    # memory filled beforehand must still catch it
+    ("05_cached_decoding", "q3", "kept history of copies (unseen by the instrument)", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(np.array(k_i, dtype=float))
+            return np.mean(HISTORY, axis=0)"""}),
     ("05_cached_decoding", "q3", "averages with the library's CumulativeAverageMemory", {"q3_answer": """
         from qkv.reference import CumulativeAverageMemory
-        def running_means(K):
+        def update_mean(mean_prev, k_i, i):
             memory = CumulativeAverageMemory()
-            return np.stack([memory.update(k, k)[0] for k in np.asarray(K, dtype=float)])"""}),
+            for _ in range(i - 1):
+                memory.update(mean_prev, mean_prev)
+            return memory.update(k_i, k_i)[0]"""}),
     ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "C"'}),
     ("05_cached_decoding", "q4", "takes y_2 for ȳ_2: not an input, so no effect", {"q4_answer": 'step_10_answer = "A"'}),
 ]
@@ -408,11 +480,19 @@ MISCONCEPTIONS = [
 
 ALTERNATIVES = [
     ("01_weighted_average", "q1", "sum of products in a loop", {"q1_answer": _Q1 + "output = sum(w * v for w, v in zip(weights, values))"}),
-    ("01_weighted_average", "q2", "einsum over the item axis, normalised after", {"q2_answer": """
+    ("01_weighted_average", "q2", "einsum, weights from the differences to item 1, a tolerance on the sign",
+     {"q2_answer": """
         def weighted_average(values, weights):
             weights = np.asarray(weights, dtype=float)
-            total = np.einsum("...n,...nd->...d", weights, np.asarray(values, dtype=float))
-            return total / weights.sum(axis=-1)[..., None]"""}),
+            if weights.min() < 0 or abs(weights.sum() - 1) > 1e-9:
+                raise ValueError("attention weights are non-negative and sum to 1")
+            return np.einsum("n,nd->d", weights, np.asarray(values, dtype=float))
+        def weights_for(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            rest = np.linalg.solve((values[1:] - values[0]).T, output - values[0])  # w_2 .. w_n
+            return np.concatenate([[1 - rest.sum()], rest])
+        def attention_can_output(values, output):
+            return bool(weights_for(values, output).min() > -1e-12)"""}),
     ("01_weighted_average", "q3", "log-sum-exp with the row maximum", {"q3_answer": """
         def softmax(x):
             x = np.asarray(x, dtype=float)
@@ -432,20 +512,28 @@ ALTERNATIVES = [
                 scores = scores + mask
             e = np.exp(scores - scores.max(axis=-1, keepdims=True))
             return np.einsum("...mn,...nd->...md", e / e.sum(axis=-1, keepdims=True), v)"""}),
-    ("02_qkv_roles", "q4", "group size and math.ceil, bytes from the per-position size", {"q4_answer": """
+    ("02_qkv_roles", "q4", "math.ceil, a loop over the query heads, the cache from W_k's columns", {"q4_answer": """
         import math
         def kv_head(h, tau, g):
-            group_size = tau // g
-            return math.ceil(h / group_size)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            per_position = n_layer * 2 * g * head_dim * bytes_per_number
-            return per_position * i * batch"""}),
-    ("03_zeroed_values", "q1", "weights by hand, output from zero values", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
+            return math.ceil(h * g / tau)
+        def grouped_attention(q, k, v):
+            out = []
+            for h in range(1, q.shape[0] + 1):
+                j = kv_head(h, q.shape[0], k.shape[0]) - 1
+                s = q[h - 1] @ k[j].T / np.sqrt(q.shape[-1])
+                e = np.exp(s - s.max(axis=-1, keepdims=True))
+                out.append(e / e.sum(axis=-1, keepdims=True) @ v[j])
+            return np.stack(out)
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            per_position = 2 * W_k.shape[1]  # a key and a value: g heads of head_dim numbers each
+            return n_layer * per_position * i"""}),
+    ("03_zeroed_values", "q1", "weights by hand, a boolean mask of the rows kept", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
             scores = Q @ K.T / np.sqrt(Q.shape[-1])
             e = np.exp(scores - scores.max(axis=-1, keepdims=True))
             weights = e / e.sum(axis=-1, keepdims=True)
-            return weights @ np.zeros(np.shape(V)), weights"""}),
+            keep = ~np.isin(np.arange(1, len(V) + 1), positions)
+            return weights, weights @ (V * keep[:, None])"""}),
     ("03_zeroed_values", "q2", "letter in lower case", {"q2_answer": 'zeroed_values_answer = "b"'}),
     ("03_zeroed_values", "q3", "uniform weights written directly, a fraction", {"q3_answer": """
         def zeroed_key_experiment(Q, K, V):
@@ -499,10 +587,10 @@ ALTERNATIVES = [
         def window(K, i, n_c):
             K = np.asarray(K)
             return np.stack([K[j - 1] for j in range(max(1, i - n_c + 1), i + 1)])"""}),
-    ("05_cached_decoding", "q3", "cumulative sums", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            return np.cumsum(K, axis=0) / np.arange(1, len(K) + 1)[:, None]"""}),
+    ("05_cached_decoding", "q3", "the previous mean moved a 1/i of the way to the new key", {"q3_answer": """
+        def update_mean(mean_prev, k_i, i):
+            mean_prev = np.asarray(mean_prev, dtype=float)
+            return mean_prev + (k_i - mean_prev) / i"""}),
     ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "b"'}),
 ]
 
@@ -591,7 +679,7 @@ raise RuntimeError(repr(tests[-1])[-500:])
 
 def peeking_notebook() -> nbformat.NotebookNode:
     nb = filled(BAD, {"q2_answer": PEEK_Q2, "q3_answer": PEEK_Q3})
-    after = next(k for k, c in enumerate(nb.cells) if _gid(c) == "q2_batched")
+    after = next(k for k, c in enumerate(nb.cells) if _gid(c) == "q2_reach")
     nb.cells.insert(after + 1, nbformat.v4.new_code_cell(PEEK_HISTORY.strip()))
     nb.cells.append(nbformat.v4.new_code_cell(PEEK_END.strip()))
     return nb
