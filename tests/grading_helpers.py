@@ -115,6 +115,16 @@ _ZEROED = """
             V_zeroed[{rows}] = 0.0
             return {weights}, attention(Q, K, V_zeroed)"""
 
+_ROPE = """
+        from qkv.reference import rope
+        def relative_score(q, k, offset):
+            q, k = np.asarray(q, dtype=float), np.asarray(k, dtype=float)
+            return float({score})
+        def rotated_with(slot, m, s):
+            return {slot}
+        rotated_keys_answer = "{letter}" """
+_ROPE_SCORE = "rope(q[None], [offset + 1])[0] @ rope(k[None], [1])[0]"
+
 MISCONCEPTIONS = [
     ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": _Q1 + "output = (weights[:, None] * values).sum(axis=1)"}),
     ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": _Q1 + "output = values.mean(axis=0)"}),
@@ -474,6 +484,95 @@ MISCONCEPTIONS = [
             return memory.update(k_i, k_i)[0]"""}),
     ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "C"'}),
     ("05_cached_decoding", "q4", "takes y_2 for ȳ_2: not an input, so no effect", {"q4_answer": 'step_10_answer = "A"'}),
+    ("02_qkv_roles", "q5", "variance of the score taken as its spread, sqrt(d)", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else d ** 0.5
+        unscaled_answer = "B" """}),
+    ("02_qkv_roles", "q5", "dividing by sqrt(d) divides the variance by sqrt(d)", {"q5_answer": """
+        def score_variance(d, scaled):
+            return d ** 0.5 if scaled else float(d)
+        unscaled_answer = "B" """}),
+    ("02_qkv_roles", "q5", "believes the softmax ignores the scale of the scores", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else float(d)
+        unscaled_answer = "A" """}),
+    ("02_qkv_roles", "q5", "believes large scores overflow the softmax", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else float(d)
+        unscaled_answer = "D" """}),
+    ("02_qkv_roles", "q6", "heads counted from 0 in the columns", {"q6_answer": """
+        def head_values(X, W_v, tau, h):
+            head_dim = W_v.shape[1] // tau
+            return X @ W_v[:, h * head_dim:(h + 1) * head_dim]
+        def all_head_values(X, W_v, tau):
+            return np.stack([head_values(X, W_v, tau, h) for h in range(tau)])"""}),
+    ("02_qkv_roles", "q6", "reshapes X W_v to (tau, n, d/tau) without moving the axes", {"q6_answer": """
+        def all_head_values(X, W_v, tau):
+            n, d = X.shape
+            return (X @ W_v).reshape(tau, n, d // tau)
+        def head_values(X, W_v, tau, h):
+            return all_head_values(X, W_v, tau)[h - 1]"""}),
+    ("02_qkv_roles", "q6", "head h takes a block of rows of W_v", {"q6_answer": """
+        def head_values(X, W_v, tau, h):
+            head_dim = W_v.shape[0] // tau
+            return X[:, (h - 1) * head_dim:h * head_dim] @ W_v[(h - 1) * head_dim:h * head_dim, (h - 1) * head_dim:h * head_dim]
+        def all_head_values(X, W_v, tau):
+            return np.stack([head_values(X, W_v, tau, h) for h in range(1, tau + 1)])"""}),
+    ("05_cached_decoding", "q5", "one window only (forgets the layers)", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return max(1, i - n_c + 1)"""}),
+    ("05_cached_decoding", "q5", "each layer reaches n_c positions further (counts itself twice)", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return max(1, i - n_layer * n_c + 1)"""}),
+    ("05_cached_decoding", "q5", "not clipped at position 1", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return i - n_layer * (n_c - 1)"""}),
+    ("05_cached_decoding", "q6", "attends over every key instead of the average", {"q6_answer": """
+        from qkv.reference import attention as _attention
+        def attend_to_average(q, K, V):
+            return _attention(np.asarray(q)[None], K, V)[0]
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q6", "scales the average value by its score", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            k_bar, v_bar = K.mean(axis=0), V.mean(axis=0)
+            return (np.asarray(q) @ k_bar / np.sqrt(len(k_bar))) * v_bar
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q6", "right output, but believes the query still chooses", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            return np.mean(V, axis=0)
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q7", "the window keeps the oldest rows", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[:n_c]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[:n_c]
+            return K_mem, V_mem
+        not_an_update = "D" """}),
+    ("05_cached_decoding", "q7", "the window keeps one row too many", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[-(n_c + 1):]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[-(n_c + 1):]
+            return K_mem, V_mem
+        not_an_update = "D" """}),
+    ("05_cached_decoding", "q7", "takes a growing memory for one that is no update", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[-n_c:]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[-n_c:]
+            return K_mem, V_mem
+        not_an_update = "C" """}),
+    ("05_cached_decoding", "q8", "reads s as a function of the last average only", {"q8_answer": """
+        s_notation_answer = "A"
+        step_10_independent_of_y2_bar = False"""}),
+    ("05_cached_decoding", "q8", "believes step 10 does not depend on the average of step 2", {"q8_answer": """
+        s_notation_answer = "B"
+        step_10_independent_of_y2_bar = True"""}),
+    ("05_cached_decoding", "q9", "rotates the query and the key by the same position", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [offset + 1])[0] @ rope(k[None], [offset + 1])[0]", slot="slot", letter="B")}),
+    ("05_cached_decoding", "q9", "puts the key after the query", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [1])[0] @ rope(k[None], [1 + offset])[0]", slot="slot", letter="B")}),
+    ("05_cached_decoding", "q9", "a cached key rotated by the current position", {"q9_answer": _ROPE.format(
+        score=_ROPE_SCORE, slot="m + s", letter="B")}),
+    ("05_cached_decoding", "q9", "believes every step rotates the cached keys again", {"q9_answer": _ROPE.format(
+        score=_ROPE_SCORE, slot="slot", letter="A")}),
 ]
 
 # ---- valid answers written differently from the solution: each must get full marks -------------------
@@ -592,6 +691,41 @@ ALTERNATIVES = [
             mean_prev = np.asarray(mean_prev, dtype=float)
             return mean_prev + (k_i - mean_prev) / i"""}),
     ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "b"'}),
+    ("02_qkv_roles", "q5", "variances added in a loop, a lower-case letter", {"q5_answer": """
+        def score_variance(d, scaled):
+            total = 0.0
+            for _ in range(d):
+                total += 1.0  # one product of two independent numbers of variance 1
+            return total / d if scaled else total
+        unscaled_answer = " b" """}),
+    ("02_qkv_roles", "q6", "reshape to (n, tau, d/tau), then heads first", {"q6_answer": """
+        def all_head_values(X, W_v, tau):
+            n, d = X.shape
+            return np.transpose((X @ W_v).reshape(n, tau, d // tau), (1, 0, 2))
+        def head_values(X, W_v, tau, h):
+            return all_head_values(X, W_v, tau)[h - 1]"""}),
+    ("05_cached_decoding", "q5", "one layer at a time", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            position = i
+            for _ in range(n_layer):
+                position = max(1, position - (n_c - 1))
+            return position"""}),
+    ("05_cached_decoding", "q6", "the mean of the values directly", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            return np.asarray(V, dtype=float).sum(axis=0) / len(V)  # one key: weight 1
+        average_depends_on_query = bool(0)"""}),
+    ("05_cached_decoding", "q7", "vstack and a start index", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_all = np.vstack([mem_pre[0], S_kv[0]])
+            V_all = np.vstack([mem_pre[1], S_kv[1]])
+            start = max(0, len(K_all) - n_c)
+            return K_all[start:], V_all[start:]
+        not_an_update = " d" """}),
+    ("05_cached_decoding", "q8", "a lower-case letter, False written as a comparison", {"q8_answer": """
+        s_notation_answer = "b"
+        step_10_independent_of_y2_bar = 2 > 10 - 1"""}),
+    ("05_cached_decoding", "q9", "a query at position 100, the slot as an int", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [100 + offset])[0] @ rope(k[None], [100])[0]", slot="int(slot)", letter="b")}),
 ]
 
 
