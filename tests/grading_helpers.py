@@ -148,15 +148,22 @@ MISCONCEPTIONS = [
             return np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
         def attention_can_output(values, output):
             return bool(np.all(weights_for(values, output) >= -1e-9))"""}),
-    ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
+    ("01_weighted_average", "q2", "calls the library's own weighted_average (which refuses bad weights)", {"q2_answer": """
         from qkv.reference import weighted_average as _library_average
         def weighted_average(values, weights):
             return _library_average(values, weights)
         def weights_for(values, output):
             values = np.asarray(values, dtype=float)
-            return np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+            w = np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+            if np.all(w >= 0):  # checked with the library's average, where it takes them
+                assert np.allclose(weighted_average(values, w), output)
+            return w
         def attention_can_output(values, output):
-            return bool(np.all(weights_for(values, output) >= -1e-9))"""}),
+            try:
+                weighted_average(values, weights_for(values, output))
+            except ValueError:
+                return False
+            return True"""}),
     ("01_weighted_average", "q3", "no maximum subtracted (overflows)", {"q3_answer": """
         def softmax(x):
             e = np.exp(np.asarray(x, dtype=float))

@@ -10,6 +10,9 @@ Writes into --out DIR:
   report.html         the class report: scores per question, failure messages ranked, what needs a look
   report.png          the score distribution of every question
   notices.txt         notices about the whole run, one a line (graded with --no-sandbox), shown in report.html
+  autograded/<student>/<assignment>/<assignment>.ipynb   the executed notebooks, where nbgrader's
+                      formgrader shows the written answers it grades by hand (qkv_grading.manual)
+  nbgrader_config.py  for the formgrader and `nbgrader export` started in DIR: this gradebook
   feedback/<student>/<assignment>/<assignment>.html   the learner's notebook rendered, with each test's
                       points and message (hidden test code is never shown), in nbgrader's layout with
                       timestamp.txt, for `nbgrader release_feedback`
@@ -44,7 +47,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from qkv_grading import sandbox
+from qkv_grading import manual, sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
 from qkv_grading.discover import (TOO_SHALLOW, Ignored, collected_timestamp, discover, submission_key,
                                   submitted)
@@ -187,8 +190,10 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             path = submissions / student / name / f"{name}.ipynb"
             if result.feedback is not None:
                 result.timestamp = collected_timestamp(path)
-                write_feedback(out, student, name, result.feedback, path.parent)
-                writer.record(result)
+                writer.record(result)  # reads back the marks of written answers graded before
+                write_feedback(out, student, name, manual.with_marks(result.feedback, result), path.parent)
+                if result.autograded is not None:
+                    manual.write_autograded(out, student, name, result.autograded)
             record = out / "results" / student / f"{name}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
@@ -208,6 +213,9 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         finally:
             if writer is not None:
                 writer.close()
+    url = db or f"sqlite:///{(out / 'gradebook.db').resolve()}"
+    manual.refresh(out, url)  # the marks given in the formgrader, read back into every record
+    manual.write_formgrader_config(out, url)
     results = Graded(load_results(out))
     results.executed = executed
     results.absent, results.asked, results.ignored = len(absent), len(jobs), ignored

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from qkv_grading import manual
+
 
 def _save_cells_into(gb):
     """nbgrader's own SaveCells, recording into the writer's open gradebook rather than a second connection
@@ -133,6 +135,7 @@ class GradebookWriter:
         for t in result.tests:
             grade = self.gb.find_grade(t.id, name, name, student)
             grade.auto_score = t.points  # overwritten, never added: a re-run cannot double-count
+        manual.record(self.gb, result)  # written answers wait for the formgrader; given marks are kept
         self.gb.db.commit()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import nbformat
 import numpy as np
 
 from qkv_grading import probe, wire
@@ -113,4 +114,5 @@ def judge_run(run: KernelRun, spec: Spec) -> Result:
         tests.append(t)
     notes = [scrub(n) for n in run.notes]
     return Result(spec.name, run.status, tests, spec.max_score, notes=notes,
-                  feedback=feedback_page(spec, run.nb, tests, notes))
+                  feedback=feedback_page(spec, run.nb, tests, notes), written=spec.written,
+                  autograded=nbformat.writes(run.nb))

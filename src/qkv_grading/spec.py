@@ -13,6 +13,8 @@ import nbformat
 
 from qkv_grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
                                split_hidden)
+from qkv_grading.manual import is_written, written_answers
+from qkv_grading.results import WrittenAnswer
 
 
 GRADER_VERSION = "2"
@@ -32,7 +34,7 @@ class Spec:
         out = []
         for cell in self.runnable.cells:
             info = cell.metadata.get("nbgrader", {})
-            if info.get("grade"):
+            if info.get("grade") and not is_written(cell):  # a written answer is graded by hand
                 gid = info["grade_id"]
                 out.append({"id": gid, "question": question_of(gid), "max_points": float(info.get("points", 0))})
         return out
@@ -40,6 +42,11 @@ class Spec:
     @property
     def max_score(self) -> float:
         return sum(t["max_points"] for t in self.tests)
+
+    @property
+    def written(self) -> list[WrittenAnswer]:
+        """The written answers, graded by hand (``qkv_grading.manual``), each waiting for its mark."""
+        return written_answers(self.runnable)
 
     @functools.cached_property
     def scrub(self) -> Scrubber:
