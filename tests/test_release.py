@@ -232,11 +232,11 @@ def test_exercise_5_question_4_is_not_answered_in_chapter_5():
     assert "s'(" not in chapter and "last average alone" not in chapter
 
 
-def test_exercise_5_lays_the_cache_out_as_chapter_4_does():
+def test_exercise_5_lays_the_cache_out_as_the_cache_chapter_does():
     chapter = (ROOT / "book" / "04_kv_cache.md").read_text()
     assert "laid out `(batch, tau, positions, head_dim)`" in chapter
     intro = read_notebook(release_path(ROOT, "05_cached_decoding")).cells[0].source
-    assert "laid out `(batch, tau, positions, head_dim)`, as in\nchapter 4" in intro
+    assert "laid out `(batch, tau, positions, head_dim)`, as in chapter 5.\n" in intro  # COURSE.md's chapter 5
     assert "(heads, positions, head_dim)" not in intro and "k_i[None, None, None, :]" in intro
 
 
