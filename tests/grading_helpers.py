@@ -779,10 +779,10 @@ def _edit(nb, gid, text):
 
 # Reads hidden test code back in the kernel, in every way we know of, and tries to get it into the feedback:
 # the input history (In, _ih, %history), the source of the calling frames (a function a hidden test calls),
-# linecache, and an exception message. q2's function raises on purpose (0 of 4), q3's works (3 of 3).
+# linecache, and an exception message. q2's weights_for raises on purpose (0 of 4), q3's works (3 of 3).
 PEEK_Q2 = """
 import sys
-def weighted_average(values, weights):
+def weights_for(values, output):
     frame, seen = sys._getframe(1), []
     while frame is not None:  # the probe part the grader's harness runs, hidden lines included
         seen.append(str(frame.f_locals.get("source", "")))
