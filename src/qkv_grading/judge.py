@@ -91,7 +91,7 @@ def empty_result(spec: Spec, status: str, reason: str) -> Result:
     reason = spec.scrub(reason)
     tests = tests_of(spec, message=reason)
     return Result(spec.name, status, tests, spec.max_score, notes=[reason],
-                  feedback=feedback_page(spec, None, tests, [reason]))
+                  feedback=feedback_page(spec, None, tests, [reason]), written=spec.written)
 
 
 def judge_run(run: KernelRun, spec: Spec) -> Result:
