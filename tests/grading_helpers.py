@@ -82,32 +82,88 @@ _KV_COUNTS = """
         def total_kv_projections(n, tau, use_cache):
             return sum(kv_projections(i, tau, use_cache) for i in range(1, n + 1))"""
 
+_CHECK = "np.any(weights < 0) or not np.isclose(weights.sum(), 1.0)"
+_SOLVE = "np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))"
+_EX1_Q2 = """
+        def weighted_average(values, weights):
+            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+            if {check}:
+                raise ValueError("not attention weights")
+            return weights @ values
+        def weights_for(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            return {solve}
+        def attention_can_output(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            w = weights_for(values, output)
+            return bool({reach})"""
+_GQA = """
+        from qkv.reference import attention
+        def kv_head(h, tau, g):
+            return {head}
+        def grouped_attention(q, k, v):
+            tau, g = q.shape[0], k.shape[0]
+            rows = [kv_head(h, tau, g) - 1 for h in range(1, tau + 1)]
+            return attention(q, k[rows], v[rows])
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            head_dim = W_q.shape[1] // {width}
+            kv = W_k.shape[1] // head_dim
+            return 2 * n_layer * {heads} * head_dim * i if "{heads}" != "g" else 2 * n_layer * kv * head_dim * i"""
+_ZEROED = """
+        def zeroed_value_experiment(Q, K, V, positions):
+            V_zeroed = np.array(V, dtype=float)
+            V_zeroed[{rows}] = 0.0
+            return {weights}, attention(Q, K, V_zeroed)"""
+
+_ROPE = """
+        from qkv.reference import rope
+        def relative_score(q, k, offset):
+            q, k = np.asarray(q, dtype=float), np.asarray(k, dtype=float)
+            return float({score})
+        def rotated_with(slot, m, s):
+            return {slot}
+        rotated_keys_answer = "{letter}" """
+_ROPE_SCORE = "rope(q[None], [offset + 1])[0] @ rope(k[None], [1])[0]"
+
 MISCONCEPTIONS = [
     ("01_weighted_average", "q1", "sums over the components instead of the items", {"q1_answer": _Q1 + "output = (weights[:, None] * values).sum(axis=1)"}),
     ("01_weighted_average", "q1", "ignores the weights (plain mean)", {"q1_answer": _Q1 + "output = values.mean(axis=0)"}),
     ("01_weighted_average", "q1", "pairs the weights with the items in reverse order", {"q1_answer": _Q1 + "output = weights[::-1] @ values"}),
-    ("01_weighted_average", "q2", "weights applied along the wrong axis", {"q2_answer": """
+    ("01_weighted_average", "q2", "accepts weights that do not sum to 1", {"q2_answer": _EX1_Q2.format(
+        check="np.any(weights < 0)", solve=_SOLVE, reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "accepts negative weights (only the sum is checked)", {"q2_answer": _EX1_Q2.format(
+        check="not np.isclose(weights.sum(), 1.0)", solve=_SOLVE, reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "solves for the weights without their sum of 1 (least squares)",
+     {"q2_answer": _EX1_Q2.format(check=_CHECK, solve="np.linalg.lstsq(values.T, output, rcond=None)[0]",
+                                  reach="np.all(w >= -1e-9)")}),
+    ("01_weighted_average", "q2", "reachable when each component lies within the values' range",
+     {"q2_answer": _EX1_Q2.format(check=_CHECK, solve=_SOLVE,
+                                  reach="np.all((values.min(axis=0) <= output) & (output <= values.max(axis=0)))")}),
+    ("01_weighted_average", "q2", "normalises the weights instead of refusing them", {"q2_answer": """
         def weighted_average(values, weights):
-            values, weights = np.asarray(values), np.asarray(weights)
-            return (values * weights[..., None]).sum(axis=-1)"""}),
-    ("01_weighted_average", "q2", "matrix product that only works in 2-D", {"q2_answer": """
-        def weighted_average(values, weights):
-            return np.asarray(weights) @ np.asarray(values)"""}),
-    ("01_weighted_average", "q2", "divides the weighted sum by the number of items", {"q2_answer": """
-        def weighted_average(values, weights):
-            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
-            return (weights[..., :, None] * values).sum(axis=-2) / values.shape[-2]"""}),
-    ("01_weighted_average", "q2", "chapter 1's version: weights not divided by their sum", {"q2_answer": """
-        def weighted_average(values, weights):
-            return np.einsum("...n,...nd->...d", np.asarray(weights, dtype=float), np.asarray(values, dtype=float))"""}),
-    ("01_weighted_average", "q2", "divides by the sum of every weight of the array, not each row's", {"q2_answer": """
-        def weighted_average(values, weights):
-            values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
-            return (weights[..., :, None] * values).sum(axis=-2) / weights.sum()"""}),
-    ("01_weighted_average", "q2", "calls the library's own weighted_average", {"q2_answer": """
+            weights = np.asarray(weights, dtype=float)
+            return (weights / weights.sum()) @ np.asarray(values, dtype=float)
+        def weights_for(values, output):
+            values = np.asarray(values, dtype=float)
+            return np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+        def attention_can_output(values, output):
+            return bool(np.all(weights_for(values, output) >= -1e-9))"""}),
+    ("01_weighted_average", "q2", "calls the library's own weighted_average (which refuses bad weights)", {"q2_answer": """
         from qkv.reference import weighted_average as _library_average
         def weighted_average(values, weights):
-            return _library_average(values, weights)"""}),
+            return _library_average(values, weights)
+        def weights_for(values, output):
+            values = np.asarray(values, dtype=float)
+            w = np.linalg.solve(np.vstack([values.T, np.ones(len(values))]), np.append(output, 1.0))
+            if np.all(w >= 0):  # checked with the library's average, where it takes them
+                assert np.allclose(weighted_average(values, w), output)
+            return w
+        def attention_can_output(values, output):
+            try:
+                weighted_average(values, weights_for(values, output))
+            except ValueError:
+                return False
+            return True"""}),
     ("01_weighted_average", "q3", "no maximum subtracted (overflows)", {"q3_answer": """
         def softmax(x):
             e = np.exp(np.asarray(x, dtype=float))
@@ -180,35 +236,50 @@ MISCONCEPTIONS = [
             if mask is not None:
                 w = w * (mask == 0)
             return w @ v"""}),
-    ("02_qkv_roles", "q4", "groups taken round-robin (every g-th query head)", {"q4_answer": """
+    ("02_qkv_roles", "q4", "groups taken round-robin (every g-th query head)",
+     {"q4_answer": _GQA.format(head="(h - 1) % g + 1", heads="g", width="tau")}),
+    ("02_qkv_roles", "q4", "floor instead of ceiling (heads from 0 on one side)",
+     {"q4_answer": _GQA.format(head="max(1, h * g // tau)", heads="g", width="tau")}),
+    ("02_qkv_roles", "q4", "cache counts tau key/value heads (forgets the sharing)",
+     {"q4_answer": _GQA.format(head="(h - 1) // (tau // g) + 1", heads="tau", width="tau")}),
+    ("02_qkv_roles", "q4", "head width read from W_k (taken for one head's)",
+     {"q4_answer": _GQA.format(head="(h - 1) // (tau // g) + 1", heads="1", width="1")}),
+    ("02_qkv_roles", "q4", "each query head reads key/value head h (np.tile of the kv heads)", {"q4_answer": """
+        from qkv.reference import attention
         def kv_head(h, tau, g):
-            return (h - 1) % g + 1
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "floor instead of ceiling (heads from 0 on one side)", {"q4_answer": """
+            return (h - 1) // (tau // g) + 1
+        def grouped_attention(q, k, v):
+            reps = q.shape[0] // k.shape[0]
+            return attention(q, np.tile(k, (reps, 1, 1)), np.tile(v, (reps, 1, 1)))
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            return 2 * n_layer * W_k.shape[1] * i"""}),
+    ("02_qkv_roles", "q4", "hands the work to qkv.memory's grouped_query_attention", {"q4_answer": """
+        from qkv import memory
         def kv_head(h, tau, g):
-            return h * g // tau
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "cache counts tau heads (forgets the sharing)", {"q4_answer": """
-        def kv_head(h, tau, g):
-            return -(-h * g // tau)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return 2 * n_layer * tau * i * head_dim * bytes_per_number * batch"""}),
-    ("02_qkv_roles", "q4", "cache counts keys only", {"q4_answer": """
-        def kv_head(h, tau, g):
-            return -(-h * g // tau)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            return n_layer * g * i * head_dim * bytes_per_number * batch"""}),
-    ("03_zeroed_values", "q1", "believes the weights vanish too", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, np.zeros_like(V)), np.zeros((len(Q), len(K)))"""}),
-    ("03_zeroed_values", "q1", "believes the weights become uniform", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, np.zeros_like(V)), np.full((len(Q), len(K)), 1 / len(K))"""}),
-    ("03_zeroed_values", "q1", "believes the output passes the values through", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
-            return attention(Q, K, V), attention_weights(Q, K)"""}),
+            return (h - 1) // (tau // g) + 1
+        def grouped_attention(q, k, v):
+            return memory.grouped_query_attention(q, k, v)
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            return 2 * n_layer * W_k.shape[1] * i"""}),
+    ("03_zeroed_values", "q1", "positions counted from 0 (zeroes the row after)",
+     {"q1_answer": _ZEROED.format(rows="[j for j in positions if j < len(V)]", weights="attention_weights(Q, K)")}),
+    ("03_zeroed_values", "q1", "believes a zeroed value loses its weight too", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
+            V_zeroed = np.array(V, dtype=float)
+            weights = attention_weights(Q, K)
+            for j in positions:
+                V_zeroed[j - 1] = 0.0
+                weights[:, j - 1] = 0.0
+            total = weights.sum(axis=-1, keepdims=True)
+            weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+            return weights, weights @ V_zeroed"""}),
+    ("03_zeroed_values", "q1", "zeroes the keys of the positions instead", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
+            K_zeroed = np.array(K, dtype=float)
+            K_zeroed[[j - 1 for j in positions]] = 0.0
+            return attention_weights(Q, K_zeroed), attention(Q, K_zeroed, V)"""}),
+    ("03_zeroed_values", "q1", "zeroes every value whatever the positions",
+     {"q1_answer": _ZEROED.format(rows="list(range(len(V))) if positions else []", weights="attention_weights(Q, K)")}),
     ("03_zeroed_values", "q2", "believes the weights become uniform", {"q2_answer": 'zeroed_values_answer = "A"'}),
     ("03_zeroed_values", "q2", "believes the output equals the input (confuses attention with the residual)",
      {"q2_answer": 'zeroed_values_answer = "C"'}),
@@ -383,36 +454,151 @@ MISCONCEPTIONS = [
                 cache.update(K[j][None, None, :], K[j][None, None, :])
             return cache.keys[0]"""}),
     ("05_cached_decoding", "q3", "exponential instead of cumulative average", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            out = np.empty_like(K)
-            mean = K[0]
-            for i in range(len(K)):
-                mean = K[i] if i == 0 else (K[i] + mean) / 2
-                out[i] = mean
-            return out"""}),
-    ("05_cached_decoding", "q3", "divides by the total length in every row", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            return np.cumsum(K, axis=0) / len(K)"""}),
+        def update_mean(mean_prev, k_i, i):
+            return k_i if i == 1 else (k_i + mean_prev) / 2"""}),
+    ("05_cached_decoding", "q3", "the previous mean weighted as i keys, not i - 1", {"q3_answer": """
+        def update_mean(mean_prev, k_i, i):
+            return (k_i + i * mean_prev) / (i + 1)"""}),
+    ("05_cached_decoding", "q3", "keeps the history and averages it again every step", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(k_i)
+            return np.mean(HISTORY, axis=0)"""}),
+    ("05_cached_decoding", "q3", "cumsum over the kept history", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(k_i)
+            return np.cumsum(np.stack(HISTORY), axis=0)[-1] / i"""}),
+    # the history copied into plain arrays, out of the instrument's sight: two sequences in turn and a
+    # memory filled beforehand must still catch it
+    ("05_cached_decoding", "q3", "kept history of copies (unseen by the instrument)", {"q3_answer": """
+        HISTORY = []
+        def update_mean(mean_prev, k_i, i):
+            if i == 1:
+                HISTORY.clear()
+            HISTORY.append(np.array(k_i, dtype=float))
+            return np.mean(HISTORY, axis=0)"""}),
     ("05_cached_decoding", "q3", "averages with the library's CumulativeAverageMemory", {"q3_answer": """
         from qkv.reference import CumulativeAverageMemory
-        def running_means(K):
+        def update_mean(mean_prev, k_i, i):
             memory = CumulativeAverageMemory()
-            return np.stack([memory.update(k, k)[0] for k in np.asarray(K, dtype=float)])"""}),
+            for _ in range(i - 1):
+                memory.update(mean_prev, mean_prev)
+            return memory.update(k_i, k_i)[0]"""}),
     ("05_cached_decoding", "q4", "believes the averages forget step 2", {"q4_answer": 'step_10_answer = "C"'}),
     ("05_cached_decoding", "q4", "takes y_2 for ȳ_2: not an input, so no effect", {"q4_answer": 'step_10_answer = "A"'}),
+    ("02_qkv_roles", "q5", "variance of the score taken as its spread, sqrt(d)", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else d ** 0.5
+        unscaled_answer = "B" """}),
+    ("02_qkv_roles", "q5", "dividing by sqrt(d) divides the variance by sqrt(d)", {"q5_answer": """
+        def score_variance(d, scaled):
+            return d ** 0.5 if scaled else float(d)
+        unscaled_answer = "B" """}),
+    ("02_qkv_roles", "q5", "believes the softmax ignores the scale of the scores", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else float(d)
+        unscaled_answer = "A" """}),
+    ("02_qkv_roles", "q5", "believes large scores overflow the softmax", {"q5_answer": """
+        def score_variance(d, scaled):
+            return 1.0 if scaled else float(d)
+        unscaled_answer = "D" """}),
+    ("02_qkv_roles", "q6", "heads counted from 0 in the columns", {"q6_answer": """
+        def head_values(X, W_v, tau, h):
+            head_dim = W_v.shape[1] // tau
+            return X @ W_v[:, h * head_dim:(h + 1) * head_dim]
+        def all_head_values(X, W_v, tau):
+            return np.stack([head_values(X, W_v, tau, h) for h in range(tau)])"""}),
+    ("02_qkv_roles", "q6", "reshapes X W_v to (tau, n, d/tau) without moving the axes", {"q6_answer": """
+        def all_head_values(X, W_v, tau):
+            n, d = X.shape
+            return (X @ W_v).reshape(tau, n, d // tau)
+        def head_values(X, W_v, tau, h):
+            return all_head_values(X, W_v, tau)[h - 1]"""}),
+    ("02_qkv_roles", "q6", "head h takes a block of rows of W_v", {"q6_answer": """
+        def head_values(X, W_v, tau, h):
+            head_dim = W_v.shape[0] // tau
+            return X[:, (h - 1) * head_dim:h * head_dim] @ W_v[(h - 1) * head_dim:h * head_dim, (h - 1) * head_dim:h * head_dim]
+        def all_head_values(X, W_v, tau):
+            return np.stack([head_values(X, W_v, tau, h) for h in range(1, tau + 1)])"""}),
+    ("05_cached_decoding", "q5", "one window only (forgets the layers)", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return max(1, i - n_c + 1)"""}),
+    ("05_cached_decoding", "q5", "each layer reaches n_c positions further (counts itself twice)", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return max(1, i - n_layer * n_c + 1)"""}),
+    ("05_cached_decoding", "q5", "not clipped at position 1", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            return i - n_layer * (n_c - 1)"""}),
+    ("05_cached_decoding", "q6", "attends over every key instead of the average", {"q6_answer": """
+        from qkv.reference import attention as _attention
+        def attend_to_average(q, K, V):
+            return _attention(np.asarray(q)[None], K, V)[0]
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q6", "scales the average value by its score", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            k_bar, v_bar = K.mean(axis=0), V.mean(axis=0)
+            return (np.asarray(q) @ k_bar / np.sqrt(len(k_bar))) * v_bar
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q6", "right output, but believes the query still chooses", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            return np.mean(V, axis=0)
+        average_depends_on_query = True"""}),
+    ("05_cached_decoding", "q7", "the window keeps the oldest rows", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[:n_c]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[:n_c]
+            return K_mem, V_mem
+        not_an_update = "D" """}),
+    ("05_cached_decoding", "q7", "the window keeps one row too many", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[-(n_c + 1):]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[-(n_c + 1):]
+            return K_mem, V_mem
+        not_an_update = "D" """}),
+    ("05_cached_decoding", "q7", "takes a growing memory for one that is no update", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_mem = np.concatenate([mem_pre[0], np.asarray(S_kv[0])[None]])[-n_c:]
+            V_mem = np.concatenate([mem_pre[1], np.asarray(S_kv[1])[None]])[-n_c:]
+            return K_mem, V_mem
+        not_an_update = "C" """}),
+    ("05_cached_decoding", "q8", "reads s as a function of the last average only", {"q8_answer": """
+        s_notation_answer = "A"
+        step_10_independent_of_y2_bar = False"""}),
+    ("05_cached_decoding", "q8", "believes step 10 does not depend on the average of step 2", {"q8_answer": """
+        s_notation_answer = "B"
+        step_10_independent_of_y2_bar = True"""}),
+    ("05_cached_decoding", "q9", "rotates the query and the key by the same position", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [offset + 1])[0] @ rope(k[None], [offset + 1])[0]", slot="slot", letter="B")}),
+    ("05_cached_decoding", "q9", "puts the key after the query", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [1])[0] @ rope(k[None], [1 + offset])[0]", slot="slot", letter="B")}),
+    ("05_cached_decoding", "q9", "a cached key rotated by the current position", {"q9_answer": _ROPE.format(
+        score=_ROPE_SCORE, slot="m + s", letter="B")}),
+    ("05_cached_decoding", "q9", "believes every step rotates the cached keys again", {"q9_answer": _ROPE.format(
+        score=_ROPE_SCORE, slot="slot", letter="A")}),
 ]
 
 # ---- valid answers written differently from the solution: each must get full marks -------------------
 
 ALTERNATIVES = [
     ("01_weighted_average", "q1", "sum of products in a loop", {"q1_answer": _Q1 + "output = sum(w * v for w, v in zip(weights, values))"}),
-    ("01_weighted_average", "q2", "einsum over the item axis, normalised after", {"q2_answer": """
+    ("01_weighted_average", "q2", "einsum, weights from the differences to item 1, a tolerance on the sign",
+     {"q2_answer": """
         def weighted_average(values, weights):
             weights = np.asarray(weights, dtype=float)
-            total = np.einsum("...n,...nd->...d", weights, np.asarray(values, dtype=float))
-            return total / weights.sum(axis=-1)[..., None]"""}),
+            if weights.min() < 0 or abs(weights.sum() - 1) > 1e-9:
+                raise ValueError("attention weights are non-negative and sum to 1")
+            return np.einsum("n,nd->d", weights, np.asarray(values, dtype=float))
+        def weights_for(values, output):
+            values, output = np.asarray(values, dtype=float), np.asarray(output, dtype=float)
+            rest = np.linalg.solve((values[1:] - values[0]).T, output - values[0])  # w_2 .. w_n
+            return np.concatenate([[1 - rest.sum()], rest])
+        def attention_can_output(values, output):
+            return bool(weights_for(values, output).min() > -1e-12)"""}),
     ("01_weighted_average", "q3", "log-sum-exp with the row maximum", {"q3_answer": """
         def softmax(x):
             x = np.asarray(x, dtype=float)
@@ -432,20 +618,28 @@ ALTERNATIVES = [
                 scores = scores + mask
             e = np.exp(scores - scores.max(axis=-1, keepdims=True))
             return np.einsum("...mn,...nd->...md", e / e.sum(axis=-1, keepdims=True), v)"""}),
-    ("02_qkv_roles", "q4", "group size and math.ceil, bytes from the per-position size", {"q4_answer": """
+    ("02_qkv_roles", "q4", "math.ceil, a loop over the query heads, the cache from W_k's columns", {"q4_answer": """
         import math
         def kv_head(h, tau, g):
-            group_size = tau // g
-            return math.ceil(h / group_size)
-        def gqa_cache_bytes(n_layer, tau, g, head_dim, i, bytes_per_number, batch):
-            per_position = n_layer * 2 * g * head_dim * bytes_per_number
-            return per_position * i * batch"""}),
-    ("03_zeroed_values", "q1", "weights by hand, output from zero values", {"q1_answer": """
-        def zeroed_value_experiment(Q, K, V):
+            return math.ceil(h * g / tau)
+        def grouped_attention(q, k, v):
+            out = []
+            for h in range(1, q.shape[0] + 1):
+                j = kv_head(h, q.shape[0], k.shape[0]) - 1
+                s = q[h - 1] @ k[j].T / np.sqrt(q.shape[-1])
+                e = np.exp(s - s.max(axis=-1, keepdims=True))
+                out.append(e / e.sum(axis=-1, keepdims=True) @ v[j])
+            return np.stack(out)
+        def cache_numbers(W_q, W_k, tau, n_layer, i):
+            per_position = 2 * W_k.shape[1]  # a key and a value: g heads of head_dim numbers each
+            return n_layer * per_position * i"""}),
+    ("03_zeroed_values", "q1", "weights by hand, a boolean mask of the rows kept", {"q1_answer": """
+        def zeroed_value_experiment(Q, K, V, positions):
             scores = Q @ K.T / np.sqrt(Q.shape[-1])
             e = np.exp(scores - scores.max(axis=-1, keepdims=True))
             weights = e / e.sum(axis=-1, keepdims=True)
-            return weights @ np.zeros(np.shape(V)), weights"""}),
+            keep = ~np.isin(np.arange(1, len(V) + 1), positions)
+            return weights, weights @ (V * keep[:, None])"""}),
     ("03_zeroed_values", "q2", "letter in lower case", {"q2_answer": 'zeroed_values_answer = "b"'}),
     ("03_zeroed_values", "q3", "uniform weights written directly, a fraction", {"q3_answer": """
         def zeroed_key_experiment(Q, K, V):
@@ -499,11 +693,46 @@ ALTERNATIVES = [
         def window(K, i, n_c):
             K = np.asarray(K)
             return np.stack([K[j - 1] for j in range(max(1, i - n_c + 1), i + 1)])"""}),
-    ("05_cached_decoding", "q3", "cumulative sums", {"q3_answer": """
-        def running_means(K):
-            K = np.asarray(K, dtype=float)
-            return np.cumsum(K, axis=0) / np.arange(1, len(K) + 1)[:, None]"""}),
+    ("05_cached_decoding", "q3", "the previous mean moved a 1/i of the way to the new key", {"q3_answer": """
+        def update_mean(mean_prev, k_i, i):
+            mean_prev = np.asarray(mean_prev, dtype=float)
+            return mean_prev + (k_i - mean_prev) / i"""}),
     ("05_cached_decoding", "q4", "letter in lower case", {"q4_answer": 'step_10_answer = "b"'}),
+    ("02_qkv_roles", "q5", "variances added in a loop, a lower-case letter", {"q5_answer": """
+        def score_variance(d, scaled):
+            total = 0.0
+            for _ in range(d):
+                total += 1.0  # one product of two independent numbers of variance 1
+            return total / d if scaled else total
+        unscaled_answer = " b" """}),
+    ("02_qkv_roles", "q6", "reshape to (n, tau, d/tau), then heads first", {"q6_answer": """
+        def all_head_values(X, W_v, tau):
+            n, d = X.shape
+            return np.transpose((X @ W_v).reshape(n, tau, d // tau), (1, 0, 2))
+        def head_values(X, W_v, tau, h):
+            return all_head_values(X, W_v, tau)[h - 1]"""}),
+    ("05_cached_decoding", "q5", "one layer at a time", {"q5_answer": """
+        def oldest_reachable(i, n_layer, n_c):
+            position = i
+            for _ in range(n_layer):
+                position = max(1, position - (n_c - 1))
+            return position"""}),
+    ("05_cached_decoding", "q6", "the mean of the values directly", {"q6_answer": """
+        def attend_to_average(q, K, V):
+            return np.asarray(V, dtype=float).sum(axis=0) / len(V)  # one key: weight 1
+        average_depends_on_query = bool(0)"""}),
+    ("05_cached_decoding", "q7", "vstack and a start index", {"q7_answer": """
+        def window_update(S_kv, mem_pre, n_c):
+            K_all = np.vstack([mem_pre[0], S_kv[0]])
+            V_all = np.vstack([mem_pre[1], S_kv[1]])
+            start = max(0, len(K_all) - n_c)
+            return K_all[start:], V_all[start:]
+        not_an_update = " d" """}),
+    ("05_cached_decoding", "q8", "a lower-case letter, False written as a comparison", {"q8_answer": """
+        s_notation_answer = "b"
+        step_10_independent_of_y2_bar = 2 > 10 - 1"""}),
+    ("05_cached_decoding", "q9", "a query at position 100, the slot as an int", {"q9_answer": _ROPE.format(
+        score="rope(q[None], [100 + offset])[0] @ rope(k[None], [100])[0]", slot="int(slot)", letter="b")}),
 ]
 
 
@@ -550,10 +779,10 @@ def _edit(nb, gid, text):
 
 # Reads hidden test code back in the kernel, in every way we know of, and tries to get it into the feedback:
 # the input history (In, _ih, %history), the source of the calling frames (a function a hidden test calls),
-# linecache, and an exception message. q2's function raises on purpose (0 of 4), q3's works (3 of 3).
+# linecache, and an exception message. q2's weights_for raises on purpose (0 of 4), q3's works (3 of 3).
 PEEK_Q2 = """
 import sys
-def weighted_average(values, weights):
+def weights_for(values, output):
     frame, seen = sys._getframe(1), []
     while frame is not None:  # the probe part the grader's harness runs, hidden lines included
         seen.append(str(frame.f_locals.get("source", "")))
@@ -591,7 +820,7 @@ raise RuntimeError(repr(tests[-1])[-500:])
 
 def peeking_notebook() -> nbformat.NotebookNode:
     nb = filled(BAD, {"q2_answer": PEEK_Q2, "q3_answer": PEEK_Q3})
-    after = next(k for k, c in enumerate(nb.cells) if _gid(c) == "q2_batched")
+    after = next(k for k, c in enumerate(nb.cells) if _gid(c) == "q2_reach")
     nb.cells.insert(after + 1, nbformat.v4.new_code_cell(PEEK_HISTORY.strip()))
     nb.cells.append(nbformat.v4.new_code_cell(PEEK_END.strip()))
     return nb

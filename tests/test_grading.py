@@ -151,7 +151,10 @@ def test_no_hidden_test_code_in_any_output(batch):
     assert any("[hidden test code removed]" in t["message"] for t in record["tests"])
     secret = {line for name in ASSIGNMENTS for line in hidden_lines(name)}
     # (the MathJax copied into feedback/ is a library, not written from any submission)
-    files = [p for p in batch["out"].rglob("*") if p.is_file() and p.suffix not in (".db", ".png", ".js")]
+    # (autograded/ holds the executed notebooks for the instructor's formgrader, hidden tests included,
+    # as nbgrader's own autograded/ does: no learner sees it)
+    files = [p for p in batch["out"].rglob("*") if p.is_file() and p.suffix not in (".db", ".png", ".js")
+             and "autograded" not in p.relative_to(batch["out"]).parts]
     assert len(files) > len(batch["grades"])
     for path in files:
         shown = "".join(_shown_text(path).split())
@@ -186,7 +189,8 @@ def test_gradebook_agrees_with_grades_csv(batch):
                     gb.find_submission(name, student)
                 continue
             sub = gb.find_submission(name, student)
-            assert sub.score == float(row["score"]) and sub.max_score == float(row["max_score"])
+            waiting = float(row["waiting_manual"] or 0)  # written answers: in nbgrader's maximum, not ours
+            assert sub.score == float(row["score"]) and sub.max_score == float(row["max_score"]) + waiting
 
 
 def test_report_figure_and_question_table(batch):
@@ -195,7 +199,7 @@ def test_report_figure_and_question_table(batch):
     header = (batch["out"] / "questions.csv").read_text().splitlines()[0]
     assert header == "student,assignment,question,score,max_score"
     assert (batch["out"] / "grades.csv").read_text().splitlines()[0] == \
-        "student,assignment,score,max_score,status,timestamp"
+        "student,assignment,score,max_score,status,timestamp,waiting_manual"
 
 
 def test_one_worker_gives_the_same_grades(batch, tmp_path):
@@ -244,8 +248,9 @@ def test_cli_grade_writes_the_outputs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "grades.csv") as f:
         full = f"{FULL['04_cache_notation']:g}"
-        assert list(csv.reader(f)) == [["student", "assignment", "score", "max_score", "status", "timestamp"],
-                                       ["ada", "04_cache_notation", full, full, "graded", ""]]
+        assert list(csv.reader(f)) == [["student", "assignment", "score", "max_score", "status", "timestamp",
+                                        "waiting_manual"],
+                                       ["ada", "04_cache_notation", full, full, "graded", "", "2"]]
 
 
 def test_grading_leaves_no_scratch_folders(batch):
@@ -410,4 +415,4 @@ def test_visible_tests_check_the_form_and_leave_the_answer_to_hidden_tests(batch
     passed = {t["id"]: t["passed"] for t in record["tests"]}
     assert passed["q1_form"] and not passed["q1_hidden"]
     message = next(t["message"] for t in record["tests"] if t["id"] == "q1_hidden")
-    assert "misses some pairs" in message and "chapter 4" in message
+    assert "misses some pairs" in message and "chapter 5" in message

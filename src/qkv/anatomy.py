@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qkv import checks
-from qkv.reference.decoder import Decoder, layer_norm
+from qkv.reference.decoder import Decoder
+from qkv.reference.gpt2_decoder import layer_norm
 from qkv.reference.heads import split_heads
 from qkv.reference.qkv_attention import attention_weights, causal_mask
 
@@ -49,7 +50,7 @@ def attention_maps(decoder: Decoder, ids) -> np.ndarray:
         q = split_heads(qkv[..., :d], block.tau)  # (1, τ, n, head_dim)
         k = split_heads(qkv[..., d : 2 * d], block.tau)
         maps.append(attention_weights(q, k, causal_mask(n))[0])  # (τ, n, n)
-        x = block(x, None)  # this layer's output is the next layer's input
+        x = block(x, None, causal_mask(n))  # this layer's output: the next one's input
     return np.stack(maps)
 
 

@@ -33,8 +33,13 @@ def is_answer(cell) -> bool:
 
 
 def is_test(cell) -> bool:
-    """A test cell: it carries points."""
-    return bool(info(cell).get("grade"))
+    """A test cell: it carries points and is not an answer (nbgrader's autograder tests)."""
+    return bool(info(cell).get("grade")) and not info(cell).get("solution")
+
+
+def is_written(cell) -> bool:
+    """A written answer graded by hand: an answer cell that also carries points."""
+    return bool(info(cell).get("grade") and info(cell).get("solution"))
 
 
 def is_locked(cell) -> bool:

@@ -33,6 +33,7 @@ import nh3
 from qkv_grading import cells
 from qkv_grading.discover import collected
 
+from qkv_grading import manual
 from qkv_grading.results import Result, TestResult
 from qkv_grading.spec import Spec
 
@@ -98,12 +99,12 @@ def _esc(text) -> str:
 
 def _summary(spec: Spec, tests: list[TestResult], notes: list[str]) -> str:
     result = Result(spec.name, "graded", tests, spec.max_score)
-    score = result.score
     rows = "".join(f"<tr><td>{_esc(q)}</td><td>{s:g} / {m:g}</td></tr>"
                    for q, (s, m) in result.questions().items())
+    result.written = spec.written  # graded by hand: waiting until `qkv grade` reads the marks back
     parts = [f"<section class='qkv-summary'><h1>Feedback: {_esc(spec.name)}</h1>",
-             f"<table><tr><th>question</th><th>points</th></tr>{rows}",
-             f"<tr><th>total</th><th class='qkv-total'>{score:g} / {spec.max_score:g}</th></tr>"
+             f"<table><tr><th>question</th><th>points</th></tr>{rows}{manual.summary_rows(result.written)}",
+             f"<tr><th>total</th><th class='qkv-total'>{_esc(manual.total_text(result))}</th></tr>"
              "</table>"]
     if notes:
         parts.append("<div class='qkv-notes'><b>Notes from the grader</b><ul>"

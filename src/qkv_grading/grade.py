@@ -10,6 +10,9 @@ Writes into --out DIR:
   report.html         the class report: scores per question, failure messages ranked, what needs a look
   report.png          the score distribution of every question
   notices.txt         notices about the whole run, one a line (graded with --no-sandbox), shown in report.html
+  autograded/<student>/<assignment>/<assignment>.ipynb   the executed notebooks, where nbgrader's
+                      formgrader shows the written answers it grades by hand (qkv_grading.manual)
+  nbgrader_config.py  for the formgrader and `nbgrader export` started in DIR: this gradebook
   feedback/<student>/<assignment>/<assignment>.html   the learner's notebook rendered, with each test's
                       points and message (hidden test code is never shown), in nbgrader's layout with
                       timestamp.txt, for `nbgrader release_feedback`
@@ -47,7 +50,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from qkv_grading import sandbox
+from qkv_grading import manual, sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
 from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, collected_timestamp, discover,
                                   submission_key, submitted)
@@ -220,7 +223,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         finished = True
     finally:
         try:
-            results = _write_reports(out, ignored, sandboxed)
+            results = _write_reports(out, ignored, sandboxed, db)
         except Exception as exc:
             if finished:
                 raise
@@ -240,7 +243,7 @@ def _refusal(spec, student: str, refused: Ignored) -> Result:
 
 
 def _record(out: Path, submissions: Path, writer, spec, result: Result, key: str) -> None:
-    """Write one submission's feedback page, gradebook row and result record, in that order (the record
+    """Write one submission's gradebook row, feedback page and result record, in that order (the record
     last and atomically: a run stopped before it grades this submission again next time). Should the
     grader fail on it (a bug, a page nbconvert cannot render), the submission is recorded as "error"
     with the reason, and graded again by the next run."""
@@ -272,9 +275,12 @@ def _write_one(out: Path, submissions: Path, writer, spec, result: Result, key: 
         shown, repairs = shown_notebook(spec, result.executed, result.tests)
         result.notes += repairs
         result.executed = None  # shown: not kept in memory while the rest are graded
-        page = render_page(spec, shown, result.tests, result.notes)
+        writer.record(result)  # reads back the marks of written answers graded before
+        page = manual.with_marks(render_page(spec, shown, result.tests, result.notes), result)
         write_feedback(out, student, name, page, path.parent)
-        writer.record(result)
+        if result.autograded is not None:  # where the formgrader shows the written answers
+            manual.write_autograded(out, student, name, result.autograded)
+            result.autograded = None
     _write_record(out, result)
 
 
@@ -286,8 +292,12 @@ def _write_record(out: Path, result: Result) -> None:
     os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
 
 
-def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool) -> Graded:
-    """The tables, the figure and the class report, from every result recorded in ``out``."""
+def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool, db: str | None) -> Graded:
+    """The tables, the figure and the class report, from every result recorded in ``out``, with the
+    marks given in the formgrader read back into every record first."""
+    url = db or f"sqlite:///{(out / 'gradebook.db').resolve()}"
+    manual.refresh(out, url)
+    manual.write_formgrader_config(out, url)
     results = Graded(load_results(out))
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]

@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from qkv_grading import manual
+
 
 @contextlib.contextmanager
 def _own_bin_on_path():
@@ -149,6 +151,7 @@ class GradebookWriter:
         for t in result.tests:
             grade = self.gb.find_grade(t.id, name, name, student)
             grade.auto_score = t.points  # overwritten, never added: a re-run cannot double-count
+        manual.record(self.gb, result)  # written answers wait for the formgrader; given marks are kept
         self.gb.db.commit()
 
     def rollback(self) -> None:

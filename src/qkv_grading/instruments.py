@@ -67,3 +67,75 @@ class CountingMatrix(np.ndarray):
     def rows(self) -> int:
         """How many vectors have been projected so far, over all products."""
         return sum(self.calls or ())
+
+
+class ReadLog:
+    """Which step read which ``TrackedVector``: a test sets ``step`` before each call of the learner's
+    code, and ``reads`` collects (vector's position, step) for every NumPy operation on a vector."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.reads: list[tuple[int, int]] = []
+
+    def reread(self) -> list[tuple[int, int]]:
+        """(position, step) of every read of a vector at a later step than the one that brought it."""
+        return sorted({(j, s) for j, s in self.reads if s > j})
+
+
+def _tracked(items):
+    for x in items:
+        if isinstance(x, TrackedVector):
+            yield x
+        elif isinstance(x, (list, tuple)):
+            yield from _tracked(x)
+
+
+def _plain(x):
+    if isinstance(x, TrackedVector):
+        return np.asarray(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    return x
+
+
+class TrackedVector(np.ndarray):
+    """The key of position ``position`` (counted from 1) that notes in ``log`` every NumPy operation (a
+    ufunc, a NumPy function, an index) that reads it, and at which step. Exercise 5 hands one to a running
+    mean at its own step: a memory of one vector never reads an earlier key again; code that keeps the
+    history and rescans it (a loop, ``np.mean``, ``np.cumsum`` over the keys) does.
+
+    As with ``CountingMatrix`` the log is kept in the learner's kernel, so it can be evaded (copying a
+    key into a plain array); a test only ever fails on reads it saw, and correctness is judged apart."""
+
+    def __new__(cls, vector, position: int, log: ReadLog):
+        obj = np.array(vector, dtype=float).view(cls)
+        obj.position, obj.log = position, log
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.position = getattr(obj, "position", None)
+        self.log = getattr(obj, "log", None)
+
+    def _note(self) -> None:
+        if self.log is not None and self.position is not None:
+            self.log.reads.append((self.position, self.log.step))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        for x in _tracked(inputs):
+            x._note()
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        return getattr(ufunc, method)(*_plain(inputs), **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        for x in _tracked(list(args) + list(kwargs.values())):
+            x._note()
+        return func(*_plain(list(args)), **{k: _plain(v) for k, v in kwargs.items()})
+
+    def __getitem__(self, index):
+        self._note()
+        return np.asarray(self)[index]
+
+    def __iter__(self):
+        self._note()
+        return iter(np.asarray(self))

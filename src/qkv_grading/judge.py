@@ -13,6 +13,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
+import nbformat
 import numpy as np
 
 from qkv_grading import cells, probe, wire
@@ -78,7 +79,7 @@ def empty_result(spec, status: str, reason: str) -> Result:
     """A submission with no run to judge (missing, unreadable, refused, lost): 0 with ``reason``."""
     reason = plain(spec.scrub(reason))
     return Result(spec.name, status, tests_of(spec, message=short(reason)), spec.max_score,
-                  notes=[reason])
+                  notes=[reason], written=spec.written)
 
 
 def judge_run(run, spec) -> Result:
@@ -114,4 +115,5 @@ def _judge_run(run, spec) -> Result:
     notes = [plain(scrub(n)) for n in run.notes]
     if refused:
         notes.append(f"what the notebook sent back for {', '.join(refused)} is not plain data: refused")
-    return Result(spec.name, run.status, tests, spec.max_score, notes=notes, executed=run.nb)
+    return Result(spec.name, run.status, tests, spec.max_score, notes=notes, executed=run.nb,
+                  written=spec.written, autograded=nbformat.writes(run.nb))

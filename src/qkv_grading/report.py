@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from qkv_grading import manual
 from qkv_grading.course import ASSIGNMENTS
 from qkv_grading.discover import LINK, NOT_REGULAR, ODD_NAME, Ignored
 from qkv_grading.results import Result, plain
@@ -48,20 +49,22 @@ def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
     """The CSVs. ``notices`` (about the whole run) go in the class report, not in these tables."""
     with open(out / "grades.csv", "w", newline="") as f:
         w = _Writer(f)
-        w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp"])
-        for r in results:
-            w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
-                        r.timestamp])
+        w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp", "waiting_manual"])
+        for r in results:  # max_score: what has been graded; waiting_manual: points of unmarked answers
+            w.writerow([r.student, r.assignment, _score(r), f"{r.graded_max:g}", r.status,
+                        r.timestamp, manual.waiting_text(r)])
     names = [a for a in ASSIGNMENTS if any(r.assignment == a for r in results)]
     wide: dict[str, dict[str, str]] = {}
     for r in results:
         wide.setdefault(r.student, {})[r.assignment] = _score(r)
-    maxima = {r.assignment: f"{r.max_score:g}" for r in results}
+    maxima = {r.assignment: f"{r.max_score + sum(w.max_points for w in r.written):g}" for r in results}
+    waits = {s: "; ".join(f"{r.assignment} ({r.waiting:g} points)" for r in manual.waiting(results)
+                          if r.student == s) for s in wide}
     with open(out / "grades_wide.csv", "w", newline="") as f:
         w = _Writer(f)
-        w.writerow(["student", *[f"{a} ({maxima[a]} points)" for a in names]])
+        w.writerow(["student", *[f"{a} ({maxima[a]} points)" for a in names], "waiting for manual grading"])
         for student in sorted(wide):
-            w.writerow([student, *[wide[student].get(a, "") for a in names]])
+            w.writerow([student, *[wide[student].get(a, "") for a in names], waits.get(student, "")])
     with open(out / "questions.csv", "w", newline="") as f:
         w = _Writer(f)
         w.writerow(["student", "assignment", "question", "score", "max_score"])
@@ -73,7 +76,7 @@ def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
         w = _Writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp", "notes"])
         for r in results:
-            w.writerow([r.student, r.assignment, _score(r), f"{r.max_score:g}", r.status,
+            w.writerow([r.student, r.assignment, _score(r), f"{r.graded_max:g}", r.status,
                         r.timestamp, "; ".join(r.notes)])
     with open(out / "ignored.csv", "w", newline="") as f:
         w = _Writer(f)
@@ -211,7 +214,8 @@ def write_class_report(out: Path, results: list[Result]) -> Path:
         absent = [r.student for r in mine if not r.submitted]
         body.append(f"<h2 id='{_e(name)}'>{_e(name)}</h2><p>{len(handed_in)} submitted; "
                     f"not submitted ({len(absent)}): "
-                    f"<span class='not-submitted'>{_e(', '.join(absent) or 'none')}</span></p>")
+                    f"<span class='not-submitted'>{_e(', '.join(absent) or 'none')}</span></p>"
+                    + manual.report_lines(results, name))
         per_q: dict[str, list[float]] = {}
         full: dict[str, float] = {}
         for r in handed_in:

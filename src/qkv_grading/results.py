@@ -42,6 +42,17 @@ class TestResult:
 
 
 @dataclass
+class WrittenAnswer:
+    """One written answer of one submission, graded by hand (``qkv_grading.manual``): ``points`` is None
+    while it waits for the instructor's mark."""
+
+    id: str
+    question: str
+    max_points: float
+    points: float | None = None
+
+
+@dataclass
 class Result:
     """One submission's grade. ``status``: "graded", "not submitted", or why nothing could be run
     ("missing", "unreadable", "rejected", "error"); ``notes``: what the grader noticed or repaired.
@@ -57,10 +68,22 @@ class Result:
     timestamp: str = ""
     key: str = ""  # what the submission was graded from: a re-run skips it while this is unchanged
     executed: object = field(default=None, repr=False, compare=False)
+    written: list[WrittenAnswer] = field(default_factory=list)  # graded by hand: qkv_grading.manual
+    autograded: str | None = field(default=None, repr=False, compare=False)  # for the formgrader; never stored
 
     @property
     def score(self) -> float:
-        return sum(t.points for t in self.tests)
+        return sum(t.points for t in self.tests) + sum(w.points for w in self.written if w.points is not None)
+
+    @property
+    def waiting(self) -> float:
+        """Points of written answers still waiting for the instructor: in neither score nor maximum."""
+        return sum(w.max_points for w in self.written if w.points is None)
+
+    @property
+    def graded_max(self) -> float:
+        """The maximum of what has been graded: the tests', and the written answers marked so far."""
+        return self.max_score + sum(w.max_points for w in self.written if w.points is not None)
 
     @property
     def submitted(self) -> bool:
@@ -78,6 +101,9 @@ class Result:
             acc = out.setdefault(t.question, [0.0, 0.0])
             acc[0] += t.points
             acc[1] += t.max_points
+        for w in self.written:  # a written answer counts once it is marked, never as 0 while it waits
+            if w.points is not None:
+                out[w.question] = [w.points, w.max_points]
         return {q: (s, m) for q, (s, m) in out.items()}
 
     def needs_a_look(self) -> bool:
@@ -86,8 +112,10 @@ class Result:
         return (self.submitted and not self.ran) or bool(self.notes)
 
     def to_json(self) -> str:
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "executed"}
+        record = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("executed", "autograded")}
         record["tests"] = [asdict(t) for t in self.tests]
+        record["written"] = [asdict(w) for w in self.written]
         record["score"] = self.score  # for whoever reads the file; computed again when loaded
         return json.dumps(record, indent=1, sort_keys=True)
 
@@ -95,8 +123,10 @@ class Result:
     def from_json(cls, text: str) -> Result:
         record = json.loads(text)
         record.pop("score", None)
-        record.pop("feedback", None)  # in records written before pages were rendered after judging
+        record.pop("feedback", None)
+        record.pop("autograded", None)
         record["tests"] = [TestResult(**t) for t in record["tests"]]
+        record["written"] = [WrittenAnswer(**w) for w in record.get("written", [])]
         return cls(**record)
 
 

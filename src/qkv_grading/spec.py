@@ -16,6 +16,8 @@ from qkv_grading import cells
 from qkv_grading.judge import Judge
 from qkv_grading.course import (instructor_notebook, read_notebook, release_notebook, release_path, source_path,
                                split_hidden)
+from qkv_grading.manual import is_written, written_answers
+from qkv_grading.results import WrittenAnswer
 
 
 GRADER_VERSION = "2"
@@ -38,6 +40,11 @@ class Spec:
     @property
     def max_score(self) -> float:
         return sum(t["max_points"] for t in self.tests)
+
+    @property
+    def written(self) -> list[WrittenAnswer]:
+        """The written answers, graded by hand (``qkv_grading.manual``), each waiting for its mark."""
+        return written_answers(self.runnable)
 
     @functools.cached_property
     def scrub(self) -> Scrubber:
