@@ -70,7 +70,9 @@ def test_released_notebook_hides_solutions_and_hidden_tests(name):
         info = cell.metadata["nbgrader"]
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
-        if info.get("solution"):
+        if info.get("solution") and cell.cell_type == "markdown":  # a written answer
+            assert info.get("grade") and cell.source.strip() == "YOUR ANSWER HERE", info["grade_id"]
+        elif info.get("solution"):
             assert "raise NotImplementedError()" in cell.source
         else:
             assert info["locked"] and cell.metadata.get("editable") is False, f"{info['grade_id']} is not locked"
@@ -83,20 +85,24 @@ def test_points_in_headings_match_the_test_cells(name):
     stated, counted = {}, {}
     for cell in source.cells:
         info = cell.metadata["nbgrader"]
-        m = re.search(r"## Question (\d+) \((\d+) points?\)", cell.source)
+        m = re.search(r"## Question (\d+) \((\d+) points?(?:\)|, graded by hand\))", cell.source)
         if m:
             stated[f"q{m.group(1)}"] = int(m.group(2))
         if info.get("grade"):
             q = info["grade_id"].split("_")[0]
             counted[q] = counted.get(q, 0) + info["points"]
-            assert cell.source.lstrip().startswith("# Test"), info["grade_id"]
+            if not info.get("solution"):  # a test cell (a written answer is graded by hand)
+                assert cell.source.lstrip().startswith("# Test"), info["grade_id"]
     assert stated == counted
     assert all(n >= 1 for n in counted.values())
-    # several tests per question wherever a question has more than one point
+    # several tests per question wherever an automatically graded question has more than one point
+    written = {c.metadata["nbgrader"]["grade_id"].split("_")[0] for c in source.cells
+               if c.metadata["nbgrader"].get("grade") and c.metadata["nbgrader"].get("solution")}
+    assert len(written) == 1, (name, written)  # each assignment ends with one written answer
     for q, pts in counted.items():
         n_tests = sum(1 for c in source.cells if c.metadata["nbgrader"].get("grade")
                       and c.metadata["nbgrader"]["grade_id"].startswith(q + "_"))
-        assert pts == 1 or n_tests >= 2, (name, q)
+        assert q in written or pts == 1 or n_tests >= 2, (name, q)
 
 
 def test_nbgrader_config_maps_source_and_release():
