@@ -151,7 +151,9 @@ def site_text() -> str:
 def _solution_lines() -> list[str]:
     """Distinctive lines that appear only inside solution blocks and hidden tests (not in the public package)."""
     public = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
-    # A hidden test may repeat a line of a visible one; what the student notebooks show is public too.
+    # A hidden test may repeat a line of a visible one; what the student notebooks show is public too,
+    # and so is what the chapters' own cells write (a solution may use the library as a chapter does).
+    public += "\n" + "\n".join(p.read_text() for p in (ROOT / "book").rglob("*.md"))
     for notebook in sorted(ROOT.glob("exercises/*/*.ipynb")):
         public += "\n" + "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     lines = []

@@ -1,4 +1,4 @@
-"""nbgrader's exchange end to end, as the instructor's guide (book/instructor_exchange.md) has it: release
+"""nbgrader's exchange end to end, as the instructor's guide (book/instructor/release_collect.md) has it: release
 from the course repository, two students (Linux users of their own) fetch and submit, the instructor
 changes a test's points and releases again, collects in a class folder of its own (the owner check
 passes), grades with `qkv grade`, releases the feedback, and each student fetches their page.

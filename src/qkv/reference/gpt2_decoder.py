@@ -110,9 +110,9 @@ class GPT2Model:
 
     def logits(self, ids: np.ndarray, cache, positions: np.ndarray,
                mask: np.ndarray | None) -> np.ndarray:
-        """ids (batch, n) at the position-table rows ``positions`` (batch or 1, n), after the
-        positions in ``cache`` (a ``DecoderCache`` or None) -> logits (batch, n, vocab).
-        ``mask``: the additive attention mask every block uses."""
+        """ids (batch, n) at the position-table rows ``positions`` (batch or 1, n),
+        after the positions in ``cache`` (a ``DecoderCache`` or None) -> logits
+        (batch, n, vocab). ``mask``: the additive attention mask every block uses."""
         x = self.wte[ids] + self.wpe[positions]  # (batch, n, d)
         for layer, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[layer], mask)
