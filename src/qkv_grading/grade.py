@@ -51,6 +51,7 @@ from qkv_grading.discover import (TOO_SHALLOW, Ignored, collected_timestamp, dis
 from qkv_grading.feedback import write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError
+from qkv_grading.limits import Limits
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
 from qkv_grading.results import not_submitted
 from qkv_grading.workers import Job, Runner, SchedulerUnreachable
@@ -129,7 +130,8 @@ class Interrupted(Exception):
 
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
           sandboxed: bool = True, scheduler: str | None = None,
-          db: str | None = None, only: list[str] | None = None, progress: bool = True) -> Graded:
+          db: str | None = None, only: list[str] | None = None, progress: bool = True,
+          limits: Limits = Limits()) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
@@ -171,7 +173,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
             opening = pool.submit(GradebookWriter, db or f"sqlite:///{(out / 'gradebook.db').resolve()}", root)
             try:
                 runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers, sandboxed,
-                                scheduler=scheduler)
+                                scheduler=scheduler, limits=limits)
             finally:
                 pool.shutdown()
                 writer = None if opening.exception() else opening.result()
@@ -213,6 +215,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     results.absent, results.asked, results.ignored = len(absent), len(jobs), ignored
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
+    notices += runner.notices if runner is not None else []
     write_tables(out, results, ignored, notices)
     write_figure(out, results)
     write_class_report(out, results)

@@ -4,7 +4,6 @@ returns travels on, as data, to ``qkv_grading.judge``."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import nbformat
 
 from qkv_grading import probe
 from qkv_grading.assemble import assemble
-from qkv_grading.execute import run_notebook
+from qkv_grading.execute import FATAL, run_notebook
+from qkv_grading.limits import Limits
 from qkv_grading.results import short
 from qkv_grading.spec import Spec
 
@@ -62,7 +62,7 @@ def _harness(source: str) -> str:
 
 
 def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3,
-                  prewarm: bool = False) -> KernelRun:
+                  prewarm: bool = False, limits: Limits | None = None) -> KernelRun:
     """Run the learner's answers and the probe parts of the tests in a (sandboxed) kernel. Nothing here
     decides a point: the kernel's results come back as data for ``judge_run``."""
     built = assemble(submission, spec.released, spec.runnable)
@@ -76,14 +76,13 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
         res = run.cells.get(k)
         if gid is None:  # the learner's own cells: an error there is worth a line in the report
-            if res is not None and not res.ok and res.ename not in ("NotImplementedError", "Timeout",
-                                                                    "KernelDied", "NotRun"):
+            if res is not None and not res.ok and res.ename not in ("NotImplementedError", *FATAL):
                 name = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
                 out.notes.append(f"cell {name}: {res.ename}: {short(res.evalue, 200)}")
             continue
@@ -96,17 +95,8 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
                 kept.append(o)
         cell.outputs = kept
         out.records[gid] = text
-        if res is not None and not res.ok and res.ename in ("Timeout", "KernelDied", "NotRun"):
+        if res is not None and not res.ok and res.ename in FATAL:
             out.errors[gid] = f"{res.ename}: {res.evalue}"
         elif res is None:
             out.errors[gid] = "not run"
     return out
-
-
-def run_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
-             prewarm: bool = False) -> KernelRun:
-    """Read the notebook at ``path`` (which may be missing, not JSON, or damaged) and run it."""
-    submission = read_submission(Path(path), spec)
-    if isinstance(submission, KernelRun):
-        return submission
-    return run_in_kernel(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
