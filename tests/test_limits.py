@@ -86,20 +86,20 @@ CASES = {
         """], "No space left on device"),
     "sleeps": (["import time\ntime.sleep(3)"] * 7, "wall-clock"),
     "too_many_cells": (["pass"] * 90, "more than the 80 the grader runs"),
-    "long_line": (["print('x' * 250_000)"], "was dropped"),
+    "long_line": (["print('x' * 250_000)"], "was truncated"),
     "records_key": (["""
         from IPython.display import display
         from qkv_grading import probe
         for _ in range(40):
             display({probe.MIME: "x" * 100_000}, raw=True)
-        """], "was dropped"),
+        """], "was truncated"),
     "update_display": (["""
         from IPython.display import display, update_display
         display("start", display_id="d")
         for _ in range(40):
             update_display("y" * 100_000, display_id="d")
-        """], "was dropped"),
-    "many_cells_of_output": (["print('z' * 90_000)"] * 30, "was dropped"),
+        """], "was truncated"),
+    "many_cells_of_output": (["print('z' * 90_000)"] * 30, "was truncated"),
     "environment": (["import os\nprint(dict(os.environ))"], None),
 }
 
@@ -216,3 +216,77 @@ def test_a_kernel_group_is_made_limited_and_removed():
     finally:
         assert group.remove()
     assert not any(f.exists() for f in folders)
+
+
+# ---- an instructor who is not root -------------------------------------------------------------------
+
+USER = "qkv-grader-test"
+
+
+def _opened_for(path: Path) -> list[tuple[Path, int]]:
+    """Give others search permission on every folder above ``path`` that lacks it (root's home holds
+    this machine's Python); returns what to restore."""
+    changed = []
+    for folder in [*reversed(path.parents), path]:
+        mode = folder.stat().st_mode
+        if folder.is_dir() and not mode & 0o001:
+            os.chmod(folder, mode | 0o001)
+            changed.append((folder, mode))
+    return changed
+
+
+@pytest.fixture(scope="module")
+def graded_rootless():
+    """`qkv grade`, sandbox on, run by a user who is not root (made for the test when the suite runs as
+    root, and removed afterwards)."""
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+
+    import tempfile
+
+    # a folder of its own, not pytest's: pytest prunes its older folders, those of runs going on beside
+    base = Path(tempfile.mkdtemp(prefix="qkv-rootless-"))
+    subs, out = base / "submissions", base / "out"
+    submit(subs, "honest", NAME, filled(NAME))
+    submit(subs, "prints_environment", NAME, _with_cells(filled(NAME), CASES["environment"][0]))
+    command = [sys.executable, "-m", "qkv_grading.cli", "grade", str(subs), "--out", str(out),
+               "--timeout", "20", "--no-progress", "--root", str(ROOT)]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LANG": "C.UTF-8", SECRET: SECRET_VALUE,
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p.endswith("src"))}
+    made, restore = False, []
+    try:
+        if os.geteuid() == 0:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
+                           check=True, capture_output=True)
+            made = True
+            user = pwd.getpwnam(USER)
+            for path in [base, *base.rglob("*")]:
+                os.chown(path, user.pw_uid, user.pw_gid)
+            restore = _opened_for(Path(sys.executable).resolve()) + _opened_for(base)
+            command = ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                       *command]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env=None if made else {**os.environ, **env}, cwd=str(base))
+    finally:
+        for folder, mode in reversed(restore):
+            os.chmod(folder, mode)
+        if made:
+            subprocess.run(["userdel", USER], capture_output=True)
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        yield out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_an_instructor_who_is_not_root_grades_in_the_sandbox(graded_rootless):
+    scores = question_scores(graded_rootless)
+    assert all(s == m for s, m in scores[("honest", NAME)].values()), scores
+    page = (graded_rootless / "feedback" / "prints_environment" / NAME / f"{NAME}.html").read_text()
+    assert "TMPDIR" in page and SECRET_VALUE not in page  # it ran sandboxed, with its own environment
+    notices = (graded_rootless / "notices.txt").read_text()
+    if os.geteuid() == 0 or isinstance(execute.cgroups(), str):  # no cgroup delegated to the test's user
+        assert "without a cgroup of their own" in notices, notices

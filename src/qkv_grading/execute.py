@@ -102,11 +102,11 @@ def coalesce_streams(outputs: list) -> list:
 
 
 class _CappedClient(NotebookClient):
-    """nbclient's client, with one output budget for the whole notebook that every message from the
-    kernel counts against (a test's records, ``update_display``, widgets' state, every cell): past it,
-    messages are dropped. The learner's own output has a share of it (``limits.learner_output_bytes``,
-    at most ``limits.cell_output_bytes`` a cell), so that it cannot crowd out the tests' records. It also
-    remembers the last execute reply."""
+    """nbclient's client, with one output budget for the whole notebook that every message the kernel
+    sends counts against (a test's records, ``update_display``, widgets' state, every cell): a message
+    that does not fit is dropped. The learner's own output may use a share of it
+    (``limits.learner_output_bytes``, at most ``limits.cell_output_bytes`` a cell), so that it cannot
+    crowd out the tests' records. It also remembers the last execute reply."""
 
     def __init__(self, *args, limits: Limits = Limits(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -128,27 +128,28 @@ class _CappedClient(NotebookClient):
         if msg_type in ("status", "execute_input"):
             return super().process_message(msg, cell, cell_index)
         size = _size(content)
-        self.used += size
         data = content.get("data") if isinstance(content.get("data"), dict) else {}
         if msg_type == "display_data" and RECORDS_MIME in data and _is_test(cell):
-            if self.used > self.limits.output_bytes or len(str(data[RECORDS_MIME])) > MAX_RECORD_BYTES:
+            if self.used + size > self.limits.output_bytes or len(str(data[RECORDS_MIME])) > MAX_RECORD_BYTES:
                 self.records_dropped.add(cell_index)
                 return None  # the test's records never came back: it says so
+            self.used += size
             return super().process_message(msg, cell, cell_index)
-        self.learner_used += size
-        self._bytes[cell_index] = self._bytes.get(cell_index, 0) + size
-        over = (self.used > self.limits.output_bytes or self.learner_used > self.limits.learner_output_bytes
-                or self._bytes[cell_index] > self.limits.cell_output_bytes)
-        if msg_type == "error":  # always kept, so the cell fails with its error's name: but short
-            if over:
-                content["traceback"] = []
-                content["evalue"] = str(content.get("evalue", ""))[:1000]
-            return super().process_message(msg, cell, cell_index)
+        over = (self.used + size > self.limits.output_bytes
+                or self.learner_used + size > self.limits.learner_output_bytes
+                or self._bytes.get(cell_index, 0) + size > self.limits.cell_output_bytes)
+        if msg_type == "error" and over:  # always kept, so that the cell fails with its error's name
+            content["traceback"] = []
+            content["evalue"] = str(content.get("evalue", ""))[:1000]
+            size, over = _size(content), False
         if over:
             if cell_index not in self.truncated:
                 self.truncated.add(cell_index)
                 cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=TRUNCATED))
             return None
+        self.used += size
+        self.learner_used += size
+        self._bytes[cell_index] = self._bytes.get(cell_index, 0) + size
         return super().process_message(msg, cell, cell_index)
 
 
@@ -638,7 +639,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: L
         result.notes.append(
             f"cell {nb.cells[k].get('id')}: output past the grader's budget "
             f"({describe_bytes(limits.cell_output_bytes)} a cell, "
-            f"{describe_bytes(limits.learner_output_bytes)} in the notebook) was dropped")
+            f"{describe_bytes(limits.learner_output_bytes)} in the notebook) was truncated")
     return result
 
 

@@ -130,10 +130,12 @@ def command(scratch: str, limits: Limits = Limits(), group: KernelGroup | None =
     ``group``, its first process joins that cgroup before anything else runs.
 
     As root the kernel runs as a user of its own (a random uid); otherwise as the grader's user, in a user
-    namespace of its own."""
+    namespace of its own (where it is that namespace's root, without capabilities)."""
     if rootless():
-        uid, gid = os.getuid(), os.getgid()
-        user = ["--unshare-user"]
+        # root of a user namespace of its own (mapped to the grader's user outside): allowed to mount its
+        # tmpfs, then without any capability (bounding set emptied) before the kernel starts
+        uid = gid = 0
+        user = ["--unshare-user", "--uid", "0", "--gid", "0"]
         become: list[str] = []
     else:
         uid = gid = 61000 + secrets.randbelow(4000)  # the process limit counts per user
@@ -156,7 +158,8 @@ def command(scratch: str, limits: Limits = Limits(), group: KernelGroup | None =
         *place,
         "bwrap", *user, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv", *env,
-        "--cap-add", "CAP_SETUID,CAP_SETGID,CAP_SYS_ADMIN",
+        "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SYS_ADMIN",
+        "--cap-add", "CAP_SETPCAP",  # for setpriv to empty the bounding set: no capability survives
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
