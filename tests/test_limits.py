@@ -290,3 +290,21 @@ def test_an_instructor_who_is_not_root_grades_in_the_sandbox(graded_rootless):
     notices = (graded_rootless / "notices.txt").read_text()
     if os.geteuid() == 0 or isinstance(execute.cgroups(), str):  # no cgroup delegated to the test's user
         assert "without a cgroup of their own" in notices, notices
+
+
+def test_a_submitted_notebook_is_read_as_data_never_through_a_link(tmp_path):
+    from qkv_grading.run import read_submission
+    from qkv_grading.spec import load_spec
+
+    spec = load_spec(ROOT, NAME, hidden=False)
+    secret = tmp_path / "grader_side.ipynb"
+    secret.write_text(nbformat.writes(filled(NAME)))
+    link = tmp_path / "student" / f"{NAME}.ipynb"
+    link.parent.mkdir()
+    link.symlink_to(secret)
+    refused = read_submission(link, spec)
+    assert refused.status == "rejected" and "symbolic link" in refused.notes[0]
+    fifo = tmp_path / "fifo.ipynb"
+    os.mkfifo(fifo)
+    assert "not a regular file" in read_submission(fifo, spec).notes[0]  # and did not block
+    assert read_submission(secret, spec).cells  # the same notebook, not through a link: read

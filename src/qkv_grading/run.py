@@ -4,6 +4,9 @@ returns travels on, as data, to ``qkv_grading.judge``."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,17 +38,43 @@ class KernelRun:
     notes: list = field(default_factory=list)
 
 
+def _read_plain_file(path: Path, limit: int) -> bytes | str:
+    """The bytes of ``path``, read as data: never through a symbolic link (a link to a grader-side file
+    would be read with the grader's rights), never from a FIFO or a device, never more than ``limit``
+    bytes. A string says why it was not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file"
+        if info.st_size > limit:
+            return f"is larger than {limit // 1_000_000} MB"
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks) if size <= limit else f"is larger than {limit // 1_000_000} MB"
+    finally:
+        os.close(fd)
+
+
 def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode:
     """The submitted notebook, or a ``KernelRun`` that says why there is none to run."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         others = sorted(p.name for p in path.parent.glob("*.ipynb")) if path.parent.is_dir() else []
         hint = f" (found instead: {', '.join(others)})" if others else ""
         return KernelRun(spec.name, "missing", notes=[f"no notebook {path.name} in the submission{hint}"])
-    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        return KernelRun(spec.name, "rejected",
-                         notes=[f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB"])
+    data = _read_plain_file(path, MAX_NOTEBOOK_BYTES)
+    if isinstance(data, str):
+        return KernelRun(spec.name, "rejected", notes=[f"{path.name} {data}"])
     try:
-        submission = nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
+        submission = nbformat.reads(data.decode("utf-8"), as_version=4)
         if not isinstance(submission.get("cells"), list):
             raise ValueError("no list of cells")
     except Exception as exc:
