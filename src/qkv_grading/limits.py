@@ -22,7 +22,8 @@ class Limits:
     included) on at most ``cpus`` cores at once, ``disk_bytes`` and ``files`` of writable space.
     Per process: ``address_space_bytes`` (a huge allocation fails at once with MemoryError) and
     ``file_bytes`` (the largest file it may write). Per notebook: ``notebook_seconds`` of wall-clock time
-    (None: 4 times a cell's timeout), ``cells`` code cells, ``output_bytes`` of output of every kind, of
+    (None: as long as four cells that each run to their timeout, and 15 s more for starting kernels and
+    for a flood of output), ``cells`` code cells, ``output_bytes`` of output of every kind, of
     which the learner's own output (not a test's records) may use ``learner_output_bytes``, and at most
     ``cell_output_bytes`` in one cell."""
 
@@ -42,7 +43,7 @@ class Limits:
 
     def wall_budget(self, timeout: float) -> float:
         """The notebook's wall-clock budget, given a cell's timeout."""
-        return self.notebook_seconds if self.notebook_seconds is not None else 4 * timeout
+        return self.notebook_seconds if self.notebook_seconds is not None else 4 * timeout + 15
 
 
 def describe_bytes(n: int) -> str:
