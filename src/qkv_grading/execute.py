@@ -5,13 +5,18 @@
   fresh one, the cells that ran before are replayed into it (their first outputs are kept), and execution
   goes on after the offending cell, so later questions are still graded; after ``max_restarts`` the
   remaining cells are marked as not run;
-* each cell's output is capped (``max_output_bytes``), so a print in an endless loop cannot exhaust memory;
+* the notebook has a wall-clock budget and a number of cells (``Limits``): past them its kernel is killed
+  and the rest is not run; a sandboxed kernel that has used its CPU time (all its processes, from its
+  cgroup) is killed too;
+* one output budget for the notebook counts every message the kernel sends, and streams are merged in
+  linear time, so no output can exhaust the grader's memory or time;
 * test cells (nbgrader ``grade`` cells) run outside the kernel's input history, so a learner's later cell
   cannot print the hidden tests from ``In``, ``_ih`` or ``%history``;
-* every kernel is stopped and its scratch folder removed whatever happens, and ``kill_all_now`` does the
-  same at once for a grading process that is told to stop.
+* every kernel is stopped, its cgroup emptied and removed and its scratch folder removed whatever
+  happens, and ``kill_all_now`` does the same at once for a grading process that is told to stop.
 
-The result says, for every code cell, whether it ran cleanly, and if not the error's name and message.
+The result says, for every code cell, whether it ran cleanly, and if not the error's name and message
+(a limit's name, such as ``MemoryLimit``, when the kernel hit one).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import json
 import os
 import shutil
 import signal
@@ -31,8 +37,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from qkv_grading import guard, sandbox
-
+from qkv_grading import cgroup, guard, sandbox
+from qkv_grading.limits import Limits, describe_bytes
 from qkv_grading.probe import MIME as RECORDS_MIME
 from qkv_grading.wire import MAX_BYTES as MAX_RECORD_BYTES
 
@@ -53,36 +59,98 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+OVERHEAD = 64  # what a message costs the output budget beyond its content: a flood of empty prints counts
+# How a cell ended when the kernel was stopped: its tests get this as their reason (never "not back").
+FATAL = ("Timeout", "KernelDied", "NotRun", "MemoryLimit", "CPULimit", "WallClockLimit", "OutputLimit")
+
+
+def _size(content: dict) -> int:
+    """The bytes a message's content holds (text, data, traceback, a widget's state), in one pass."""
+    return OVERHEAD + sum(len(v) if isinstance(v, str) else len(json.dumps(v, default=str))
+                          for v in content.values())
+
+
+def coalesce_streams(outputs: list) -> list:
+    """nbclient's merging of a cell's stream outputs (stdout with stdout, stderr with stderr; a carriage
+    return not followed by a newline drops what came before it on its line), in time linear in the text:
+    nbclient's own regular expression takes time quadratic in a line's length."""
+    merged, pieces = [], {}
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            name = out.get("name")
+            if name in pieces:
+                pieces[name][1].append(str(out.get("text", "")))
+                continue
+            pieces[name] = (out, [str(out.get("text", ""))])
+        merged.append(out)
+    for out, parts in pieces.values():
+        text = "".join(parts)
+        if "\r" in text:
+            lines = text.split("\n")
+            for k, line in enumerate(lines):
+                cut = line.rfind("\r", 0, len(line) - 1)
+                if cut >= 0:
+                    lines[k] = line[cut + 1:]
+            text = "\n".join(lines)
+        out["text"] = text
+    for k in range(len(merged) - 1):  # as nbclient: stdout before the stderr it arrived with
+        a, b = merged[k], merged[k + 1]
+        if a.get("output_type") == b.get("output_type") == "stream" and a.get("name") == "stderr" \
+                and b.get("name") == "stdout":
+            merged[k], merged[k + 1] = b, a
+    return merged
+
+
 class _CappedClient(NotebookClient):
-    """nbclient's client, with a per-cell budget of output bytes and the last execute reply remembered."""
+    """nbclient's client, with one output budget for the whole notebook that every message the kernel
+    sends counts against (a test's records, ``update_display``, widgets' state, every cell): a message
+    that does not fit is dropped. The learner's own output may use a share of it
+    (``limits.learner_output_bytes``, at most ``limits.cell_output_bytes`` a cell), so that it cannot
+    crowd out the tests' records. It also remembers the last execute reply."""
 
-    max_output_bytes = 100_000
-
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, limits: Limits = Limits(), **kwargs):
         super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.used = 0  # every message, records included
+        self.learner_used = 0
         self._bytes: dict[int, int] = {}
         self.truncated: set[int] = set()
+        self.records_dropped: set[int] = set()
         self.last_reply: dict | None = None
         self.on_cell_executed = self._remember_reply
 
     def _remember_reply(self, cell=None, cell_index=None, execute_reply=None, **_):
         self.last_reply = execute_reply
 
-    def output(self, outs, msg, display_id, cell_index):
-        content = msg.get("content", {})
-        if RECORDS_MIME in content.get("data", {}):  # a test's records: kept whole up to their own limit
-            if len(str(content["data"][RECORDS_MIME])) > MAX_RECORD_BYTES:
-                content["data"] = {"text/plain": "[records larger than the grader accepts]"}
-            return super().output(outs, msg, display_id, cell_index)
-        size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in content.get("data", {}).values())
-        used = self._bytes.get(cell_index, 0)
-        if msg["msg_type"] != "error" and used + size > self.max_output_bytes:
+    def process_message(self, msg, cell, cell_index):
+        msg_type = msg.get("msg_type")
+        content = msg.get("content") or {}
+        if msg_type in ("status", "execute_input"):
+            return super().process_message(msg, cell, cell_index)
+        size = _size(content)
+        data = content.get("data") if isinstance(content.get("data"), dict) else {}
+        if msg_type == "display_data" and RECORDS_MIME in data and _is_test(cell):
+            if self.used + size > self.limits.output_bytes or len(str(data[RECORDS_MIME])) > MAX_RECORD_BYTES:
+                self.records_dropped.add(cell_index)
+                return None  # the test's records never came back: it says so
+            self.used += size
+            return super().process_message(msg, cell, cell_index)
+        over = (self.used + size > self.limits.output_bytes
+                or self.learner_used + size > self.limits.learner_output_bytes
+                or self._bytes.get(cell_index, 0) + size > self.limits.cell_output_bytes)
+        if msg_type == "error" and over:  # always kept, so that the cell fails with its error's name
+            content["traceback"] = []
+            content["evalue"] = str(content.get("evalue", ""))[:1000]
+            size, over = _size(content), False
+        if over:
             if cell_index not in self.truncated:
                 self.truncated.add(cell_index)
-                outs.append(nbformat.v4.new_output("stream", name="stdout", text=TRUNCATED))
+                cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=TRUNCATED))
             return None
-        self._bytes[cell_index] = used + size
-        return super().output(outs, msg, display_id, cell_index)
+        self.used += size
+        self.learner_used += size
+        self._bytes[cell_index] = self._bytes.get(cell_index, 0) + size
+        return super().process_message(msg, cell, cell_index)
 
 
 def _error_of(cell) -> tuple[str, str] | None:
@@ -92,14 +160,10 @@ def _error_of(cell) -> tuple[str, str] | None:
     return None
 
 
-class _SandboxedKernelManager:
-    """Made on first use (jupyter_client is imported lazily): see ``_manager``."""
-
-
-def _manager(scratch: str, sandboxed: bool):
+def _manager(scratch: str, sandboxed: bool, group: cgroup.KernelGroup | None = None):
     """A kernel manager for a kernel working in ``scratch``. Sandboxed: the kernel runs under bubblewrap
-    (``qkv_grading.sandbox``), talks over Unix sockets in ``scratch`` (it has no network), and is
-    interrupted by a message, since a signal would reach bwrap rather than the kernel."""
+    (``qkv_grading.sandbox``) in ``group``, talks over Unix sockets in ``scratch`` (it has no network), and
+    is interrupted by a message, since a signal would reach bwrap rather than the kernel."""
     from jupyter_client.manager import AsyncKernelManager
 
     if not sandboxed:
@@ -107,9 +171,10 @@ def _manager(scratch: str, sandboxed: bool):
 
     class SandboxedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments=None):
-            prefix = sandbox.command(scratch)  # gives the scratch folder to the kernel's own user
+            prefix = sandbox.command(scratch, LIMITS, group)  # gives the scratch folder to the kernel's user
             owner = os.stat(scratch)
-            os.chown(self.connection_file, owner.st_uid, owner.st_gid)  # written 0600 by the grader
+            if owner.st_uid != os.getuid():
+                os.chown(self.connection_file, owner.st_uid, owner.st_gid)  # written 0600 by the grader
             return prefix + super().format_kernel_cmd(extra_arguments)
 
     km = SandboxedKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=os.path.join(scratch, "kernel"))
@@ -119,12 +184,45 @@ def _manager(scratch: str, sandboxed: bool):
 
 
 SANDBOX = False  # kernels of `qkv check` (a learner on their own machine); `qkv grade` workers: configure()
+LIMITS = Limits()
 
 
-def configure(scratch_root: str | None, sandboxed: bool) -> None:
-    """Where this process's kernels make their scratch folders, and whether they run sandboxed."""
-    global SCRATCH_ROOT, SANDBOX
-    SCRATCH_ROOT, SANDBOX = scratch_root, sandboxed
+def configure(scratch_root: str | None, sandboxed: bool, limits: Limits = Limits()) -> None:
+    """Where this process's kernels make their scratch folders, whether they run sandboxed, and under
+    which limits."""
+    global SCRATCH_ROOT, SANDBOX, LIMITS
+    SCRATCH_ROOT, SANDBOX, LIMITS = scratch_root, sandboxed, limits
+
+
+_HIERARCHY: list = []  # the cgroup hierarchy kernels' groups are made in, or why there is none (found once)
+
+
+def cgroups() -> cgroup.Hierarchy | str:
+    """Where this process makes its kernels' cgroups, or why it cannot (said in the run's notices)."""
+    if not _HIERARCHY:
+        _HIERARCHY.append(cgroup.detect())
+    return _HIERARCHY[0]
+
+
+def limits_notice() -> str | None:
+    """What a run should say about this process's kernels' limits: None when they all hold."""
+    found = cgroups()
+    if isinstance(found, str):
+        return (f"kernels ran without a cgroup of their own ({found}): memory, processes and CPU time were "
+                f"limited per process only (prlimit), so a kernel that forks, or keeps memory in a memfd, "
+                f"could use more than its limits")
+    return None
+
+
+@dataclass
+class _Kernel:
+    """A kernel started here and not stopped yet: its manager, the scratch folder to remove (None: the
+    caller's), its cgroup (None: none), and whether it runs sandboxed."""
+
+    km: object
+    folder: str | None
+    group: cgroup.KernelGroup | None
+    sandboxed: bool
 
 
 # Kernels booting for the next notebooks, oldest first: (kernel manager, task connecting a client to it).
@@ -133,7 +231,7 @@ def configure(scratch_root: str | None, sandboxed: bool) -> None:
 _WARM: list[tuple] = []
 WARM_KERNELS = 3
 _RETIRING: set = set()  # tasks finishing the shutdown of kernels already killed (see _retire)
-_LIVE: dict[int, tuple] = {}  # id(km) -> (km, scratch folder) for every kernel started here and not stopped yet
+_LIVE: dict[int, _Kernel] = {}  # id(km) -> every kernel started here and not stopped yet
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_LOCK = threading.Lock()
 SCRATCH_ROOT: str | None = None  # where scratch folders are made (None: the system's temporary folder)
@@ -149,10 +247,19 @@ def _is_test(cell) -> bool:
 
 async def _launch(cwd: str | None):
     """Start a kernel process (it boots in the background) in ``cwd``, or in a new scratch folder that is
-    removed when the kernel is stopped. Nothing is left behind if the start fails."""
+    removed when the kernel is stopped; sandboxed, in a cgroup of its own where the machine allows.
+    Nothing is left behind if the start fails."""
     scratch = cwd or tempfile.mkdtemp(prefix="qkv-kernel-", dir=SCRATCH_ROOT)
-    km = _manager(scratch, SANDBOX and cwd is None)
-    _LIVE[id(km)] = (km, None if cwd else scratch)
+    sandboxed = SANDBOX and cwd is None
+    found = cgroups() if sandboxed else None
+    try:
+        group = cgroup.KernelGroup(found, LIMITS) if isinstance(found, cgroup.Hierarchy) else None
+    except BaseException:
+        if not cwd:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    km = _manager(scratch, sandboxed, group)
+    _LIVE[id(km)] = _Kernel(km, None if cwd else scratch, group, sandboxed)
     extra = ["--HistoryManager.hist_file=:memory:"] + [f"--IPKernelApp.exec_lines={line}" for line in _WARM_LINES]
     try:
         await km.start_kernel(extra_arguments=extra, cwd=scratch, stdout=subprocess.DEVNULL,
@@ -163,16 +270,31 @@ async def _launch(cwd: str | None):
     return km
 
 
+def _group(km) -> cgroup.KernelGroup | None:
+    kernel = _LIVE.get(id(km))
+    return kernel.group if kernel else None
+
+
 async def _stop(km) -> None:
-    """Shut a kernel down (it may be gone already) and remove its scratch folder."""
-    _, folder = _LIVE.pop(id(km), (km, None))
+    """Shut a kernel down (it may be gone already), kill what is left in its cgroup, and remove the
+    cgroup and the scratch folder."""
+    kernel = _LIVE.pop(id(km), None)
     try:
         if km.has_kernel:
             await km.shutdown_kernel(now=True)
     except Exception:  # a kernel already gone: nothing left to stop
         pass
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
+    if kernel and kernel.group:
+        await asyncio.get_running_loop().run_in_executor(None, kernel.group.remove)
+    if kernel and kernel.folder:
+        shutil.rmtree(kernel.folder, ignore_errors=True)
+
+
+def _close_scratch(km) -> None:
+    """A sandboxed kernel that answers has bound its sockets: from now on it writes only to its tmpfs."""
+    kernel = _LIVE.get(id(km))
+    if kernel and kernel.sandboxed and kernel.folder:
+        sandbox.lock(kernel.folder)
 
 
 async def _ready_client(km):
@@ -182,6 +304,7 @@ async def _ready_client(km):
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
+        _close_scratch(km)
     except BaseException:
         kc.stop_channels()
         raise
@@ -221,6 +344,9 @@ def _kill_now(km) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+    group = _group(km)
+    if group is not None:
+        group.kill()
 
 
 def _retire(km, kc) -> None:
@@ -288,10 +414,12 @@ def kill_all_now() -> None:
     """Kill every kernel this process started (with whatever they started) and remove their scratch folders,
     at once and without the event loop: for a grading process told to stop (SIGTERM) in the middle of a
     notebook, when an orderly shutdown is not possible."""
-    for km, folder in list(_LIVE.values()):
-        _kill_now(km)
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
+    for kernel in list(_LIVE.values()):
+        _kill_now(kernel.km)
+        if kernel.group:
+            kernel.group.remove(wait=0.5)
+        if kernel.folder:
+            shutil.rmtree(kernel.folder, ignore_errors=True)
     _LIVE.clear()
     _WARM.clear()
 
@@ -304,30 +432,52 @@ def prewarm() -> str | None:
     return WARM_FAILURES[-1] if len(WARM_FAILURES) > before else None
 
 
-async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_output_bytes: int,
+class _OutOfTime(Exception):
+    """The notebook's wall-clock budget ran out."""
+
+
+async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: Limits,
                prewarm: bool) -> RunResult:
     client = _CappedClient(
         nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
         interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
-        coalesce_streams=True,
+        coalesce_streams=False, store_widget_state=False, limits=limits,
         error_on_timeout={"ename": "Timeout", "evalue": f"the cell ran longer than {timeout:g} s and was stopped"},
     )
-    client.max_output_bytes = max_output_bytes
+    loop = asyncio.get_running_loop()
+    budget = limits.wall_budget(timeout)
+    deadline = loop.time() + budget
     result = RunResult()
     code = [k for k, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     good: list[int] = []  # cells that ran without killing the kernel: replayed after a restart
     restarts = 0
+    stopped: list[tuple[str, str]] = []  # why the CPU watch stopped the kernel
+    seen = cgroup.Events()  # what the current kernel's cgroup had counted after the last cell
+    said: set[str] = set()
+
+    def not_run(cells: list[int], why: str, note: str) -> None:
+        for k2 in cells:
+            result.cells[k2] = CellResult(False, "NotRun", f"not run: {why}")
+        result.notes.append(note)
+
+    if len(code) > limits.cells:
+        not_run(code[limits.cells:], f"the notebook has more than {limits.cells} code cells",
+                f"the notebook has {len(code)} code cells, more than the {limits.cells} the grader runs: "
+                f"the cells after the {limits.cells}th were not run")
+        code = code[:limits.cells]
 
     async def connect(km) -> None:
         client.km = km
         try:
             await client.async_start_new_kernel_client()
+            _close_scratch(km)
         except BaseException:  # nbclient may already have dropped the kernel: stop it here, whatever its state
             client.km = client.kc = None
             await _stop(km)
             raise
 
     async def start() -> None:
+        nonlocal seen
         warm = _WARM.pop(0) if cwd is None and _WARM else None  # a warm kernel sits in a scratch folder
         if warm is None:
             await connect(await _launch(cwd))
@@ -341,6 +491,8 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
                 _retire(km, None)
                 WARM_FAILURES.append("a kernel booted ahead of time did not answer")
                 await connect(await _launch(cwd))  # a cold start instead
+        group = _group(client.km)
+        seen = group.events() if group else cgroup.Events()
         if prewarm:
             await _boot_warm()
 
@@ -349,16 +501,57 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             _retire(client.km, client.kc)
             client.km = client.kc = None
 
-    async def execute(k: int, cell) -> None:
-        # Test cells stay out of the kernel's input history (In, _ih, %history): code a learner runs later
-        # cannot read the hidden tests back from there. (Outputs are scrubbed as well: see core.py.)
-        await asyncio.wait_for(client.async_execute_cell(cell, k, store_history=not _is_test(cell)),
-                               timeout + 15)
+    async def watch(group: cgroup.KernelGroup) -> None:
+        """While a cell runs: stop the kernel once its processes have used their CPU time."""
+        while True:
+            await asyncio.sleep(0.2)
+            if group.cpu_seconds() > limits.cpu_seconds:
+                stopped.append(("CPULimit", f"the kernel's processes together used more than "
+                                            f"{limits.cpu_seconds:g} s of CPU time, and it was stopped"))
+                group.kill()
+                return
 
-    def not_run(cells: list[int], why: str, note: str) -> None:
-        for k2 in cells:
-            result.cells[k2] = CellResult(False, "NotRun", f"not run: {why}")
-        result.notes.append(note)
+    async def execute(k: int, cell) -> None:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise _OutOfTime
+        group = _group(client.km)
+        watcher = loop.create_task(watch(group)) if group else None
+        try:
+            # Test cells stay out of the kernel's input history (In, _ih, %history): code a learner runs
+            # later cannot read the hidden tests back from there (outputs are scrubbed too: spec.Scrubber)
+            await asyncio.wait_for(client.async_execute_cell(cell, k, store_history=not _is_test(cell)),
+                                   min(timeout + 15, left))
+        except asyncio.TimeoutError:
+            if loop.time() >= deadline - 0.1:
+                raise _OutOfTime from None
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if cell.get("outputs"):
+            cell.outputs = coalesce_streams(cell.outputs)
+
+    def events_since(k: int) -> cgroup.Events:
+        """What the kernel's cgroup counted while cell ``k`` ran, written down as notes."""
+        nonlocal seen
+        group = _group(client.km)
+        if group is None:
+            return cgroup.Events()
+        now = group.events()
+        new = cgroup.Events(now.oom_kills - seen.oom_kills, now.fork_refusals - seen.fork_refusals,
+                            now.cpu_seconds)
+        seen = now
+        name = nb.cells[k].get("id")
+        if new.oom_kills > 0 and "memory" not in said:
+            said.add("memory")
+            result.notes.append(f"cell {name}: the kernel's processes together reached the memory limit of "
+                                f"{describe_bytes(limits.memory_bytes)}: {new.oom_kills} of them killed")
+        if new.fork_refusals > 0 and "processes" not in said:
+            said.add("processes")
+            result.notes.append(f"cell {name}: the kernel reached the limit of {limits.processes} processes "
+                                f"and threads: {new.fork_refusals} forks refused")
+        return new
 
     async def replay() -> None:
         for k in good:
@@ -376,6 +569,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             cell = nb.cells[k]
             fatal = None
             client.last_reply = None
+            out_of_time = False
             try:
                 await execute(k, cell)
                 reply = client.last_reply or {}
@@ -393,6 +587,18 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
                 fatal = ("KernelDied", "the kernel died while running this cell (os._exit, a crash, or out of memory)")
             except asyncio.TimeoutError:
                 fatal = ("Timeout", f"the kernel stopped answering after {timeout:g} s")
+            except _OutOfTime:
+                out_of_time = True
+                fatal = ("WallClockLimit", f"the notebook ran past its budget of {budget:g} s of wall-clock "
+                                           f"time, and its kernel was stopped")
+            new = events_since(k)
+            if stopped or new.cpu_seconds > limits.cpu_seconds:
+                fatal = stopped[0] if stopped else (
+                    "CPULimit", f"the kernel's processes together used more than {limits.cpu_seconds:g} s of "
+                                f"CPU time, and it was stopped")
+            elif fatal and fatal[0] == "KernelDied" and new.oom_kills:
+                fatal = ("MemoryLimit", f"the kernel's processes together used more than "
+                                        f"{describe_bytes(limits.memory_bytes)} of memory, and it was stopped")
             if fatal is None:
                 good.append(k)
                 pos += 1
@@ -403,6 +609,10 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             restarts += 1
             pos += 1
             await stop()
+            if out_of_time or fatal[0] == "CPULimit":  # the notebook's budget is spent: no new kernel
+                if code[pos:]:
+                    not_run(code[pos:], fatal[1], "the remaining cells were not run")
+                break
             if restarts > max_restarts:
                 not_run(code[pos:], "too many timeouts or kernel crashes before it",
                         f"stopped after {restarts} kernel restarts; the remaining cells were not run")
@@ -410,6 +620,12 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
             try:
                 await start()
                 await replay()
+            except _OutOfTime:
+                await stop()
+                not_run(code[pos:], f"the notebook ran past its budget of {budget:g} s of wall-clock time",
+                        f"the notebook ran past its budget of {budget:g} s of wall-clock time; the remaining "
+                        f"cells were not run")
+                break
             except Exception as exc:  # replaying failed (the same crash again): stop here
                 await stop()
                 not_run(code[pos:], "the kernel could not be restored",
@@ -417,17 +633,27 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, max_outpu
                 break
     finally:
         await stop()
-    for k in client.truncated:
-        result.notes.append(f"cell {nb.cells[k].get('id')}: output longer than {max_output_bytes} bytes was truncated")
+    for k in sorted(client.records_dropped):
+        if result.cells.get(k, CellResult(True)).ok:
+            result.cells[k] = CellResult(False, "OutputLimit", (
+                f"this test's results were dropped: the notebook's output passed the grader's budget of "
+                f"{describe_bytes(limits.output_bytes)}"))
+    for k in sorted(client.truncated):
+        result.notes.append(
+            f"cell {nb.cells[k].get('id')}: output past the grader's budget "
+            f"({describe_bytes(limits.cell_output_bytes)} a cell, "
+            f"{describe_bytes(limits.learner_output_bytes)} in the notebook) was truncated")
     return result
 
 
 def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30, max_restarts: int = 3,
-                 max_output_bytes: int = 100_000, prewarm: bool = False) -> RunResult:
+                 limits: Limits | None = None, prewarm: bool = False) -> RunResult:
     """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
 
     ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a kernel
     kept warm is used only without one.
+    ``limits``: the notebook's budgets (wall-clock, cells, output, CPU time; default: this process's, set
+    by ``configure``, which also gives each kernel its cgroup's and its sandbox's limits).
     ``prewarm``: leave kernels booting for the next calls, so that a batch rarely waits for a kernel to start.
     """
-    return _call(_run(nb, cwd, timeout, max_restarts, max_output_bytes, prewarm))
+    return _call(_run(nb, cwd, timeout, max_restarts, limits or LIMITS, prewarm))

@@ -57,6 +57,7 @@ from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, colle
 from qkv_grading.feedback import render_page, shown_notebook, write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
 from qkv_grading.judge import InstructorError, empty_result
+from qkv_grading.limits import Limits
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
 from qkv_grading.results import Result, not_submitted, plain
 from qkv_grading.spec import load_spec
@@ -136,7 +137,8 @@ class Interrupted(Exception):
 
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
           sandboxed: bool = True, scheduler: str | None = None,
-          db: str | None = None, only: list[str] | None = None, progress: bool = True) -> Graded:
+          db: str | None = None, only: list[str] | None = None, progress: bool = True,
+          limits: Limits = Limits()) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
@@ -150,6 +152,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     jobs, ignored = discover(submissions, only)
     executed: list[tuple[str, str]] = []
     absent: list = []
+    runner = None
     finished = False
     try:
         names = [a for a in ASSIGNMENTS if a in {j[1] for j in jobs}]
@@ -190,7 +193,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                                       root)
                 try:
                     runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers,
-                                    sandboxed, scheduler=scheduler)
+                                    sandboxed, scheduler=scheduler, limits=limits)
                 finally:
                     pool.shutdown()
                     writer = None if opening.exception() else opening.result()
@@ -223,7 +226,8 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         finished = True
     finally:
         try:
-            results = _write_reports(out, ignored, sandboxed, db)
+            results = _write_reports(out, ignored, sandboxed, db,
+                                      runner.notices if runner is not None else [])
         except Exception as exc:
             if finished:
                 raise
@@ -292,7 +296,8 @@ def _write_record(out: Path, result: Result) -> None:
     os.replace(tmp, record)  # last, so an interrupted run grades this submission again next time
 
 
-def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool, db: str | None) -> Graded:
+def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool, db: str | None,
+                   run_notices: list[str]) -> Graded:
     """The tables, the figure and the class report, from every result recorded in ``out``, with the
     marks given in the formgrader read back into every record first."""
     url = db or f"sqlite:///{(out / 'gradebook.db').resolve()}"
@@ -301,6 +306,7 @@ def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool, db: str |
     results = Graded(load_results(out))
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
+    notices += run_notices  # what the kernels ran without (no cgroup of their own, say)
     write_tables(out, results, ignored, notices)
     write_figure(out, results)
     write_class_report(out, results)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import sys
 
 from qkv_grading import wire
@@ -166,7 +167,7 @@ def _learner(name: str, namespace: dict):
 
 def call(name: str, *args, forbidden=(), **kwargs):
     """What the learner's function ``name`` returns for these arguments."""
-    namespace = sys._getframe(1).f_globals  # the test cell's: the learner's namespace in a kernel
+    namespace = inspect.currentframe().f_back.f_globals  # the test cell's: the learner's, in a kernel
 
     def thunk():
         fn = _learner(name, namespace)
@@ -178,7 +179,7 @@ def call(name: str, *args, forbidden=(), **kwargs):
 
 def value(name: str):
     """The learner's variable ``name``."""
-    namespace = sys._getframe(1).f_globals
+    namespace = inspect.currentframe().f_back.f_globals
     return _probe(name, lambda: _learner(name, namespace))
 
 
@@ -251,6 +252,8 @@ def _message_only(shell, etype, value, tb, tb_offset=None):
         stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
     else:
         stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    # IPython ignores what a custom handler returns, and its public showtraceback(exception_only=True)
+    # adds a line ("An exception has occurred, use %tb ..."): the private call stays, for now
     shell._showtraceback(etype, value, stb)
 
 

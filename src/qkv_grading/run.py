@@ -4,7 +4,9 @@ returns travels on, as data, to ``qkv_grading.judge``."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import nbformat
 from qkv_grading import guard, probe
 from qkv_grading.assemble import assemble
 from qkv_grading.discover import read_regular
-from qkv_grading.execute import run_notebook
+from qkv_grading.execute import FATAL, run_notebook
+from qkv_grading.limits import Limits
 from qkv_grading.results import short
 from qkv_grading.spec import Spec
 
@@ -36,17 +39,31 @@ class KernelRun:
     notes: list = field(default_factory=list)
 
 
+def _read_plain_file(path: Path, limit: int) -> bytes | str:
+    """The bytes of ``path``, read as data (``discover.read_regular``: never through a symbolic link,
+    which would be read with the grader's rights, never from a FIFO or a device, never more than
+    ``limit`` bytes). A string says why it was not read."""
+    try:
+        return read_regular(path, limit)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link"
+        if exc.errno is None:  # read_regular's own refusal: "X is not a regular file", "... larger ..."
+            return str(exc).removeprefix(f"{path.name} ")
+        return f"cannot be opened ({exc.strerror})"
+
+
 def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode:
     """The submitted notebook, or a ``KernelRun`` that says why there is none to run."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         others = sorted(p.name for p in path.parent.glob("*.ipynb")) if path.parent.is_dir() else []
         hint = f" (found instead: {', '.join(others)})" if others else ""
         return KernelRun(spec.name, "missing", notes=[f"no notebook {path.name} in the submission{hint}"])
-    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        return KernelRun(spec.name, "rejected",
-                         notes=[f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB"])
+    data = _read_plain_file(path, MAX_NOTEBOOK_BYTES)
+    if isinstance(data, str):
+        return KernelRun(spec.name, "rejected", notes=[f"{path.name} {data}"])
     try:
-        submission = nbformat.reads(read_regular(path, MAX_NOTEBOOK_BYTES).decode("utf-8"), as_version=4)
+        submission = nbformat.reads(data.decode("utf-8"), as_version=4)
         if not isinstance(submission.get("cells"), list):
             raise ValueError("no list of cells")
     except Exception as exc:
@@ -63,7 +80,7 @@ def _harness(source: str) -> str:
 
 
 def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3,
-                  prewarm: bool = False) -> KernelRun:
+                  prewarm: bool = False, limits: Limits | None = None) -> KernelRun:
     """Run the learner's answers and the probe parts of the tests in a (sandboxed) kernel. Nothing here
     decides a point: the kernel's results come back as data for ``judge_run``."""
     built = assemble(submission, spec.released, spec.runnable)
@@ -78,14 +95,13 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
         res = run.cells.get(k)
         if gid is None:  # the learner's own cells: an error there is worth a line in the report
-            if res is not None and not res.ok and res.ename not in ("NotImplementedError", "Timeout",
-                                                                    "KernelDied", "NotRun"):
+            if res is not None and not res.ok and res.ename not in ("NotImplementedError", *FATAL):
                 name = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
                 out.notes.append(f"cell {name}: {res.ename}: {short(res.evalue, 200)}")
             continue
@@ -98,17 +114,8 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
                 kept.append(o)
         cell.outputs = kept
         out.records[gid] = text
-        if res is not None and not res.ok and res.ename in ("Timeout", "KernelDied", "NotRun"):
+        if res is not None and not res.ok and res.ename in FATAL:
             out.errors[gid] = f"{res.ename}: {res.evalue}"
         elif res is None:
             out.errors[gid] = "not run"
     return out
-
-
-def run_file(path: str | os.PathLike, spec: Spec, timeout: float = 30, max_restarts: int = 3,
-             prewarm: bool = False) -> KernelRun:
-    """Read the notebook at ``path`` (which may be missing, not JSON, or damaged) and run it."""
-    submission = read_submission(Path(path), spec)
-    if isinstance(submission, KernelRun):
-        return submission
-    return run_in_kernel(submission, spec, timeout=timeout, max_restarts=max_restarts, prewarm=prewarm)

@@ -31,6 +31,8 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from distributed.scheduler import KilledWorker
 
+from qkv_grading.limits import Limits
+
 ALLOWED_FAILURES = 2  # the third worker that dies running a notebook is one too many: it is blamed
 KILLED_NOTE = ("grading this notebook killed the grading worker, {n} times on {n} workers (does it kill "
                "its parent process, or use up the memory?)")
@@ -75,7 +77,7 @@ def for_workers(spec):
     return Spec(spec.name, spec.released, runnable, spec.fingerprint)
 
 
-def _worker_setup(sandboxed: bool) -> None:
+def _worker_setup(sandboxed: bool, limits: Limits = Limits()) -> None:
     """On a worker, before its first notebook: kernels work in a scratch folder of the worker's own
     (removed with the worker), and run sandboxed unless the instructor said otherwise."""
     from qkv_grading import execute
@@ -84,17 +86,24 @@ def _worker_setup(sandboxed: bool) -> None:
     if scratch is None or not os.path.isdir(scratch):
         os.environ.setdefault("MPLBACKEND", "Agg")
         scratch = tempfile.mkdtemp(prefix="qkv-grade-")
-    execute.configure(scratch, sandboxed)
+    execute.configure(scratch, sandboxed, limits)
 
 
-def _run_on_worker(spec, submission, timeout: float, sandboxed: bool):
+def _limits_notice(sandboxed: bool) -> str | None:
+    """On a worker: what the run should say about its kernels' limits (None: they all hold)."""
+    from qkv_grading import execute
+
+    return execute.limits_notice() if sandboxed else None
+
+
+def _run_on_worker(spec, submission, timeout: float, sandboxed: bool, limits: Limits = Limits()):
     """A Dask task, on a worker: run one submission in a kernel and return its ``KernelRun`` (data,
     never a grade). Leaves kernels booting for the worker's next notebooks."""
     from qkv_grading.run import KernelRun, run_in_kernel
 
-    _worker_setup(sandboxed)
+    _worker_setup(sandboxed, limits)
     try:
-        return run_in_kernel(submission, spec, timeout=timeout, prewarm=True)
+        return run_in_kernel(submission, spec, timeout=timeout, prewarm=True, limits=limits)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
         return KernelRun(spec.name, "error", notes=[
             f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
@@ -126,9 +135,10 @@ class Runner:
     stopped by ``close``. ``scheduler="tcp://HOST:PORT"``: a running cluster, left running."""
 
     def __init__(self, specs: dict, workers: int = 1, sandboxed: bool = True,
-                 scheduler: str | None = None):
-        self.specs, self.workers, self.sandboxed = specs, workers, sandboxed
+                 scheduler: str | None = None, limits: Limits = Limits()):
+        self.specs, self.workers, self.sandboxed, self.limits = specs, workers, sandboxed, limits
         self.cluster = None
+        self.notices: list[str] = []  # about the whole run: kernels without a cgroup of their own, say
         with dask.config.set(SCHEDULER_CONFIG):
             if scheduler is None:
                 # Ctrl-C in a terminal reaches every process of the group: the workers are started
@@ -153,6 +163,8 @@ class Runner:
                         f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
         try:
             self.client.register_plugin(_KernelReaper(), name=_KernelReaper.name)
+            said = self.client.run(_limits_notice, sandboxed)  # worker address -> its notice, or None
+            self.notices = sorted({n for n in said.values() if n})
             # Each assignment is a task of its own, whose result the workers fetch once and keep. Not
             # scattered data: a task's result that dies with every worker holding it is computed again.
             self.spec_futures = {name: self.client.submit(_given, for_workers(spec), pure=False,
@@ -178,7 +190,7 @@ class Runner:
 
         def submit(job: Job, submission: dict):
             fut = self.client.submit(_run_on_worker, self.spec_futures[job.assignment],
-                                     submission, job.timeout, self.sandboxed, pure=False,
+                                     submission, job.timeout, self.sandboxed, self.limits, pure=False,
                                      key=f"qkv-{job.assignment}-{job.student}-{uuid.uuid4().hex}")
             live[fut] = job, submission
             return fut
