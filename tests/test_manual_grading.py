@@ -107,3 +107,18 @@ def test_nbgrader_export_reads_the_totals(graded):
     assert float(export["ada"]["score"]) == spec.max_score - 1 + 1.5
     assert float(export["ada"]["max_score"]) == spec.max_score + 2
     assert float(export["bob"]["score"]) == spec.max_score
+
+
+def test_the_formgrader_config_never_replaces_an_instructors_own(tmp_path):
+    """A class folder's nbgrader_config.py (its exchange, its course id) survives `qkv grade --out .`;
+    the one qkv grade wrote itself is rewritten for the gradebook it names."""
+    from qkv_grading import manual
+
+    own = tmp_path / "nbgrader_config.py"
+    own.write_text('c = get_config()\nc.Exchange.root = "/srv/nbgrader/exchange"\n')
+    assert manual.write_formgrader_config(tmp_path, "sqlite:///x.db") is None
+    assert "Exchange.root" in own.read_text()
+    own.unlink()
+    assert manual.write_formgrader_config(tmp_path, "sqlite:///x.db") == own
+    assert manual.write_formgrader_config(tmp_path, "sqlite:///y.db") == own  # ours: rewritten
+    assert "sqlite:///y.db" in own.read_text() and "x.db" not in own.read_text()

@@ -123,10 +123,13 @@ c.CourseDirectory.db_url = {url!r}
 """
 
 
-def write_formgrader_config(out: Path, url: str) -> Path:
+def write_formgrader_config(out: Path, url: str) -> Path | None:
     """``nbgrader_config.py`` in the output folder, so that the formgrader and ``nbgrader export`` started
-    there find this gradebook and the executed notebooks under ``autograded/``."""
+    there find this gradebook and the executed notebooks under ``autograded/``. An instructor's own
+    config already there (a class folder with its exchange, say) is left as it is: returns None."""
     path = out / "nbgrader_config.py"
+    if path.is_file() and not path.read_text().startswith(FORMGRADER_CONFIG.splitlines()[0]):
+        return None
     path.write_text(FORMGRADER_CONFIG.format(root=str(out.resolve()), url=url))
     return path
 
