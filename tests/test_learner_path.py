@@ -153,7 +153,7 @@ def test_make_lab_opens_an_exercise_that_runs_and_checks_itself(clone, tmp_path)
             # the learner runs the cells one by one: the unanswered question 1, then its test, then a test
             # whose checks are all hidden
             for heading in ("values = np.array", "# Test: output has one entry",
-                            "# Test: random values and weights"):
+                            "# Test: random scores of several shapes"):
                 page.locator(".jp-CodeCell", has_text=heading).first.locator(".jp-InputArea-editor").click()
                 page.keyboard.press("Shift+Enter")
                 page.wait_for_timeout(1000)
