@@ -182,3 +182,28 @@ def test_site_contains_no_solution_code(site_text):
     plain = html.unescape(re.sub(r"<[^>]+>", "", site_text))
     leaked = [line for line in lines if line in plain or line in site_text]
     assert not leaked, f"solution code appears in the built site: {leaked[:5]}"
+
+
+CHAPTER_BUDGET_S = 60  # a chapter runs in under a minute on a laptop CPU (the course's rule)
+
+
+def test_every_chapter_ran_in_under_a_minute_when_the_site_was_built():
+    """`make book` executes each chapter and jupyter-cache keeps how long it took; the record read here is the
+    one that matches the chapter's current text, so an edited chapter is timed again by the next build."""
+    from jupyter_cache import get_cache
+
+    cache_dir = ROOT / "_build" / ".jupyter_cache"
+    if not cache_dir.is_dir():
+        pytest.fail(f"no execution cache at {cache_dir}: run `make book` first")
+    cache = get_cache(cache_dir)
+    projects = {Path(record.uri).resolve(): record for record in cache.list_project_records()}
+    seconds = {}
+    for chapter in NOTEBOOK_CHAPTERS:
+        project = projects.get(chapter.resolve())
+        assert project is not None, f"{chapter.name} was never executed by `make book`"
+        record = cache.get_cached_project_nb(project.pk)
+        assert record is not None, f"{chapter.name} changed since the site was built: run `make book`"
+        seconds[chapter.name] = record.data["execution_seconds"]
+    slow = {name: round(s, 1) for name, s in seconds.items() if s >= CHAPTER_BUDGET_S}
+    assert not slow, f"chapters that ran for a minute or more (seconds): {slow}"
+    assert len(seconds) == len(NOTEBOOK_CHAPTERS) >= 8

@@ -245,7 +245,7 @@ def grouped_heads(q, k, v, mask=None) -> tuple:
     return q, k, v, additive_mask(mask, q.shape[:-1] + k.shape[-2:-1])
 
 
-# --- caches (chapters 4–5) ---------------------------------------------------------------------------
+# --- caches (chapters 5–7) ---------------------------------------------------------------------------
 CACHE_LAYOUT = "(..., tau, n_new, head_dim)"
 
 
@@ -276,7 +276,7 @@ def truncated_length(length, held: int) -> int:
     return length
 
 
-# --- the decoders (chapters 4 and 6) -------------------------------------------------------------------
+# --- the decoders (chapters 4, 5 and 8) -------------------------------------------------------------------
 def cache_positions(max_positions, n_positions: int) -> int:
     """A cache length: an int in [1, n_positions], n_positions when None."""
     if max_positions is None:
@@ -344,7 +344,7 @@ def sampling(temperature, top_k, seed) -> tuple[float, int | None, int | None]:
     return float(temperature), top_k, None if seed is None else int(seed)
 
 
-# --- rotary positions and Llama-shaped models (chapter 5) ---------------------------------------------
+# --- rotary positions and Llama-shaped models (chapter 7) ---------------------------------------------
 def positions(positions_) -> np.ndarray:
     """Positions counted from 1, as a 1-D int64 array: a sequence of ints ≥ 1 (or one int)."""
     p = np.asarray(positions_)

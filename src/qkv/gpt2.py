@@ -1,4 +1,4 @@
-"""GPT-2's shape (chapters 4 and 6): its config, and its parameters by Hugging Face's names.
+"""GPT-2's shape (chapters 4 and 8): its config, and its parameters by Hugging Face's names.
 
 The NumPy and torch GPT-2 models (``qkv.reference.gpt2_model``, ``qkv.torch_gpt2``) are built from a
 ``GPT2Config``. Symbols (see the notation page): ``n_embd`` is the model width d, ``n_head`` is τ (the

@@ -1,4 +1,4 @@
-"""A Llama-shaped model (chapter 5): its shape, and its parameters by Hugging Face's names.
+"""A Llama-shaped model (chapter 7): its shape, and its parameters by Hugging Face's names.
 
 What makes it differ from GPT-2 (``qkv.gpt2``):
 

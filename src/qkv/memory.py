@@ -1,12 +1,12 @@
 """What a KV cache costs: its size in bytes, the work it saves, heads that share keys
-and values, and bounded memories built from averages (chapters 4–5).
+and values, and bounded memories built from averages (chapters 5–7).
 
 A cache stores, for every layer ℓ, every key/value head and every position it holds,
 one key and one value vector of head_dim numbers. So its size is
 
     bytes = 2 · n_layer · n_kv_heads · positions_held · head_dim · bytes_per_number · batch
 
-and the four caches of chapter 5 differ only in two factors:
+and the four caches of chapters 5–7 differ only in two factors:
 
 ===============  ======================  ===========================  ==========
 cache            n_kv_heads              positions_held after step i  textbook

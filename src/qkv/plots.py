@@ -1,4 +1,4 @@
-"""Figure helpers for the book (chapters 1–6): each draws on a matplotlib Axes the caller owns.
+"""Figure helpers for the book (chapters 1–8): each draws on a matplotlib Axes the caller owns.
 
 Only the book and the grading report draw figures; the NumPy reference itself never imports matplotlib.
 """
@@ -50,7 +50,7 @@ def vectors_2d(ax, vectors, *, labels=None, colors=None, widths=None, origin=(0.
     ax.grid(alpha=0.3)
 
 
-# Colours shared by the cache figures (chapters 5 and 6): a pair kept from earlier steps, a pair
+# Colours shared by the cache figures (chapters 5–7): a pair kept from earlier steps, a pair
 # computed at this step, a pair dropped from a window.
 KEPT, NEW, DROPPED = "0.7", "tab:orange", "white"
 

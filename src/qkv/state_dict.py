@@ -1,4 +1,4 @@
-"""Reading a model's weights by name (chapters 4–6): one reader for every model shape, driven by a table.
+"""Reading a model's weights by name (chapters 4, 7 and 8): one reader for every model shape, driven by a table.
 
 A model shape (``qkv.gpt2``, ``qkv.llama``) is a ``Layout``: its parameter names, each with its shape in
 symbols (``("V", "d")``: vocabulary × width), the stem its blocks are numbered under, and whether its

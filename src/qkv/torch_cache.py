@@ -1,6 +1,6 @@
-"""A static KV cache in PyTorch (chapter 6): allocated once, written in place at positions given as data.
+"""A static KV cache in PyTorch (chapter 8): allocated once, written in place at positions given as data.
 
-The NumPy ``KVCache`` of chapter 4 shows the idea; this one is shaped for speed. Every layer ℓ owns two
+The NumPy ``KVCache`` of chapter 5 shows the idea; this one is shaped for speed. Every layer ℓ owns two
 preallocated tensors, cache_ℓ = (K, V), each laid out as
 
     (batch, heads, max_positions, head_dim)

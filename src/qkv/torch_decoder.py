@@ -1,4 +1,4 @@
-"""Decoding in PyTorch with a static KV cache, on CPU or GPU (chapter 6): one core for every model shape.
+"""Decoding in PyTorch with a static KV cache, on CPU or GPU (chapter 8): one core for every model shape.
 
 The same decoder as the NumPy ``qkv.reference.Decoder``, cut the same way: a model supplies its blocks
 and its logits (GPT-2: ``qkv.torch_gpt2``; a Llama-shaped model: ``qkv.torch_llama``), and the

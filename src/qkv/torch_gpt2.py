@@ -1,4 +1,4 @@
-"""GPT-2 in PyTorch (chapter 6): its blocks and its logits, for the decoding core of ``qkv.torch_decoder``.
+"""GPT-2 in PyTorch (chapter 8): its blocks and its logits, for the decoding core of ``qkv.torch_decoder``.
 
 The same model as the NumPy ``qkv.reference.gpt2_decoder``, cut the same way (a block is attention,
 then the MLP), written as a ``torch.nn.Module`` the way nanoGPT and gpt-fast write theirs: its weights

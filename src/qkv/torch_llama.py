@@ -1,4 +1,4 @@
-"""A Llama-shaped model in PyTorch (chapter 5): GPT-2's sibling over the decoding core of
+"""A Llama-shaped model in PyTorch (chapters 7–8): GPT-2's sibling over the decoding core of
 ``qkv.torch_decoder``, with a static KV cache of n_kv_heads heads.
 
 The same model as the NumPy ``qkv.reference.llama_decoder.LlamaModel``; ``CachedDecoder`` decodes it

@@ -1,4 +1,4 @@
-"""What the torch models share (chapters 5–6): where a step's tokens go, attention over the cache's
+"""What the torch models share (chapters 7–8): where a step's tokens go, attention over the cache's
 slots, and loading weights onto a device.
 
 A step of either model (GPT-2: ``qkv.torch_gpt2``; Llama-shaped: ``qkv.torch_llama``) takes its token

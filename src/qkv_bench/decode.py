@@ -10,7 +10,7 @@ bandwidth, which is measured in the same run by copying a large tensor.
 ``--backend torch`` (the default) times ``qkv.torch_decoder.CachedDecoder``; ``--backend numpy`` times the
 NumPy reference ``qkv.reference.Decoder`` in float32. ``--preset`` picks the model shape and may be given more
 than once, e.g. ``--preset toy --preset gpt2-small`` for one table per shape in the same run. The function
-``measure`` returns the same numbers as a dict (the book's chapter 6 calls it with the small preset).
+``measure`` returns the same numbers as a dict (the book's chapter 8 calls it with the small preset).
 
 The torch decoder runs its one decode step (the lesson's) eagerly on a CPU; on a GPU ``fast=True`` replays
 it as a CUDA graph, and ``--plain`` times it eagerly there too. With CUDA graphs a decode step has fixed

@@ -17,6 +17,7 @@ gets 0 with a reason only if its worker dies again.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,11 @@ SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
     "distributed.scheduler.worker-saturation": 1.0,
 }
+# A local cluster closes a worker's nanny for good when no worker of that name is back within this time
+# of the worker's death (distributed's SpecCluster). A notebook that kills its worker again and again
+# keeps it away longer than the default 15 s, and the check may land between a death and the restart:
+# the run then waits forever for a worker. The nanny restarts its worker; nothing else should give up.
+LOCAL_CLUSTER_CONFIG = {"distributed.deploy.lost-worker-timeout": "30 days"}
 
 
 class SchedulerUnreachable(Exception):
@@ -141,6 +147,8 @@ class Runner:
         self.notices: list[str] = []  # about the whole run: kernels without a cgroup of their own, say
         with dask.config.set(SCHEDULER_CONFIG):
             if scheduler is None:
+                # read by the cluster whenever a worker dies: set for the whole run, restored by close()
+                self._cluster_config = dask.config.set(LOCAL_CLUSTER_CONFIG)
                 # Ctrl-C in a terminal reaches every process of the group: the workers are started
                 # ignoring it (the disposition survives their exec), and this process stops them
                 main = threading.current_thread() is threading.main_thread()
@@ -155,9 +163,15 @@ class Runner:
                         signal.signal(signal.SIGINT, before)
                 self.client = Client(self.cluster)
             else:
+                # distributed's own log lines (tracebacks at INFO when a connection closes) are not the
+                # instructor's business: the run says itself what went wrong. Restored by close().
+                self._logger = logging.getLogger("distributed")
+                self._logger_level = self._logger.level
+                self._logger.setLevel(logging.ERROR)
                 try:
                     self.client = Client(scheduler, timeout="30s")
                 except OSError as exc:
+                    self._logger.setLevel(self._logger_level)
                     raise SchedulerUnreachable(
                         f"no Dask scheduler answers at {scheduler} ({exc}); start one with "
                         f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
@@ -250,6 +264,13 @@ class Runner:
         finally:
             if cluster is not None:
                 cluster.close(timeout=20)
+            cluster_config = getattr(self, "_cluster_config", None)
+            if cluster_config is not None:
+                cluster_config.__exit__(None, None, None)
+                self._cluster_config = None
+            logger = getattr(self, "_logger", None)
+            if logger is not None:
+                logger.setLevel(self._logger_level)
 
 
 def _judged(result, job: Job):

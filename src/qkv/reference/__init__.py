@@ -1,4 +1,4 @@
-"""The NumPy reference of the course (chapters 1–5, no torch): attention, heads, caches, a decoder.
+"""The NumPy reference of the course (chapters 1–7, no torch): attention, heads, caches, a decoder.
 
 Every formula in the book is computed here; the torch decoder and the exercises are checked against it.
 ``Decoder`` decodes either model shape: GPT-2 (``gpt2_decoder.GPT2Model``) or a Llama-shaped one

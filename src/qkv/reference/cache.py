@@ -1,4 +1,4 @@
-"""Caches of keys and values for autoregressive decoding (chapters 4–5).
+"""Caches of keys and values for autoregressive decoding (chapter 5).
 
 At step i a decoder needs the keys and values of positions 1…i. Without a cache it recomputes them all;
 with one it computes k_i and v_i for the new position only and appends them (Xiao & Zhu 2025, §2.3.2, §5.1).

@@ -1,4 +1,4 @@
-"""Decoding with and without a KV cache, in NumPy (chapters 4–5): one core for every model shape.
+"""Decoding with and without a KV cache, in NumPy (chapters 4, 5 and 7): one core for every model shape.
 
 A model supplies its blocks and its logits (GPT-2: ``qkv.reference.gpt2_decoder``; a Llama-shaped
 model: ``qkv.reference.llama_decoder``); the ``Decoder`` here owns what decoding is, the same for

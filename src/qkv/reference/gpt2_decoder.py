@@ -5,7 +5,7 @@ then the MLP), the model. GPT-2's shape: learned position embeddings, LayerNorm 
 (pre-LN), GELU with the tanh approximation, and an output layer tied to the token embedding. Weights
 load from a Hugging Face GPT-2 state dict (``GPT2Model.from_gpt2_state_dict``, which
 ``Decoder.from_gpt2_state_dict`` wraps), so this model can be checked against GPT-2 itself. The torch
-model of chapter 6 (``qkv.torch_gpt2``, decoded by ``qkv.torch_decoder``) is cut the same way.
+model of chapter 8 (``qkv.torch_gpt2``, decoded by ``qkv.torch_decoder``) is cut the same way.
 
 Layouts: ids (batch, n); hidden states (batch, n, d); per-head tensors (batch, τ, n, head_dim); logits
 (batch, n, vocab). Positions count from 1 in the course; the position table is indexed from 0 here.

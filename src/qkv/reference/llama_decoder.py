@@ -1,5 +1,5 @@
 """A Llama-shaped model in NumPy: grouped-query attention, rotary positions, RMSNorm, SwiGLU
-(chapter 5).
+(chapter 7).
 
 GPT-2's sibling (``qkv.reference.gpt2_decoder``): the same decoding core decodes both
 (``qkv.reference.decoder``: one cache per layer, ``forward``, ``prefill``, ``decode_step``,

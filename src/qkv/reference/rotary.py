@@ -1,4 +1,4 @@
-"""Rotary position embeddings, RoPE (chapter 5): positions written into queries and keys by rotation.
+"""Rotary position embeddings, RoPE (chapter 7): positions written into queries and keys by rotation.
 
 A learned position table (GPT-2) adds a vector to the input. RoPE instead rotates each query and key
 by an angle proportional to its position (Su et al. 2021, RoFormer; the textbook's related card).
