@@ -129,14 +129,23 @@ def graded(tmp_path_factory):
         submit(subs, f"case_{case}", NAME, _with_cells(filled(NAME), cells))
         submit(subs, f"honest_after_{case}", NAME, filled(NAME))
     out = tmp_path_factory.mktemp("graded")
-    os.environ[SECRET] = SECRET_VALUE
+    # a temporary folder of this run's own, so that what it leaves behind is told apart from the folders
+    # of runs going on beside it (other tests, other test processes)
+    tmp = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR"), execute.tempfile.tempdir
+    os.environ[SECRET], os.environ["TMPDIR"], execute.tempfile.tempdir = SECRET_VALUE, str(tmp), str(tmp)
     start = time.monotonic()
     try:
         grade(subs, out, ROOT, workers=2, timeout=8, progress=False, limits=LIMITS)
     finally:
         del os.environ[SECRET]
+        if saved[0] is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        execute.tempfile.tempdir = saved[1]
     return {"questions": question_scores(out), "report": read_csv(out / "report.csv"), "out": out,
-            "seconds": time.monotonic() - start, "before": before}
+            "seconds": time.monotonic() - start, "before": before, "tmp": tmp}
 
 
 def _row(graded, student):
@@ -170,8 +179,15 @@ def test_output_stays_within_its_budget_on_the_page(graded):
 
 @pytest.mark.slow
 def test_nothing_is_left_behind(graded):
-    assert _kernel_groups() <= graded["before"]
-    assert not list(Path(execute.tempfile.gettempdir()).glob("qkv-kernel-*"))
+    # A kernel's cgroup is named after the worker process that made it, qkv-kernel-PID-...: the run's
+    # workers have all stopped, so a group of its left behind is one whose process is gone. (Groups of
+    # live processes belong to runs going on beside this one.)
+    def orphaned(group: str) -> bool:
+        pid = int(Path(group).name.split("-")[2])
+        return not Path(f"/proc/{pid}").exists()
+
+    assert not {g for g in _kernel_groups() - graded["before"] if orphaned(g)}
+    assert not [p.name for p in graded["tmp"].iterdir() if p.name.startswith("qkv-")], "left in its TMPDIR"
 
 
 def test_stream_merging_is_nbclient_s_in_linear_time():
