@@ -3,7 +3,8 @@ and handed back through `nbgrader release_feedback` in nbgrader's own course lay
 
 A small batch, graded once in nbgrader's layout (``COURSE/submitted`` in, ``COURSE/feedback`` out): a
 learner with a misconception on 04 whose folder carries what `nbgrader collect` writes, a learner whose
-code reads the hidden tests back and prints them (01), and an empty notebook.
+code reads the hidden tests back and prints them (01), and an empty notebook (every test fails, most of
+them in the kernel too: each failure is shown once, in the box under its test cell).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import pytest
 
 from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv,
                              submit)
+from qkv_grading.course import read_notebook
 from qkv_grading.grade import grade
+from qkv_grading.probe import split
 from test_hostile import MARKDOWN_ATTACK, OUTPUT_ATTACK
 from test_site import CHROMIUM, CHROMIUM_ARGS
 
@@ -244,3 +247,25 @@ def test_a_feedback_page_asks_for_nothing_beyond_itself(pages):
             continue
         assert len(page["requests"]) == 1 and page["requests"][0].endswith(".html"), (student, page["requests"])
 
+
+def test_each_failure_is_shown_once_in_the_box_under_its_test(course, pages):
+    """The empty notebook's tests fail in the kernel too (their probes raise): no red error under a test
+    cell, the hidden ones' (whose visible code only prints) included; the box says why. The learner's
+    own answer cells still show what they raised."""
+    empty = pages["empty"]
+    record = _record(course, "empty", NAME)
+    released = read_notebook(ROOT / "exercises" / NAME / f"{NAME}.ipynb")
+    prints_only = [c.metadata.nbgrader["grade_id"] for c in released.cells if c.cell_type == "code"
+                   and c.metadata.get("nbgrader", {}).get("grade")
+                   and all(line.startswith(("#", "print(")) for line in split(c.source)[1].splitlines())]
+    assert len(prints_only) >= 5 and not any(t["passed"] for t in record["tests"]), prints_only
+    assert set(prints_only) <= {t["id"] for t in empty["tests"]}
+    assert [t["id"] for t in empty["tests"]] == [t["id"] for t in record["tests"]]
+    for shown, t in zip(empty["tests"], record["tests"]):
+        assert shown["errors"] == 0 and shown["message"] == t["message"] and t["message"], (shown, t)
+    assert empty["errors"] > 0  # NotImplementedError under the blank answers: errors are on the page
+
+
+def test_a_feedback_page_fits_a_phone_screen(pages):
+    for student, page in pages.items():
+        assert page["width"] <= 390, (student, page["width"])

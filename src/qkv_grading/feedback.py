@@ -2,6 +2,8 @@
 points at the top and each test's points and message under its cell.
 
 Test cells are shown as released (hidden test code never appears); outputs were scrubbed by the judge.
+A test's failure is shown once, in the box under its cell: the error its probe raised in the kernel is
+not shown again above it (a hidden test's cell, whose visible code only prints, shows no error).
 The page is rendered after judging, from a notebook rebuilt of what is known to be safe to show: the
 learner's markdown is rendered, its TeX written as MathML (``latex2mathml``) and then sanitized
 (Ammonia, through ``nh3``: no script, no handler attribute, no ``javascript:`` link, no image but an
@@ -188,6 +190,8 @@ def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.No
             new = nbformat.v4.new_code_cell(source)
             tested = cells.is_test(cell) and gid in by_test
             for out in cell.get("outputs", []) if isinstance(cell.get("outputs"), list) else []:
+                if tested and isinstance(out, dict) and out.get("output_type") == "error":
+                    continue  # the error its probe raised: the test's box under the cell says it, once
                 safe = _safe_output(out, repairs) if isinstance(out, dict) else None
                 if safe is not None:
                     new.outputs.append(safe)
