@@ -1,7 +1,7 @@
 """Written answers round trip: `qkv grade` leaves them for the instructor, the formgrader's marks (set
 through nbgrader's gradebook API, as its grade handler sets them) survive a second `qkv grade`, and
-`nbgrader export` reads the totals, with the time `nbgrader collect` recorded. A last `qkv grade
---roster` (nothing to grade again) puts the students' names, email and LMS id in the gradebook and in
+`nbgrader export` reads the totals, with the time `nbgrader collect` recorded. The third run, `qkv grade
+--roster` as typed, also puts the students' names, email and LMS id in the gradebook and in
 grades_wide.csv. Slow: two kernels."""
 
 from __future__ import annotations
@@ -65,14 +65,14 @@ def graded(tmp_path_factory):
     after = {"grades": _rows(out), "questions": question_scores(out),
              "feedback": (out / "feedback" / "ada" / NAME / f"{NAME}.html").read_text(),
              "report": (out / "report.html").read_text()}
-    # ada hands in again (an answer changed): regraded, and her mark is still hers
+    # ada hands in again (an answer changed): regraded, and her mark is still hers; the instructor, as
+    # they type it, gives the class roster this time
     submit(subs, "ada", NAME, filled(NAME, {written.id: ANSWER + " Edited.", "q2_answer": 'notation_answer = "A"'}))
-    grade(subs, out, ROOT, workers=1, timeout=20, progress=False)
-    regraded = _rows(out)
     roster = subs.parent / "roster.csv"
     roster.write_text(ROSTER)
     with_roster = cli.main(["grade", str(subs), "--out", str(out), "--root", str(ROOT), "--no-progress",
-                            "--timeout", "20", "--roster", str(roster)])  # nothing changed: no kernel runs
+                            "--timeout", "20", "--roster", str(roster)])
+    regraded = _rows(out)
     wide = list(csv.DictReader((out / "grades_wide.csv").read_text().splitlines()))
     with _gradebook(out) as gb:
         students = {s.id: (s.first_name, s.last_name, s.email, s.lms_user_id) for s in gb.students}
