@@ -207,3 +207,16 @@ def test_every_chapter_ran_in_under_a_minute_when_the_site_was_built():
     slow = {name: round(s, 1) for name, s in seconds.items() if s >= CHAPTER_BUDGET_S}
     assert not slow, f"chapters that ran for a minute or more (seconds): {slow}"
     assert len(seconds) == len(NOTEBOOK_CHAPTERS) >= 8
+
+
+def test_the_guides_advice_on_workers_agrees_with_its_own_measurement():
+    """The measured table (2 cores) has one worker fastest; every example that names a number of cores
+    gives it half as many workers (before, `--workers 2  # one worker per 2 cores` sat over that table)."""
+    guides = {p.name: p.read_text() for p in (BOOK / "instructor").glob("*.md")}
+    measured = {int(n): float(s) for n, s in re.findall(
+        r"\| `qkv grade --workers (\d+)`, start to finish \| ([\d.]+)", guides["large_course.md"])}
+    assert len(measured) >= 2 and min(measured, key=measured.get) == 1, measured
+    assert "On 2 cores the default, one worker, is the fastest" in guides["grading.md"]
+    advice = [(int(n), int(c)) for text in guides.values() for n, c in
+              re.findall(r"--workers (\d+)`? *(?:#[^\n]*?|on) (\d+) cores", text)]
+    assert advice and all(n == max(1, c // 2) for n, c in advice), advice

@@ -1,7 +1,9 @@
 """nbgrader's exchange end to end, as the instructor's guide (book/instructor/release_collect.md) has it: release
 from the course repository, two students (Linux users of their own) fetch and submit, the instructor
 changes a test's points and releases again, collects in a class folder of its own (the owner check
-passes), grades with `qkv grade`, releases the feedback, and each student fetches their page.
+passes), grades with `qkv grade`, releases the feedback, and each student fetches their page, which
+Chromium opens as fetched (nbgrader copies the page alone): its formulas are MathML, rendered with no
+script and no file beside the page.
 
 It needs root, to create the two student users (removed afterwards); the exchange is a temporary folder.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from grading_helpers import ROOT, filled, read_csv, write_nb
+from test_site import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="creates two Linux users for the students: needs root")]
@@ -29,6 +32,48 @@ pytestmark = [pytest.mark.slow,
 BIN = Path(sys.executable).parent
 NAME = "01_weighted_average"
 COURSE = "qkv-course"
+
+
+# What of a page's math the browser rendered: MathML elements, those with no size, TeX left in the text
+MATH_JS = r"""
+() => {
+  const math = [...document.querySelectorAll("math")];
+  const clone = document.body.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, math").forEach(el => el.remove());
+  return {math: math.length, scripts: document.scripts.length,
+          unsized: math.filter(el => !(el.getBoundingClientRect().width > 0
+                                       && el.getBoundingClientRect().height > 0)).length,
+          raw: (clone.textContent.match(/\$|\\\(|\\\[/g) || []).length};
+}
+"""
+
+
+def _math_in_chromium(pages: list[Path]) -> list[dict]:
+    """Each page opened from its file in Chromium, nothing else reachable: what ``MATH_JS`` found, with
+    every URL the page asked for."""
+    from playwright import sync_api  # in requirements.txt: missing, it must fail, not skip
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing; run `make system-deps` (Debian's chromium package)"
+    seen = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        for path in pages:
+            page = browser.new_page()
+            asked: list[str] = []
+
+            def guard(route, request, asked=asked, own=path.as_uri()):
+                if request.url == own:
+                    route.continue_()
+                else:  # anything else the page asks for: recorded, and refused
+                    asked.append(request.url)
+                    route.abort()
+
+            page.route("**/*", guard)
+            page.goto(path.as_uri(), wait_until="load")
+            seen.append(dict(page.evaluate(MATH_JS), asked=asked))
+            page.close()
+        browser.close()
+    return seen
 
 
 def _run(args, cwd, env, user=None) -> subprocess.CompletedProcess:
@@ -143,6 +188,7 @@ def test_release_fetch_submit_collect_grade_and_fetch_feedback_through_the_excha
     _run([BIN / "nbgrader", "release_feedback", NAME], course, env)
 
     # each student fetches their own page: the new points, and no note about the old heading
+    fetched = []
     for user, score in ((ada, "11"), (grace, "0")):
         home = Path(user.pw_dir)
         _run([nbgrader, "fetch_feedback", NAME, "--course", COURSE], home, student_env, user)
@@ -152,3 +198,9 @@ def test_release_fetch_submit_collect_grade_and_fetch_feedback_through_the_excha
         assert "Question 1 (4 points)" in page
         assert "was edited" not in page and "restored" not in page
         assert re.search(rf"\b{score}(\.0)? (/|of) 11\b", page), page[:3000]
+        fetched.append(pages[0])
+
+    # opened where fetch_feedback put it, with nothing beside it: the math is there, laid out
+    for path, math in zip(fetched, _math_in_chromium(fetched)):
+        assert math["math"] >= 10 and math["unsized"] == 0 and math["raw"] == 0, (path, math)
+        assert math["scripts"] == 0 and math["asked"] == [], (path, math)

@@ -3,7 +3,8 @@ and handed back through `nbgrader release_feedback` in nbgrader's own course lay
 
 A small batch, graded once in nbgrader's layout (``COURSE/submitted`` in, ``COURSE/feedback`` out): a
 learner with a misconception on 04 whose folder carries what `nbgrader collect` writes, a learner whose
-code reads the hidden tests back and prints them (01), and an empty notebook.
+code reads the hidden tests back and prints them (01), and an empty notebook (every test fails, most of
+them in the kernel too: each failure is shown once, in the box under its test cell).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import pytest
 
 from grading_helpers import (BAD, MISCONCEPTIONS, ROOT, filled, hidden_lines, peeking_notebook, read_csv,
                              submit)
+from qkv_grading.course import read_notebook
 from qkv_grading.grade import grade
+from qkv_grading.probe import split
 from test_hostile import MARKDOWN_ATTACK, OUTPUT_ATTACK
 from test_site import CHROMIUM, CHROMIUM_ARGS
 
@@ -68,7 +71,7 @@ def test_feedback_is_written_in_nbgraders_layout_with_the_collected_timestamp(co
     assert (folder / f"{NAME}.html").is_file()
     assert (folder / "timestamp.txt").read_text() == STAMP
     assert (folder / "submission_secret.txt").read_text() == SECRET
-    assert (course / "feedback" / "mathjax" / "tex-svg-full.js").is_file()
+    assert sorted(p.name for p in (course / "feedback").iterdir()) == ["ada", "empty", "peek"]  # no MathJax
     # a notebook without a collected timestamp gets one too: release_feedback needs it
     assert (course / "feedback" / "peek" / BAD / "timestamp.txt").read_text().strip()
     rows = {(r["student"], r["assignment"]): r for r in read_csv(course / "grades.csv")}
@@ -112,19 +115,25 @@ def test_nbgrader_release_feedback_hands_the_page_back(course, tmp_path):
 
 PAGE_JS = r"""
 () => {
+  const red = '[data-mime-type="application/vnd.jupyter.stderr"]';
   const tests = [...document.querySelectorAll(".qkv-test")].map(el => ({
     id: el.dataset.test, passed: el.classList.contains("qkv-pass"),
     message: (el.querySelector(".qkv-message") || {textContent: ""}).textContent,
-    after: (el.previousElementSibling || {className: ""}).className}));
+    after: (el.previousElementSibling || {className: ""}).className,
+    errors: el.previousElementSibling ? el.previousElementSibling.querySelectorAll(red).length : -1}));
+  // MathML the page itself holds (MathJax, were it there, would add its own inside mjx-container)
+  const math = [...document.querySelectorAll("math")].filter(el => !el.closest("mjx-container"));
   const clone = document.body.cloneNode(true);
-  clone.querySelectorAll("pre, code, script, style, mjx-container").forEach(el => el.remove());
+  clone.querySelectorAll("pre, code, script, style, math").forEach(el => el.remove());
   const text = clone.textContent;
   const handlers = [...document.querySelectorAll("*")].filter(
     el => [...el.attributes].some(a => a.name.toLowerCase().startsWith("on"))).length;
-  return {tests, mjx: document.querySelectorAll("mjx-container").length, pwned: window.PWNED || 0,
+  return {tests, math: math.length, scripts: document.scripts.length, pwned: window.PWNED || 0, errors: document.querySelectorAll(red).length,
+          unsized: math.filter(el => !(el.getBoundingClientRect().width > 0 &&
+                                       el.getBoundingClientRect().height > 0)).length,
           handlers, violations: window.__violations,
           jslinks: document.querySelectorAll("a[href^='javascript:' i]").length,
-          raw: (text.match(/\$\$|\\\(|\*\*/g) || []).length, shown: document.body.innerText,
+          raw: (text.match(/\$|\\\(|\*\*/g) || []).length, shown: document.body.innerText,
           html: document.documentElement.outerHTML, total: document.querySelector(".qkv-total").textContent,
           width: document.documentElement.scrollWidth};
 }
@@ -149,7 +158,7 @@ def pages(course):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     # ada's page with what the sanitizer would have taken out put back in: the Content-Security-Policy
-    # alone must stop it (and let MathJax render)
+    # alone must stop it
     page_html = (course / "feedback" / "ada" / NAME / f"{NAME}.html").read_text()
     (course / "feedback" / "ada" / NAME / "csp_probe.html").write_text(page_html.replace(
         "</body>", f"<script>window.PWNED=9</script><img src='{OUTSIDE}/csp.png'>"
@@ -166,6 +175,7 @@ def pages(course):
             for student, name, url in (("ada", NAME, f"{base}ada/{NAME}/{NAME}.html"),
                                        ("peek", BAD, f"{base}peek/{BAD}/{BAD}.html"),
                                        ("csp_probe", NAME, f"{base}ada/{NAME}/csp_probe.html"),
+                                       ("empty", NAME, f"{base}empty/{NAME}/{NAME}.html"),
                                        ("ada_file", NAME, file_url)):
                 requests: list[str] = []
 
@@ -177,11 +187,6 @@ def pages(course):
                 page = context.new_page()
                 page.route("**/*", guard)
                 page.goto(url, wait_until="load")
-                try:  # MathJax typesets after load; a page whose math never renders fails below
-                    page.wait_for_function(
-                        "() => document.querySelectorAll('mjx-container').length > 0", timeout=30_000)
-                except sync_api.TimeoutError:
-                    pass
                 page.wait_for_load_state("networkidle")
                 seen[student] = dict(page.evaluate(PAGE_JS), requests=requests)
                 page.close()
@@ -193,9 +198,12 @@ def pages(course):
 
 
 def test_a_feedback_page_renders_its_markdown_and_math(pages):
+    """As MathML, which the browser lays out itself: no script, no TeX source left in the text."""
     for student in ("ada", "ada_file", "csp_probe"):  # served, opened as a file, and under attack
         page = pages[student]
-        assert page["mjx"] >= 5 and page["raw"] == 0, (student, page["mjx"], page["raw"])
+        assert page["math"] >= 5 and page["unsized"] == 0 and page["raw"] == 0, \
+            (student, page["math"], page["unsized"], page["raw"])
+        assert page["scripts"] == (1 if student == "csp_probe" else 0), student  # the probe's, blocked
 
 
 def test_nothing_of_the_learners_runs_on_a_feedback_page(pages):
@@ -233,13 +241,29 @@ def test_a_feedback_page_contains_no_hidden_test_line(course, pages):
         assert not leaked, (student, leaked[:3])
 
 
-def test_a_feedback_page_asks_for_nothing_beyond_its_folder(pages):
+def test_a_feedback_page_asks_for_nothing_beyond_itself(pages):
     for student, page in pages.items():
-        assert page["requests"] or student.endswith("_file"), student  # routes see no file:// request
-        outside = [u for u in page["requests"] if not u.startswith("file://")
-                   and "127.0.0.1" not in u.split("/")[2]]
-        assert not outside, (student, outside)
-        assert any(u.endswith("/mathjax/tex-svg-full.js") for u in page["requests"])
+        if student.endswith("_file"):  # routes see no file:// request
+            continue
+        assert len(page["requests"]) == 1 and page["requests"][0].endswith(".html"), (student, page["requests"])
+
+
+def test_each_failure_is_shown_once_in_the_box_under_its_test(course, pages):
+    """The empty notebook's tests fail in the kernel too (their probes raise): no red error under a test
+    cell, the hidden ones' (whose visible code only prints) included; the box says why. The learner's
+    own answer cells still show what they raised."""
+    empty = pages["empty"]
+    record = _record(course, "empty", NAME)
+    released = read_notebook(ROOT / "exercises" / NAME / f"{NAME}.ipynb")
+    prints_only = [c.metadata.nbgrader["grade_id"] for c in released.cells if c.cell_type == "code"
+                   and c.metadata.get("nbgrader", {}).get("grade")
+                   and all(line.startswith(("#", "print(")) for line in split(c.source)[1].splitlines())]
+    assert len(prints_only) >= 5 and not any(t["passed"] for t in record["tests"]), prints_only
+    assert set(prints_only) <= {t["id"] for t in empty["tests"]}
+    assert [t["id"] for t in empty["tests"]] == [t["id"] for t in record["tests"]]
+    for shown, t in zip(empty["tests"], record["tests"]):
+        assert shown["errors"] == 0 and shown["message"] == t["message"] and t["message"], (shown, t)
+    assert empty["errors"] > 0  # NotImplementedError under the blank answers: errors are on the page
 
 
 def test_a_feedback_page_fits_a_phone_screen(pages):

@@ -1,5 +1,5 @@
 """`qkv grade` used the wrong way: an unknown --assignment, a folder one level too deep, --out inside the
-submissions; and a run summary whose numbers say what they count."""
+submissions, a roster with a row it cannot read; and a run summary whose numbers say what they count."""
 
 import pytest
 
@@ -31,6 +31,35 @@ def test_out_inside_the_submissions_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("qkv grade: --out ") and "inside the submissions folder" in err
     assert sorted(p.name for p in subs.iterdir()) == ["ada"]
+
+
+ROSTER = "Student ID,Name,Email,LMS ID\nada,Ada King Lovelace,ada@example.org,u-1\n"
+
+
+@pytest.mark.parametrize("row, said", [
+    ("bob,Bob,bob@example.org", "row 4: 3 field(s), but row 1 names 4 columns"),
+    (",Bob,bob@example.org,u-2", "row 4: no student id"),
+    ("ada,Ada Again,ada2@example.org,u-3", "row 4: student id 'ada' is already in row 2"),
+    ("bob,Bob,bob at example.org,u-2", "row 4: email 'bob at example.org' is not an email address"),
+    ("../bob,Bob,bob@example.org,u-2", "row 4: student id '../bob' cannot be a folder's name"),
+])
+def test_a_roster_row_that_cannot_be_read_stops_before_grading_and_is_named(tmp_path, capsys, row, said):
+    subs, out, roster = tmp_path / "subs", tmp_path / "out", tmp_path / "roster.csv"
+    submit(subs, "ada", ASSIGNMENTS[0], filled(ASSIGNMENTS[0]))
+    roster.write_text(ROSTER + "\n" + row + "\n")  # row 3 is blank: skipped, and counted as a spreadsheet does
+    assert _grade(subs, out, "--roster", str(roster)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qkv grade: --roster: {roster} ") and said in err, err
+    assert not out.exists()
+
+
+def test_a_roster_with_an_unknown_column_names_the_columns_it_reads(tmp_path, capsys):
+    subs, roster = tmp_path / "subs", tmp_path / "roster.csv"
+    subs.mkdir()
+    roster.write_text("id,phone\nada,555\n")
+    assert _grade(subs, tmp_path / "out", "--roster", str(roster)) == 2
+    err = capsys.readouterr().err
+    assert f"{roster} row 1: unknown column(s) 'phone'" in err and "id, first_name, last_name, email" in err
 
 
 @pytest.mark.parametrize("folder", ["one student's folder", "solutions"])

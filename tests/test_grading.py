@@ -150,10 +150,9 @@ def test_no_hidden_test_code_in_any_output(batch):
     record = json.loads((batch["out"] / "results" / "peeks_at_tests" / f"{BAD}.json").read_text())
     assert any("[hidden test code removed]" in t["message"] for t in record["tests"])
     secret = {line for name in ASSIGNMENTS for line in hidden_lines(name)}
-    # (the MathJax copied into feedback/ is a library, not written from any submission)
     # (autograded/ holds the executed notebooks for the instructor's formgrader, hidden tests included,
     # as nbgrader's own autograded/ does: no learner sees it)
-    files = [p for p in batch["out"].rglob("*") if p.is_file() and p.suffix not in (".db", ".png", ".js")
+    files = [p for p in batch["out"].rglob("*") if p.is_file() and p.suffix not in (".db", ".png")
              and "autograded" not in p.relative_to(batch["out"]).parts]
     assert len(files) > len(batch["grades"])
     for path in files:

@@ -1,6 +1,8 @@
 """Written answers round trip: `qkv grade` leaves them for the instructor, the formgrader's marks (set
 through nbgrader's gradebook API, as its grade handler sets them) survive a second `qkv grade`, and
-`nbgrader export` reads the totals. Slow: two kernels."""
+`nbgrader export` reads the totals, with the time `nbgrader collect` recorded. The third run, `qkv grade
+--roster` as typed, also puts the students' names, email and LMS id in the gradebook and in
+grades_wide.csv. Slow: two kernels."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 import pytest
 
 from grading_helpers import ROOT, filled, question_scores, read_csv, submit
+from qkv_grading import cli
 from qkv_grading.grade import grade
 from qkv_grading.spec import load_spec
 
@@ -19,6 +22,10 @@ pytestmark = pytest.mark.slow
 
 NAME = "04_cache_notation"
 ANSWER = "Later steps read k_j and v_j again; q_j is used once, at step j."
+STAMPS = {"ada": "2026-11-20 09:15:02.123456 UTC", "bob": "2026-11-21 23:59:59.000001 UTC"}  # as collect writes
+ROSTER = ("Student ID,Name,Email,LMS ID\n"  # a spreadsheet's headers; carol handed nothing in
+          "ada,Ada King Lovelace,ada@example.org,lms-1\nbob,Bob,bob@example.org,lms-2\n"
+          "carol,Carol Shaw,carol@example.org,lms-3\n")
 
 
 def _gradebook(out):
@@ -39,6 +46,8 @@ def graded(tmp_path_factory):
     (written,) = spec.written
     submit(subs, "ada", NAME, filled(NAME, {written.id: ANSWER}))
     submit(subs, "bob", NAME, filled(NAME, {written.id: "I do not know."}))
+    for student, stamp in STAMPS.items():
+        (subs / student / NAME / "timestamp.txt").write_text(stamp)
     first = grade(subs, out, ROOT, workers=1, timeout=20, progress=False)
     before = {"grades": _rows(out), "questions": question_scores(out),
               "wide": list(csv.reader((out / "grades_wide.csv").read_text().splitlines())),
@@ -56,17 +65,25 @@ def graded(tmp_path_factory):
     after = {"grades": _rows(out), "questions": question_scores(out),
              "feedback": (out / "feedback" / "ada" / NAME / f"{NAME}.html").read_text(),
              "report": (out / "report.html").read_text()}
-    # ada hands in again (an answer changed): regraded, and her mark is still hers
+    # ada hands in again (an answer changed): regraded, and her mark is still hers; the instructor, as
+    # they type it, gives the class roster this time
     submit(subs, "ada", NAME, filled(NAME, {written.id: ANSWER + " Edited.", "q2_answer": 'notation_answer = "A"'}))
-    grade(subs, out, ROOT, workers=1, timeout=20, progress=False)
+    roster = subs.parent / "roster.csv"
+    roster.write_text(ROSTER)
+    with_roster = cli.main(["grade", str(subs), "--out", str(out), "--root", str(ROOT), "--no-progress",
+                            "--timeout", "20", "--roster", str(roster)])
     regraded = _rows(out)
+    wide = list(csv.DictReader((out / "grades_wide.csv").read_text().splitlines()))
+    with _gradebook(out) as gb:
+        students = {s.id: (s.first_name, s.last_name, s.email, s.lms_user_id) for s in gb.students}
     export = out / "export.csv"
     # from the output folder, where qkv grade wrote the nbgrader_config.py that names its gradebook
     proc = subprocess.run([sys.executable, "-m", "nbgrader", "export", f"--to={export}"],
                           cwd=out, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {"spec": spec, "written": written, "out": out, "before": before, "after": after,
-            "first": first, "second": second, "regraded": regraded,
+            "first": first, "second": second, "regraded": regraded, "with_roster": with_roster,
+            "wide_with_roster": wide, "students": students,
             "export": {r["student_id"]: r for r in read_csv(export) if r["assignment"] == NAME}}
 
 
@@ -107,6 +124,28 @@ def test_nbgrader_export_reads_the_totals(graded):
     assert float(export["ada"]["score"]) == spec.max_score - 1 + 1.5
     assert float(export["ada"]["max_score"]) == spec.max_score + 2
     assert float(export["bob"]["score"]) == spec.max_score
+
+
+def test_the_collected_time_reaches_the_gradebook_and_nbgrader_export(graded):
+    """`nbgrader export` shows the time in the timestamp.txt that `nbgrader collect` wrote (it was empty
+    for every row), as nbgrader reads it: in UTC, without the zone's name."""
+    for student, stamp in STAMPS.items():
+        assert graded["export"][student]["timestamp"] == stamp.removesuffix(" UTC"), graded["export"][student]
+        assert graded["regraded"][student]["timestamp"] == stamp  # grades.csv, as it was
+
+
+def test_a_roster_fills_the_gradebooks_students_and_grades_wide(graded):
+    assert graded["with_roster"] == 0
+    assert graded["students"] == {"ada": ("Ada King", "Lovelace", "ada@example.org", "lms-1"),
+                                  "bob": (None, "Bob", "bob@example.org", "lms-2"),
+                                  "carol": ("Carol", "Shaw", "carol@example.org", "lms-3")}
+    wide = {r["student"]: r for r in graded["wide_with_roster"]}
+    assert list(graded["wide_with_roster"][0])[:5] == ["student", "first_name", "last_name", "email",
+                                                       "lms_user_id"]
+    assert wide["ada"]["email"] == "ada@example.org" and wide["ada"]["lms_user_id"] == "lms-1"
+    column = next(c for c in wide["ada"] if c.startswith(NAME))
+    assert float(wide["ada"][column]) == float(graded["regraded"]["ada"]["score"])
+    assert wide["carol"][column] == "" and wide["carol"]["last_name"] == "Shaw"  # on the roster, not submitted
 
 
 def test_the_formgrader_config_never_replaces_an_instructors_own(tmp_path):

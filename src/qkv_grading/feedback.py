@@ -2,33 +2,37 @@
 points at the top and each test's points and message under its cell.
 
 Test cells are shown as released (hidden test code never appears); outputs were scrubbed by the judge.
+A test's failure is shown once, in the box under its cell: the error its probe raised in the kernel is
+not shown again above it (a hidden test's cell, whose visible code only prints, shows no error).
 The page is rendered after judging, from a notebook rebuilt of what is known to be safe to show: the
-learner's markdown is rendered and then sanitized (Ammonia, through ``nh3``: no script, no handler
-attribute, no ``javascript:`` link, no image but an inline one), outputs keep text and PNG/JPEG images
-only, with a width and height only when they are plain numbers (nbconvert writes them unquoted), and the
-page carries a Content-Security-Policy that lets it load nothing but the MathJax beside it (its inline
-configuration by hash). What was taken out is said in a note, for the report's "needs a look".
-MathJax is served from the feedback folder itself, so a page opens offline. Files are written in
-nbgrader's feedback layout, ``feedback/<student>/<assignment>/<assignment>.html`` beside
-``timestamp.txt`` and ``submission_secret.txt`` (those ``nbgrader collect`` wrote, when it did), so
+learner's markdown is rendered, its TeX written as MathML (``latex2mathml``) and then sanitized
+(Ammonia, through ``nh3``: no script, no handler attribute, no ``javascript:`` link, no image but an
+inline one; MathML elements keep their presentation attributes only), outputs keep text and PNG/JPEG
+images only, with a width and height only when they are plain numbers (nbconvert writes them unquoted),
+and the page carries a Content-Security-Policy that runs no script and loads nothing. What was taken out
+is said in a note, for the report's "needs a look". Browsers render MathML themselves, so a page is one
+file that needs nothing beside it: it survives ``nbgrader release_feedback`` and ``fetch_feedback``,
+which copy the page alone. Files are written in nbgrader's feedback layout,
+``feedback/<student>/<assignment>/<assignment>.html`` beside ``timestamp.txt`` and ``submission_secret.txt`` (those ``nbgrader collect`` wrote, when it did), so
 that ``nbgrader release_feedback`` can hand them back.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import functools
-import hashlib
 import html
 import os
 import re
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nbformat
 import nh3
+from latex2mathml.converter import convert_to_element
+from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 
 from qkv_grading import cells
 from qkv_grading.discover import collected
@@ -37,17 +41,11 @@ from qkv_grading import manual
 from qkv_grading.results import Result, TestResult
 from qkv_grading.spec import Spec
 
-MATHJAX = "mathjax/tex-svg-full.js"  # one file, every TeX extension, glyphs as SVG: no font requests
 COLLECT_FILES = ("timestamp.txt", "submission_secret.txt")  # written by `nbgrader collect`
 
-# The one inline script of a page; the Content-Security-Policy allows it by its hash, and no other.
-_MATHJAX_CONFIG = r"""
-window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']],
-                        displayMath: [['$$', '$$'], ['\\[', '\\]']], processEscapes: true},
-                  options: {enableMenu: false}};
-"""
-_CSP = ("default-src 'none'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; font-src 'self' data:; base-uri 'none'; form-action 'none'")
+# No script runs on a page (its math is MathML, which the browser renders): the policy says so.
+_CSP = ("default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "font-src data:; base-uri 'none'; form-action 'none'")
 
 _CSS = """
 main{max-width:62em;margin:0 auto;padding:0 .6em}
@@ -58,6 +56,7 @@ main{max-width:62em;margin:0 auto;padding:0 .6em}
 .qkv-test{border-left:6px solid #999;padding:.3em .9em;margin:.2em 0 1.2em 0;
   font-family:var(--jp-ui-font-family,sans-serif);overflow-wrap:anywhere}
 .qkv-pass{border-color:#2a2;background:#f0faf0}.qkv-fail{border-color:#c22;background:#fdf0f0}
+math[display=block]{overflow-x:auto;overflow-y:hidden;max-width:100%}
 pre{white-space:pre-wrap;overflow-wrap:anywhere}
 @media (max-width:700px){
   .jp-InputPrompt,.jp-OutputPrompt{display:none}
@@ -71,10 +70,7 @@ _TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 <meta http-equiv="Content-Security-Policy" content="{{ resources.qkv_csp }}">
 {%- endblock html_head_js -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block html_head_js_mathjax -%}
-<script>{{ resources.qkv_mathjax_config }}</script>
-<script src="{{ resources.qkv_mathjax }}" defer></script>
-{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block extra_css -%}<style>{{ resources.qkv_css }}</style>{%- endblock extra_css -%}
 {%- block body_header -%}
 {{ super() }}
@@ -192,13 +188,16 @@ def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.No
         cid = cell.get("id") if isinstance(cell.get("id"), str) and _CELL_ID.match(cell.get("id")) else None
         if kind == "code":
             new = nbformat.v4.new_code_cell(source)
+            tested = cells.is_test(cell) and gid in by_test
             for out in cell.get("outputs", []) if isinstance(cell.get("outputs"), list) else []:
+                if tested and isinstance(out, dict) and out.get("output_type") == "error":
+                    continue  # the error its probe raised: the test's box under the cell says it, once
                 safe = _safe_output(out, repairs) if isinstance(out, dict) else None
                 if safe is not None:
                     new.outputs.append(safe)
             count = cell.get("execution_count")
             new.execution_count = count if type(count) is int else None
-            if cells.is_test(cell) and gid in by_test:
+            if tested:
                 t = by_test[gid]
                 new.source = released[gid].source if gid in released else ""
                 new.metadata["qkv_test"] = {
@@ -226,6 +225,46 @@ def shown_notebook(spec: Spec, nb, tests: list[TestResult]) -> tuple[nbformat.No
     return shown, sorted(repairs)
 
 
+# ---- math, as MathML ---------------------------------------------------------------------------------
+
+def mathml(tex: str, display: str) -> str:
+    """TeX as a MathML element (``latex2mathml``), which the browser renders with no script. Text is
+    escaped here (``latex2mathml`` writes a ``\\text{...}`` as it is); the sanitizer then keeps MathML
+    elements and their presentation attributes only. TeX it cannot read is shown as code."""
+    try:
+        root = convert_to_element(tex, display=display)
+    except Exception:  # latex2mathml raises its own errors and plain ones for TeX it cannot parse
+        return f"<code class='tex'>{html.escape(tex)}</code>"
+    for element in root.iter():  # it keeps characters as entity text ("&#x02264;"): make them characters
+        element.text = html.unescape(element.text) if element.text else element.text
+        element.tail = html.unescape(element.tail) if element.tail else element.tail
+    root.attrib.pop("xmlns", None)  # an HTML parser puts <math> in MathML's namespace itself
+    return ElementTree.tostring(root, encoding="unicode", method="html")
+
+
+class _MathRenderer(IPythonRenderer):
+    """nbconvert's markdown renderer, writing math as MathML where it writes TeX for MathJax."""
+
+    def block_math(self, body: str) -> str:
+        return mathml(body, "block")
+
+    def inline_math(self, body: str) -> str:
+        return mathml(body, "inline")
+
+    def latex_environment(self, name: str, body: str) -> str:
+        return mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", "block")
+
+
+def markdown_html(source: str, path: str = "", attachments: dict | None = None) -> str:
+    """A markdown cell as nbconvert's HTML exporter renders it (its options), with math as MathML:
+    before sanitizing."""
+    exporter = _exporter()
+    renderer = _MathRenderer(escape=False, attachments=attachments or {}, embed_images=exporter.embed_images,
+                             path=path, anchor_link_text=exporter.anchor_link_text,
+                             exclude_anchor_links=exporter.exclude_anchor_links, **exporter.lexer_options)
+    return MarkdownWithMath(renderer=renderer).render(source)
+
+
 # ---- the learner's markdown, sanitized ---------------------------------------------------------------
 
 _ALLOWED_CLASS = re.compile(r"^(?!qkv|jp-|mjx|MathJax)[A-Za-z][\w-]{0,40}$")
@@ -246,6 +285,20 @@ def markdown_threats(rendered: str) -> list[str]:
     return [note for pattern, note in _THREATS if pattern.search(rendered)]
 
 
+# MathML (Core, and what latex2mathml writes): its elements, and the attributes that say how to lay them out.
+# No href, no style: a formula links to nothing and is styled by the page alone.
+_MATHML_TAGS = {"math", "mi", "mn", "mo", "ms", "mtext", "mspace", "mrow", "mfrac", "msqrt", "mroot",
+                "mstyle", "merror", "mpadded", "mphantom", "msub", "msup", "msubsup", "munder", "mover",
+                "munderover", "mmultiscripts", "mprescripts", "none", "mtable", "mtr", "mtd", "menclose",
+                "semantics", "annotation"}
+_MATHML_ATTRIBUTES = {"display", "displaystyle", "scriptlevel", "mathvariant", "mathcolor", "mathbackground",
+                      "mathsize", "stretchy", "fence", "separator", "lspace", "rspace", "minsize", "maxsize",
+                      "symmetric", "largeop", "movablelimits", "accent", "accentunder", "form", "columnalign",
+                      "rowalign", "columnspacing", "rowspacing", "columnlines", "rowlines", "frame", "width",
+                      "height", "depth", "voffset", "linethickness", "notation", "columnspan", "rowspan",
+                      "encoding"}
+
+
 def _attribute(tag: str, name: str, value: str) -> str | None:
     if name == "class":
         kept = [c for c in value.split() if _ALLOWED_CLASS.match(c)]
@@ -258,19 +311,22 @@ def _attribute(tag: str, name: str, value: str) -> str | None:
 @functools.lru_cache(maxsize=8192)
 def sanitize(rendered: str) -> str:
     """HTML of a markdown cell, with what could run or fetch taken out (Ammonia's allowlist: no script,
-    no handler attribute, links of http, https and mailto only, images only inline)."""
+    no handler attribute, links of http, https and mailto only, images only inline; MathML with its
+    layout attributes only)."""
     attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
     attributes["*"] = attributes.get("*", set()) | {"class"}
     for heading in ("h1", "h2", "h3", "h4", "h5", "h6"):
         attributes[heading] = attributes.get(heading, set()) | {"id"}  # anchor links' targets
-    return nh3.clean(rendered, attributes=attributes, attribute_filter=_attribute,
+    attributes.update({tag: set(_MATHML_ATTRIBUTES) for tag in _MATHML_TAGS})
+    return nh3.clean(rendered, tags=set(nh3.ALLOWED_TAGS) | _MATHML_TAGS, attributes=attributes,
+                     attribute_filter=_attribute,
                      url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer")
 
 
 @functools.lru_cache(maxsize=8192)
 def _rendered_markdown(source: str, path: str) -> str:
-    """A markdown cell as nbconvert renders it, before sanitizing."""
-    return _exporter().markdown2html({"resources": {"metadata": {"path": path}}}, source)
+    """A markdown cell as nbconvert renders it, math as MathML, before sanitizing: remembered."""
+    return markdown_html(source, path)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -297,14 +353,14 @@ def _exporter():
 
     exporter = HTMLExporter(template_name="lab", template_file="qkv_feedback.html.j2",
                             extra_loaders=[DictLoader({"qkv_feedback.html.j2": _TEMPLATE})])
-    render = exporter.markdown2html
 
     @pass_context
     def markdown(context, source):
-        if context.get("cell", {}).get("attachments"):
-            return sanitize(render(context, source))
-        return sanitize(_rendered_markdown(source, context.get("resources", {}).get("metadata", {})
-                                           .get("path", "")))
+        path = context.get("resources", {}).get("metadata", {}).get("path", "")
+        attachments = context.get("cell", {}).get("attachments")
+        if attachments:
+            return sanitize(markdown_html(source, path, attachments))
+        return sanitize(_rendered_markdown(source, path))
 
     @pass_context
     def highlight(context, source, language=None, metadata=None):
@@ -325,40 +381,19 @@ def render_page(spec: Spec, shown: nbformat.NotebookNode, tests: list[TestResult
     except nbformat.ValidationError as exc:
         notes = [*notes, f"the notebook could not be shown ({exc.message[:200]}); the released one is"]
         shown, _ = shown_notebook(spec, None, tests)
-    digest = base64.b64encode(hashlib.sha256(_MATHJAX_CONFIG.encode()).digest()).decode()
-    resources = {"qkv_mathjax": f"../../{MATHJAX}", "qkv_css": _CSS,
-                 "qkv_mathjax_config": _MATHJAX_CONFIG, "qkv_csp": _CSP.format(digest=digest),
+    resources = {"qkv_css": _CSS, "qkv_csp": _CSP,
                  "qkv_summary": _summary(spec, tests, notes),
                  "metadata": {"name": f"{spec.name} feedback"}}
     body, _ = _exporter().from_notebook_node(shown, resources=resources)
     return body
 
 
-def mathjax_source() -> Path:
-    """The MathJax that the `sphinx-mathjax-offline` package ships (in requirements.txt)."""
-    import importlib.util
-
-    found = importlib.util.find_spec("sphinx-mathjax-offline")
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError("the sphinx-mathjax-offline package is not installed (it is in "
-                                "requirements.txt): feedback pages need its MathJax")
-    path = Path(list(found.submodule_search_locations)[0]) / "static" / "mathjax" / Path(MATHJAX).name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall sphinx-mathjax-offline")
-    return path
-
-
 def write_feedback(out: Path, student: str, name: str, page: str, submission: Path) -> Path:
     """Write one page in nbgrader's layout under ``out/feedback``, with ``timestamp.txt`` (the one
     ``nbgrader collect`` wrote, else the notebook's time) and ``submission_secret.txt`` when collected:
     each copied only when it is a small regular file (``discover.collected``: a link is never followed).
-    MathJax is copied once into the feedback root."""
-    root = out / "feedback"
-    mathjax = root / MATHJAX
-    if not mathjax.is_file():
-        mathjax.parent.mkdir(parents=True, exist_ok=True)
-        mathjax.write_bytes(mathjax_source().read_bytes())
-    folder = root / student / name
+    The page needs nothing beside it: its math is MathML."""
+    folder = out / "feedback" / student / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.html").write_text(page, encoding="utf-8")
     notebook = submission / f"{name}.ipynb"

@@ -3,7 +3,8 @@
 Writes into --out DIR:
   gradebook.db        nbgrader's gradebook (SQLite unless --db gives another URL): one auto score per test cell
   grades.csv          student,assignment,score,max_score,status,timestamp (score empty: not submitted)
-  grades_wide.csv     one row per student, one column per assignment: for an LMS import
+  grades_wide.csv     one row per student, one column per assignment: for an LMS import (with --roster,
+                      the students' names, email and LMS id too)
   questions.csv       student,assignment,question,score,max_score (submitted work only)
   report.csv          every submission's status and what the grader noticed or repaired
   ignored.csv         files and folders in SUBMISSIONS that were not graded, and why
@@ -55,11 +56,12 @@ from qkv_grading.course import ASSIGNMENTS, find_root
 from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, collected_timestamp, discover,
                                   submission_key, submitted)
 from qkv_grading.feedback import render_page, shown_notebook, write_feedback
-from qkv_grading.gradebook import GradebookMismatch, GradebookWriter
+from qkv_grading.gradebook import GradebookMismatch, GradebookWriter, record_students, students
 from qkv_grading.judge import InstructorError, empty_result
 from qkv_grading.limits import Limits
 from qkv_grading.report import load_results, write_class_report, write_figure, write_tables
 from qkv_grading.results import Result, not_submitted, plain
+from qkv_grading.roster import RosterError, Student, read_roster
 from qkv_grading.spec import load_spec
 from qkv_grading.workers import Job, Runner, SchedulerUnreachable
 
@@ -81,6 +83,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assignment", action="append", default=None,
                         help="grade only this assignment (repeatable; default: every assignment submitted)")
     parser.add_argument("--root", default=None, help="the course repository (default: found from the working directory)")
+    parser.add_argument("--roster", type=Path, default=None, metavar="ROSTER.csv",
+                        help="the students (columns id, first_name, last_name or name, email, lms_user_id): "
+                             "into the gradebook and grades_wide.csv, for an LMS to match on")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run kernels without bubblewrap (unsafe with untrusted submissions; the report says so)")
@@ -138,7 +143,7 @@ class Interrupted(Exception):
 def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
           sandboxed: bool = True, scheduler: str | None = None,
           db: str | None = None, only: list[str] | None = None, progress: bool = True,
-          limits: Limits = Limits()) -> Graded:
+          limits: Limits = Limits(), roster: list[Student] = ()) -> Graded:
     """Grade everything under ``submissions`` that changed since the last run into ``out``; return every
     result recorded in ``out``. Raises ``GradebookMismatch`` (before grading anything) when nbgrader's
     gradebook cannot take the assignments as they are now, and ``Interrupted`` when the run stops early
@@ -227,7 +232,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
     finally:
         try:
             results = _write_reports(out, ignored, sandboxed, db,
-                                      runner.notices if runner is not None else [])
+                                      runner.notices if runner is not None else [], roster)
         except Exception as exc:
             if finished:
                 raise
@@ -297,17 +302,20 @@ def _write_record(out: Path, result: Result) -> None:
 
 
 def _write_reports(out: Path, ignored: list[Ignored], sandboxed: bool, db: str | None,
-                   run_notices: list[str]) -> Graded:
+                   run_notices: list[str], roster: list[Student] = ()) -> Graded:
     """The tables, the figure and the class report, from every result recorded in ``out``, with the
-    marks given in the formgrader read back into every record first."""
+    marks given in the formgrader read back into every record first, and the roster's students put in
+    the gradebook."""
     url = db or f"sqlite:///{(out / 'gradebook.db').resolve()}"
+    if roster:
+        record_students(url, roster)
     manual.refresh(out, url)
     manual.write_formgrader_config(out, url)
     results = Graded(load_results(out))
     notices = [] if sandboxed else ["graded with --no-sandbox: kernels could read and write whatever the "
                                     "grader's user can, solutions/ included"]
     notices += run_notices  # what the kernels ran without (no cgroup of their own, say)
-    write_tables(out, results, ignored, notices)
+    write_tables(out, results, ignored, notices, students(url))
     write_figure(out, results)
     write_class_report(out, results)
     return results
@@ -374,6 +382,11 @@ def main(args: argparse.Namespace) -> int:
     if refusal:
         print(f"qkv grade: {refusal}", file=sys.stderr)
         return 2
+    try:
+        roster = read_roster(args.roster) if args.roster is not None else []
+    except (RosterError, OSError, UnicodeDecodeError) as exc:
+        print(f"qkv grade: --roster: {exc}", file=sys.stderr)
+        return 2
     root = find_root(args.root)
     refusal = published_by_git(out, root)
     if refusal:
@@ -388,7 +401,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         results = grade(submissions, out, root, workers=max(1, args.workers), timeout=args.timeout,
                         sandboxed=not args.no_sandbox, scheduler=args.scheduler, db=args.db,
-                        only=args.assignment, progress=not args.no_progress)
+                        only=args.assignment, progress=not args.no_progress, roster=roster)
     except (GradebookMismatch, sandbox.SandboxMissing, InstructorError, SchedulerUnreachable) as exc:
         print(f"qkv grade: {exc}", file=sys.stderr)
         return 2

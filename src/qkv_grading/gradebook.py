@@ -6,9 +6,11 @@ import contextlib
 import os
 import sys
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from qkv_grading import manual
+from qkv_grading.roster import Student
 
 
 @contextlib.contextmanager
@@ -88,6 +90,18 @@ def _write_ahead(engine) -> None:
     engine.dispose()  # connections opened before the listener reconnect with it
 
 
+def collected_time(stamp: str) -> datetime | None:
+    """The time in a ``timestamp.txt`` that ``nbgrader collect`` wrote, in UTC as nbgrader's gradebook
+    holds it (``nbgrader.utils.parse_utc``, as its autograde reads it); None when there is none, or it is
+    no time."""
+    from nbgrader.utils import parse_utc
+
+    try:
+        return parse_utc(stamp) if stamp else None
+    except (ValueError, OverflowError, TypeError):  # dateutil's ParserError is a ValueError
+        return None
+
+
 class GradebookWriter:
     def __init__(self, url: str, root: Path):
         from nbgrader.api import Gradebook
@@ -143,11 +157,12 @@ class GradebookWriter:
         self.prepare(name)
         self.gb.update_or_create_student(student)
         try:
-            self.gb.find_submission(name, student)
+            submission = self.gb.find_submission(name, student)
         except MissingEntry:
             with warnings.catch_warnings():  # nbgrader's add_submission warns "not in session": harmless
                 warnings.filterwarnings("ignore", message=".*not in session.*")
-                self.gb.add_submission(name, student)
+                submission = self.gb.add_submission(name, student)
+        submission.timestamp = collected_time(result.timestamp)  # what `nbgrader export` shows
         for t in result.tests:
             grade = self.gb.find_grade(t.id, name, name, student)
             grade.auto_score = t.points  # overwritten, never added: a re-run cannot double-count
@@ -160,3 +175,33 @@ class GradebookWriter:
 
     def close(self) -> None:
         self.gb.close()
+
+
+def record_students(url: str, students: list[Student]) -> None:
+    """The roster's students into nbgrader's Student table (``update_or_create_student``): a student the
+    gradebook has keeps what the roster leaves empty."""
+    from nbgrader.api import Gradebook
+
+    with _own_bin_on_path():
+        gb = Gradebook(url, course_id="qkv-course")
+    try:
+        for student in students:
+            gb.update_or_create_student(student.id, **student.details())
+        gb.db.commit()
+    finally:
+        gb.close()
+
+
+def students(url: str) -> dict[str, Student]:
+    """The gradebook's students (its Student table: the roster's, and every student graded), by id; none
+    while there is no gradebook."""
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return {}
+    from nbgrader.api import Gradebook
+
+    with _own_bin_on_path():
+        gb = Gradebook(url, course_id="qkv-course")
+    try:
+        return {s.id: Student(s.id, s.first_name, s.last_name, s.email, s.lms_user_id) for s in gb.students}
+    finally:
+        gb.close()

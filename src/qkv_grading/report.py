@@ -17,6 +17,7 @@ from qkv_grading import manual
 from qkv_grading.course import ASSIGNMENTS
 from qkv_grading.discover import LINK, NOT_REGULAR, ODD_NAME, Ignored
 from qkv_grading.results import Result, plain
+from qkv_grading.roster import COLUMNS, Student
 
 
 def load_results(out: Path) -> list[Result]:
@@ -45,8 +46,10 @@ class _Writer:
 
 
 def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
-                 notices: list[str] = ()) -> None:
-    """The CSVs. ``notices`` (about the whole run) go in the class report, not in these tables."""
+                 notices: list[str] = (), students: dict[str, Student] | None = None) -> None:
+    """The CSVs. ``notices`` (about the whole run) go in the class report, not in these tables.
+    ``students``: the gradebook's, by id; when any has a name, an email or an LMS id (a roster was
+    read), ``grades_wide.csv`` has those columns after ``student``, and a row for each of them."""
     with open(out / "grades.csv", "w", newline="") as f:
         w = _Writer(f)
         w.writerow(["student", "assignment", "score", "max_score", "status", "timestamp", "waiting_manual"])
@@ -58,13 +61,21 @@ def write_tables(out: Path, results: list[Result], ignored: list[Ignored],
     for r in results:
         wide.setdefault(r.student, {})[r.assignment] = _score(r)
     maxima = {r.assignment: f"{r.max_score + sum(w.max_points for w in r.written):g}" for r in results}
+    students = students or {}
+    known = any(s.details() for s in students.values())
+    details = COLUMNS[1:] if known else ()
+    for student in students if known else ():
+        wide.setdefault(student, {})  # on the roster: a row, its assignments not submitted
     waits = {s: "; ".join(f"{r.assignment} ({r.waiting:g} points)" for r in manual.waiting(results)
                           if r.student == s) for s in wide}
     with open(out / "grades_wide.csv", "w", newline="") as f:
         w = _Writer(f)
-        w.writerow(["student", *[f"{a} ({maxima[a]} points)" for a in names], "waiting for manual grading"])
+        w.writerow(["student", *details, *[f"{a} ({maxima[a]} points)" for a in names],
+                    "waiting for manual grading"])
         for student in sorted(wide):
-            w.writerow([student, *[wide[student].get(a, "") for a in names], waits.get(student, "")])
+            who = students.get(student, Student(student))
+            w.writerow([student, *[getattr(who, c) or "" for c in details],
+                        *[wide[student].get(a, "") for a in names], waits.get(student, "")])
     with open(out / "questions.csv", "w", newline="") as f:
         w = _Writer(f)
         w.writerow(["student", "assignment", "question", "score", "max_score"])
