@@ -51,8 +51,12 @@ book: $(STAMP)
 	env -u MPLBACKEND $(BIN)/jupyter-book build . -W -n --keep-going
 
 # GPU tests are deselected here (CI has no GPU); `make test-gpu` runs them on a machine with CUDA.
+# Two test processes (pytest-xdist), a whole file on each at a time, longest files first (tests/conftest.py):
+# most of the suite waits on kernels starting and notebooks running, so two halve it on 2 cores.
+# TEST_ARGS passes more options, e.g. TEST_ARGS="-n 0" for one process.
+TEST_ARGS ?=
 test: $(STAMP) system-deps book
-	$(BIN)/python -m pytest -m "not gpu"
+	$(BIN)/python -m pytest -m "not gpu" -n 2 --dist loadfile --no-loadscope-reorder $(TEST_ARGS)
 
 # The quick loop while writing code: no real kernels, no site.
 test-fast: $(STAMP)
