@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from qkv_grading import manual
+from qkv_grading import cells, manual
 
 
 @contextlib.contextmanager
@@ -63,7 +63,7 @@ def _cell_names(nb) -> dict[str, set[str]]:
         if not utils.is_grade(cell) and not utils.is_solution(cell) and not utils.is_locked(cell) \
                 and not utils.is_task(cell):
             continue
-        gid = cell.metadata.nbgrader["grade_id"]
+        gid = cells.grade_id(cell)
         names["locked"].add(gid)
         for kind, test in (("test", utils.is_grade), ("answer", utils.is_solution), ("task", utils.is_task)):
             if test(cell):
