@@ -90,3 +90,22 @@ def test_the_contracts_fail_on_a_cycle(tmp_path):
     assert "No cycles are allowed in qkv_grading" in result.stdout, result.stdout
     assert any(edge in result.stdout for edge in ("- .spec -> .judge (1 import)", "- .judge -> .spec (1 import)")), \
         result.stdout
+
+
+def test_the_test_cells_assertions_keep_their_old_name_for_one_release():
+    """``qkv_grading.assertions`` (what test cells import) was ``qkv_grading.checks``, one letter from
+    ``qkv_grading.check`` (the ``qkv check`` command). The course imports the new name only; a learner's
+    notebook downloaded before the rename still imports the old one, and gets the same functions."""
+    import re
+
+    import qkv_grading.assertions as new
+    import qkv_grading.checks as old
+
+    imported = set()
+    for path in sorted([*ROOT.glob("solutions/*/*.ipynb"), *ROOT.glob("exercises/*/*.ipynb")]):
+        text = path.read_text(encoding="utf-8")
+        assert "qkv_grading.checks" not in text, path
+        for names in re.findall(r"from qkv_grading\.assertions import ([\w ,]+)", text):
+            imported |= {name.split(" as ")[0].strip() for name in names.split(",")}
+    assert imported and imported <= set(new.__all__), imported - set(new.__all__)
+    assert all(getattr(old, name) is getattr(new, name) for name in new.__all__)

@@ -13,7 +13,7 @@
 * test cells (nbgrader ``grade`` cells) run outside the kernel's input history, so a learner's later cell
   cannot print the hidden tests from ``In``, ``_ih`` or ``%history``;
 * every kernel is stopped, its cgroup emptied and removed and its scratch folder removed whatever
-  happens, and ``kill_all_now`` does the same at once for a grading process that is told to stop.
+  happens, and ``KernelPool.kill_all_now`` does the same at once for a grading process that is told to stop.
 
 The result says, for every code cell, whether it ran cleanly, and if not the error's name and message
 (a limit's name, such as ``MemoryLimit``, when the kernel hit one).
