@@ -65,21 +65,47 @@ def lint_imports(config: Path, cwd: Path = ROOT, env=None) -> subprocess.Complet
 def test_the_import_contracts_hold():
     result = lint_imports(ROOT / "pyproject.toml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout, result.stdout
+    assert "5 kept, 0 broken" in result.stdout, result.stdout
 
 
 @pytest.mark.slow
 def test_the_contracts_fail_on_a_cycle(tmp_path):
-    """A copy of the package with one cycle added back (reference.cache -> reference.decoder, which
-    imports the cache): the acyclic contract must be broken."""
+    """A copy of the packages with two cycles added back (reference.cache -> reference.decoder, which
+    imports the cache; and the grader's judge -> spec, which builds the judge): both acyclic contracts
+    must be broken."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__"))
     cache = src / "qkv" / "reference" / "cache.py"
     cache.write_text(cache.read_text(encoding="utf-8") + "\n\ndef _cycle():\n"
                      "    from qkv.reference import decoder\n    return decoder\n", encoding="utf-8")
+    judge = src / "qkv_grading" / "judge.py"
+    judge.write_text(judge.read_text(encoding="utf-8") + "\n\ndef _cycle():\n"
+                     "    from qkv_grading import spec\n    return spec\n", encoding="utf-8")
     config = tmp_path / "pyproject.toml"
     config.write_text((ROOT / "pyproject.toml").read_text(encoding="utf-8"), encoding="utf-8")
     result = lint_imports(config, tmp_path, {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0, result.stdout
     assert "No cycles are allowed in qkv.reference" in result.stdout, result.stdout
     assert "- .cache -> .decoder (1 import)" in result.stdout, result.stdout
+    assert "No cycles are allowed in qkv_grading" in result.stdout, result.stdout
+    assert any(edge in result.stdout for edge in ("- .spec -> .judge (1 import)", "- .judge -> .spec (1 import)")), \
+        result.stdout
+
+
+def test_the_test_cells_assertions_keep_their_old_name_for_one_release():
+    """``qkv_grading.assertions`` (what test cells import) was ``qkv_grading.checks``, one letter from
+    ``qkv_grading.check`` (the ``qkv check`` command). The course imports the new name only; a learner's
+    notebook downloaded before the rename still imports the old one, and gets the same functions."""
+    import re
+
+    import qkv_grading.assertions as new
+    import qkv_grading.checks as old
+
+    imported = set()
+    for path in sorted([*ROOT.glob("solutions/*/*.ipynb"), *ROOT.glob("exercises/*/*.ipynb")]):
+        text = path.read_text(encoding="utf-8")
+        assert "qkv_grading.checks" not in text, path
+        for names in re.findall(r"from qkv_grading\.assertions import ([\w ,]+)", text):
+            imported |= {name.split(" as ")[0].strip() for name in names.split(",")}
+    assert imported and imported <= set(new.__all__), imported - set(new.__all__)
+    assert all(getattr(old, name) is getattr(new, name) for name in new.__all__)

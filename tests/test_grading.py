@@ -289,24 +289,25 @@ def _process_in(folder: Path) -> int:
 
 
 @pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """Kernels get their scratch folders in here; no kernel is warm before or after the test."""
+def scratch(tmp_path):
+    """A kernel pool whose kernels get their scratch folders in ``pool.settings.scratch_root``; no kernel
+    of it is warm after the test."""
     folder = tmp_path / "scratch"
     folder.mkdir()
-    execute.shutdown_warm()
-    monkeypatch.setattr(execute, "SCRATCH_ROOT", str(folder))
-    yield folder
-    execute.shutdown_warm()
+    pool = execute.KernelPool(execute.ExecutionSettings(scratch_root=str(folder)))
+    yield pool
+    pool.shutdown_warm()
 
 
 def test_a_given_cwd_is_honoured_even_with_a_warm_kernel(scratch, tmp_path):
-    assert execute.prewarm() is None and len(execute._WARM) == execute.WARM_KERNELS
+    pool = scratch
+    assert pool.prewarm() is None and len(pool.warm) == execute.WARM_KERNELS
     here = tmp_path / "here"
     here.mkdir()
     nb = _notebook("import os; print(os.getcwd())")
-    run = execute.run_notebook(nb, cwd=str(here), prewarm=True)
+    run = pool.run_notebook(nb, cwd=str(here), prewarm=True)
     assert run.cells[0].ok and nb.cells[0].outputs[0]["text"].strip() == str(here.resolve())
-    assert len(execute._WARM) == execute.WARM_KERNELS and here.is_dir()  # the warm kernels wait for a notebook without a cwd
+    assert len(pool.warm) == execute.WARM_KERNELS and here.is_dir()  # the warm kernels wait for a notebook without a cwd
 
 
 def test_a_failing_prewarm_falls_back_to_a_cold_start(scratch, monkeypatch):
@@ -321,14 +322,14 @@ def test_a_failing_prewarm_falls_back_to_a_cold_start(scratch, monkeypatch):
         return await real(self, **kwargs)
 
     monkeypatch.setattr(AsyncKernelManager, "start_kernel", start_kernel)
-    failures = len(execute.WARM_FAILURES)
-    assert "no kernel for you" in execute.prewarm() and execute._WARM == []  # said, not raised
+    pool = scratch
+    assert "no kernel for you" in pool.prewarm() and pool.warm == []  # said, not raised
     nb = _notebook("print(1 + 1)")
-    run = execute.run_notebook(nb, prewarm=True)  # starts cold, then fails to boot the next warm kernel
+    run = pool.run_notebook(nb, prewarm=True)  # starts cold, then fails to boot the next warm kernel
     assert run.cells[0].ok and nb.cells[0].outputs[0]["text"] == "2\n"
-    assert len(calls) == 3 and len(execute.WARM_FAILURES) == failures + 2 and execute._WARM == []
-    execute.shutdown_warm()  # and waits for the kernel that ran, killed at once, to be reaped
-    assert list(scratch.iterdir()) == []  # the folders of the kernels that did not start are gone
+    assert len(calls) == 3 and len(pool.warm_failures) == 2 and pool.warm == []
+    pool.shutdown_warm()  # and waits for the kernel that ran, killed at once, to be reaped
+    assert list(Path(pool.settings.scratch_root).iterdir()) == []  # the kernels that did not start left no folder
 
 
 def test_a_kernel_that_never_answers_is_stopped_and_its_folder_removed(scratch, monkeypatch):
@@ -340,23 +341,23 @@ def test_a_kernel_that_never_answers_is_stopped_and_its_folder_removed(scratch, 
 
     monkeypatch.setattr(execute._CappedClient, "async_start_new_kernel_client", no_answer)
     with pytest.raises(RuntimeError, match="did not answer"):
-        execute.run_notebook(_notebook("1 + 1"))
+        scratch.run_notebook(_notebook("1 + 1"))
     assert pids and _gone(pids[0])
-    assert list(scratch.iterdir()) == []
+    assert list(Path(scratch.settings.scratch_root).iterdir()) == []
 
 
 def _boot_a_kernel() -> tuple[str, int]:
     """On a Dask worker: boot the kernel a worker keeps warm; return its scratch root and the worker's pid."""
-    from qkv_grading import execute, workers
+    from qkv_grading import workers
 
-    workers._worker_setup(sandboxed=True)
-    assert execute.prewarm() is None
-    return execute.SCRATCH_ROOT, os.getpid()
+    pool = workers._pool_here()  # made by the worker's plugin from the run's settings
+    assert pool.settings.sandboxed and pool.prewarm() is None
+    return pool.settings.scratch_root, os.getpid()
 
 
 def test_a_worker_that_stops_kills_its_kernels_and_removes_their_folders():
     # what the local cluster does to its workers when a run ends or is stopped (SIGTERM, Ctrl-C)
-    runner = Runner({}, workers=1)
+    runner = Runner({}, execute.ExecutionSettings(sandboxed=True), workers=1)
     try:
         scratch, worker = runner.client.submit(_boot_a_kernel, pure=False).result(timeout=120)
         kernels = [_process_in(folder) for folder in Path(scratch).iterdir()]

@@ -138,6 +138,7 @@ def test_the_grader_skips_a_check_cell_and_a_timed_out_cell_loses_its_whole_proc
     process in a session of its own (as `!` commands run, in a terminal of their own) and then runs past
     its timeout loses the kernel and everything it started (before, only the kernel's process group was
     killed, and the process lived on)."""
+    from qkv_grading.execute import KernelPool
     from qkv_grading.feedback import render_page, shown_notebook
     from qkv_grading.judge import judge_run
     from qkv_grading.run import run_in_kernel
@@ -149,11 +150,13 @@ def test_the_grader_skips_a_check_cell_and_a_timed_out_cell_loses_its_whole_proc
                  _code_cell("import subprocess, time\nsubprocess.Popen(['sleep', '271.82'], "
                             "start_new_session=True)\ntime.sleep(120)")]
     spec = load_spec(ROOT, name, hidden=True)
+    pool = KernelPool()  # as `qkv check` runs it: unsandboxed, on the learner's machine
     try:
-        run = run_in_kernel(nb, spec, timeout=6, max_restarts=0)
+        run = run_in_kernel(nb, spec, pool, timeout=6, max_restarts=0)
         time.sleep(0.5)
         assert not _running("sleep 271.82"), "a process the timed-out cell started outlived its kernel"
     finally:
+        pool.shutdown_warm()
         for proc in _running("sleep 271.82"):
             proc.kill()
     printed = [o.get("text", "") for c in run.nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -32,7 +32,7 @@ WRONG = {
 
 TRICKS = {
     "checks_replaced": """
-        import qkv_grading.checks as c
+        import qkv_grading.assertions as c
         for n in dir(c):
             if n.startswith("check") or n == "as_array":
                 setattr(c, n, lambda *a, **k: a[0] if a else None)
@@ -51,9 +51,9 @@ TRICKS = {
         """,
     "sys_modules_swapped": """
         import sys, types
-        fake = types.ModuleType("qkv_grading.checks")
+        fake = types.ModuleType("qkv_grading.assertions")
         fake.__getattr__ = lambda name: (lambda *a, **k: a[0] if a else None)
-        sys.modules["qkv_grading.checks"] = fake
+        sys.modules["qkv_grading.assertions"] = fake
         sys.modules["qkv.reference"] = fake
         """,
     "input_transformer": """

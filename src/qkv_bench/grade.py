@@ -102,28 +102,33 @@ def _jobs(subs: Path, names: list[str]) -> list:
 
 def _direct(specs: dict, jobs: list) -> float:
     """Run and judge every notebook here, one after another, as a single Dask worker would."""
-    from qkv_grading import execute, workers
+    from qkv_grading import workers
+    from qkv_grading.execute import ExecutionSettings
     from qkv_grading.judge import judge_run
     from qkv_grading.run import read_submission
 
-    workers._worker_setup(sandboxed=True)
-    execute.prewarm()  # as a Dask worker's first notebook would find after the first run
-    start = time.perf_counter()
-    for job in jobs:
-        spec = specs[job.assignment]
-        run = workers._run_on_worker(spec, read_submission(Path(job.path), spec), job.timeout, True)
-        assert judge_run(run, spec).score == spec.max_score
-    elapsed = time.perf_counter() - start
-    execute.shutdown_warm()
+    pool = workers.worker_pool(ExecutionSettings(sandboxed=True))
+    try:
+        pool.prewarm()  # as a Dask worker's first notebook would find after the first run
+        start = time.perf_counter()
+        for job in jobs:
+            spec = specs[job.assignment]
+            run = workers.run_one(pool, spec, read_submission(Path(job.path), spec), job.timeout)
+            assert judge_run(run, spec).score == spec.max_score
+        elapsed = time.perf_counter() - start
+        pool.shutdown_warm()
+    finally:
+        workers.close_pool(pool)
     return elapsed
 
 
 def _through_dask(specs: dict, jobs: list, workers: int, scheduler: str | None) -> tuple[float, float]:
     """(seconds to start or reach the cluster, seconds to grade ``jobs`` on it)."""
+    from qkv_grading.execute import ExecutionSettings
     from qkv_grading.workers import Runner
 
     start = time.perf_counter()
-    runner = Runner(specs, workers, scheduler=scheduler)
+    runner = Runner(specs, ExecutionSettings(sandboxed=True), workers, scheduler=scheduler)
     try:
         for _ in runner.results(jobs[: max(1, workers)], progress=False):  # warm kernels, as _direct
             pass

@@ -32,6 +32,11 @@ def is_answer(cell) -> bool:
     return bool(info(cell).get("solution"))
 
 
+def is_graded(cell) -> bool:
+    """A cell that carries points: a test cell, or a written answer."""
+    return bool(info(cell).get("grade"))
+
+
 def is_test(cell) -> bool:
     """A test cell: it carries points and is not an answer (nbgrader's autograder tests)."""
     return bool(info(cell).get("grade")) and not info(cell).get("solution")

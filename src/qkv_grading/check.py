@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading import guard
+from qkv_grading import cells, guard
 from qkv_grading.course import ASSIGNMENTS, find_root, release_path, source_path, working_path
 from qkv_grading.probe import split
 from qkv_grading.results import TestResult
@@ -143,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check(args, path: Path, nb, name: str, root: Path) -> int:
+    from qkv_grading.execute import KernelPool
     from qkv_grading.judge import judge_run
     from qkv_grading.run import run_in_kernel
     from qkv_grading.spec import load_spec
@@ -150,9 +151,13 @@ def _check(args, path: Path, nb, name: str, root: Path) -> int:
     spec = load_spec(root, name, hidden=args.all)
     skipped = sum(1 for c in nb.get("cells", []) if c.get("cell_type") == "code"
                   and guard.starts_check(c.get("source", "")))
-    result = judge_run(run_in_kernel(nb, spec, timeout=args.timeout), spec)
+    pool = KernelPool()  # on the learner's own machine: no sandbox, a fresh kernel for the notebook
+    try:
+        result = judge_run(run_in_kernel(nb, spec, pool, timeout=args.timeout), spec)
+    finally:
+        pool.shutdown_warm()  # and waits for the kernel that ran to be stopped
     info = {c.get("id"): c.metadata.get("qkv", {}) for c in spec.released.cells}
-    hidden_only_ids = {c.metadata.get("nbgrader", {}).get("grade_id") for c in spec.released.cells
+    hidden_only_ids = {cells.grade_id(c) for c in spec.released.cells
                        if c.metadata.get("qkv", {}).get("hidden_tests") and _checked_only_when_graded(c)}
 
     more = f": qkv check {name} --all runs them" if source_path(root, name).is_file() else ""
@@ -187,8 +192,7 @@ def _check(args, path: Path, nb, name: str, root: Path) -> int:
             extra = " the visible checks; more tests run when it is graded" if hidden else ""
             print(f"  {q}: passed{extra}")
     if args.all:
-        by_hand = any(c.metadata.get("nbgrader", {}).get("solution") and c.metadata.get("nbgrader", {}).get("grade")
-                      for c in spec.released.cells)
+        by_hand = any(cells.is_written(c) for c in spec.released.cells)
         print(f"score: {result.score:g} of {result.max_score:g} points, hidden tests included"
               + (" (written answers are graded by hand, not here)" if by_hand else ""))
     if failed:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import nbformat
 
+from qkv_grading import cells
+
 ASSIGNMENTS = (
     "01_weighted_average",
     "02_qkv_roles",
@@ -116,8 +118,7 @@ def run_all_goes_on(nb: nbformat.NotebookNode) -> None:
     yet) then does not stop JupyterLab's Run All (the kernel is asked not to drop the cells queued after
     it), so every question's tests run. nbgrader's checksums do not cover tags."""
     for cell in nb.cells:
-        info = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and (info.get("grade") or info.get("solution")):
+        if cell.cell_type == "code" and (cells.is_graded(cell) or cells.is_answer(cell)):
             tags = cell.metadata.setdefault("tags", [])
             if RUN_ALL_GOES_ON not in tags:
                 tags.append(RUN_ALL_GOES_ON)
@@ -142,10 +143,10 @@ def question_points(nb: nbformat.NotebookNode) -> dict[str, float]:
     """Question ("q2") -> the points of its graded cells (those whose grade_id starts "q2_")."""
     totals: dict[str, float] = {}
     for cell in nb.cells:
-        info = cell.metadata.get("nbgrader", {})
-        if info.get("grade") and isinstance(info.get("grade_id"), str):
-            q = info["grade_id"].split("_", 1)[0]
-            totals[q] = totals.get(q, 0.0) + float(info.get("points", 0))
+        gid = cells.grade_id(cell)
+        if cells.is_graded(cell) and gid is not None:
+            q = gid.split("_", 1)[0]
+            totals[q] = totals.get(q, 0.0) + cells.points(cell)
     return totals
 
 

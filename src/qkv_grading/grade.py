@@ -55,6 +55,7 @@ from qkv_grading import manual, sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
 from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, collected_timestamp, discover,
                                   submission_key, submitted)
+from qkv_grading.execute import ExecutionSettings
 from qkv_grading.feedback import render_page, shown_notebook, write_feedback
 from qkv_grading.gradebook import GradebookMismatch, GradebookWriter, record_students, students
 from qkv_grading.judge import InstructorError, empty_result
@@ -197,8 +198,9 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
                 opening = pool.submit(GradebookWriter, db or f"sqlite:///{(out / 'gradebook.db').resolve()}",
                                       root)
                 try:
-                    runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}}, workers,
-                                    sandboxed, scheduler=scheduler, limits=limits)
+                    runner = Runner({n: specs[n] for n in {j.assignment for j, _ in todo}},
+                                    ExecutionSettings(sandboxed=sandboxed, limits=limits), workers,
+                                    scheduler=scheduler)
                 finally:
                     pool.shutdown()
                     writer = None if opening.exception() else opening.result()

@@ -9,7 +9,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from qkv_grading import manual
+from qkv_grading import cells, manual
 from qkv_grading.roster import Student
 
 
@@ -32,26 +32,6 @@ def _own_bin_on_path():
             os.environ["PATH"] = before
 
 
-def _save_cells_into(gb):
-    """nbgrader's own SaveCells, recording into the writer's open gradebook rather than a second connection
-    of its own (a subclass: nbgrader itself is left as it is)."""
-    from nbgrader.preprocessors import SaveCells
-    from nbgrader.preprocessors.base import NbGraderPreprocessor
-
-    class SaveCellsInto(SaveCells):
-        def preprocess(self, nb, resources):
-            self.notebook_id = resources["nbgrader"]["notebook"]
-            self.assignment_id = resources["nbgrader"]["assignment"]
-            self.new_grade_cells, self.new_solution_cells = {}, {}
-            self.new_task_cells, self.new_source_cells = {}, {}
-            self.gradebook = gb
-            nb, resources = NbGraderPreprocessor.preprocess(self, nb, resources)
-            self._create_notebook(nb)
-            return nb, resources
-
-    return SaveCellsInto()
-
-
 class GradebookMismatch(Exception):
     """The gradebook holds submissions of an assignment whose cells were added or removed since."""
 
@@ -65,7 +45,7 @@ def _cell_names(nb) -> dict[str, set[str]]:
         if not utils.is_grade(cell) and not utils.is_solution(cell) and not utils.is_locked(cell) \
                 and not utils.is_task(cell):
             continue
-        gid = cell.metadata.nbgrader["grade_id"]
+        gid = cells.grade_id(cell)
         names["locked"].add(gid)
         for kind, test in (("test", utils.is_grade), ("answer", utils.is_solution), ("task", utils.is_task)):
             if test(cell):
@@ -122,13 +102,12 @@ class GradebookWriter:
             return
         self.gb.update_or_create_assignment(name)
         self.gb.db.commit()
+        from nbgrader.preprocessors import SaveCells
+
         nb = instructor_notebook(read_notebook(source_path(self.root, name)))
-        try:
-            _save_cells_into(self.gb).preprocess(
-                nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
-            self.gb.db.commit()
+        try:  # nbgrader's own SaveCells, as `nbgrader generate_assignment` runs it: a connection of its own
+            SaveCells().preprocess(nb, {"nbgrader": {"db_url": self.url, "assignment": name, "notebook": name}})
         except RuntimeError:  # nbgrader refuses to add or remove cells once there are submissions
-            self.gb.db.rollback()
             raise GradebookMismatch(self._mismatch(name, nb)) from None
         self.gb.db.expire_all()
         self.ready.add(name)

@@ -35,9 +35,8 @@ def written_answers(nb) -> list[WrittenAnswer]:
     out = []
     for cell in nb.cells:
         if is_written(cell):
-            info = cell.metadata["nbgrader"]
-            gid = info["grade_id"]
-            out.append(WrittenAnswer(gid, gid.split("_", 1)[0], float(info.get("points", 0))))
+            gid = cells.grade_id(cell)
+            out.append(WrittenAnswer(gid, gid.split("_", 1)[0], cells.points(cell)))
     return out
 
 

@@ -144,13 +144,17 @@ def grade_solutions(root: Path, timeout: float = 30.0) -> list[SolutionGrade]:
     from qkv_grading.run import run_in_kernel
     from qkv_grading.spec import load_spec
 
-    execute.configure(None, sandbox.available())
+    pool = execute.KernelPool(execute.ExecutionSettings(sandboxed=sandbox.available()))
     grades = []
-    for name in ASSIGNMENTS:
-        spec = load_spec(root, name, hidden=True)
-        result = judge_run(run_in_kernel(read_notebook(source_path(root, name)), spec, timeout=timeout), spec)
-        failures = tuple(f"{t.id}: {t.message}" for t in result.tests if not t.passed)
-        grades.append(SolutionGrade(name, result.score, result.max_score, failures))
+    try:
+        for name in ASSIGNMENTS:
+            spec = load_spec(root, name, hidden=True)
+            run = run_in_kernel(read_notebook(source_path(root, name)), spec, pool, timeout=timeout)
+            result = judge_run(run, spec)
+            failures = tuple(f"{t.id}: {t.message}" for t in result.tests if not t.passed)
+            grades.append(SolutionGrade(name, result.score, result.max_score, failures))
+    finally:
+        pool.shutdown_warm()
     return grades
 
 

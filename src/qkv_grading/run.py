@@ -12,10 +12,10 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading import guard, probe
+from qkv_grading import cells, guard, probe
 from qkv_grading.assemble import assemble
 from qkv_grading.discover import read_regular
-from qkv_grading.execute import FATAL, run_notebook
+from qkv_grading.execute import FATAL, KernelPool
 from qkv_grading.limits import Limits
 from qkv_grading.results import short
 from qkv_grading.spec import Spec
@@ -79,30 +79,31 @@ def _harness(source: str) -> str:
             f"globals())")
 
 
-def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int = 3,
+def run_in_kernel(submission, spec: Spec, pool: KernelPool, timeout: float = 30, max_restarts: int = 3,
                   prewarm: bool = False, limits: Limits | None = None) -> KernelRun:
-    """Run the learner's answers and the probe parts of the tests in a (sandboxed) kernel. Nothing here
-    decides a point: the kernel's results come back as data for ``judge_run``."""
+    """Run the learner's answers and the probe parts of the tests in a fresh kernel of ``pool``'s (sandboxed
+    if the pool's are), never shared with another submission. Nothing here decides a point: the kernel's
+    results come back as data for ``judge_run``."""
     built = assemble(submission, spec.released, spec.runnable)
     nb = built.nb
     guard.skip_self_checks(nb)  # a learner's `!qkv check` cell: a plain note, never a check in a check
     tests = {t["id"] for t in spec.tests}
 
     def test_id(cell):
-        info = cell.get("metadata", {}).get("nbgrader", {})
-        return info.get("grade_id") if info.get("grade") and info.get("grade_id") in tests else None
+        gid = cells.grade_id(cell)
+        return gid if cells.is_graded(cell) and gid in tests else None
 
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
+    run = pool.run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
         res = run.cells.get(k)
         if gid is None:  # the learner's own cells: an error there is worth a line in the report
             if res is not None and not res.ok and res.ename not in ("NotImplementedError", *FATAL):
-                name = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
+                name = cells.grade_id(cell) or cell.get("id")
                 out.notes.append(f"cell {name}: {res.ename}: {short(res.evalue, 200)}")
             continue
         kept, text = [], None

@@ -17,6 +17,7 @@ gets 0 with a reason only if its worker dies again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 from distributed.scheduler import KilledWorker
 
-from qkv_grading.limits import Limits
+from qkv_grading import cells
+from qkv_grading.execute import ExecutionSettings, KernelPool
 
 ALLOWED_FAILURES = 2  # the third worker that dies running a notebook is one too many: it is blamed
 KILLED_NOTE = ("grading this notebook killed the grading worker, {n} times on {n} workers (does it kill "
@@ -72,47 +74,55 @@ def for_workers(spec):
     from qkv_grading.probe import CHECKS_MARK, split
     from qkv_grading.spec import Spec
 
-    stubs = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in spec.released.cells}
+    stubs = {cells.grade_id(c): c.source for c in spec.released.cells}
     runnable = copy.deepcopy(spec.runnable)
     for cell in runnable.cells:
-        info = cell.metadata.get("nbgrader", {})
-        if info.get("solution"):
-            cell.source = stubs.get(info.get("grade_id"), "")
-        elif info.get("grade"):
+        if cells.is_answer(cell):
+            cell.source = stubs.get(cells.grade_id(cell), "")
+        elif cells.is_graded(cell):
             cell.source = split(cell.source)[0] + CHECKS_MARK + " (kept by the grader) ----\n"
     return Spec(spec.name, spec.released, runnable, spec.fingerprint)
 
 
-def _worker_setup(sandboxed: bool, limits: Limits = Limits()) -> None:
-    """On a worker, before its first notebook: kernels work in a scratch folder of the worker's own
-    (removed with the worker), and run sandboxed unless the instructor said otherwise."""
-    from qkv_grading import execute
-
-    scratch = execute.SCRATCH_ROOT
-    if scratch is None or not os.path.isdir(scratch):
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        scratch = tempfile.mkdtemp(prefix="qkv-grade-")
-    execute.configure(scratch, sandboxed, limits)
+def worker_pool(settings: ExecutionSettings) -> KernelPool:
+    """A worker's kernel pool: kernels work in a scratch folder of the worker's own (removed with the
+    worker), sandboxed and limited as ``settings`` say."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    scratch = tempfile.mkdtemp(prefix="qkv-grade-", dir=settings.scratch_root)
+    return KernelPool(dataclasses.replace(settings, scratch_root=scratch))
 
 
-def _limits_notice(sandboxed: bool) -> str | None:
-    """On a worker: what the run should say about its kernels' limits (None: they all hold)."""
-    from qkv_grading import execute
+def close_pool(pool: KernelPool) -> None:
+    """Kill a worker pool's kernels at once and remove its scratch folder."""
+    pool.kill_all_now()
+    shutil.rmtree(pool.settings.scratch_root, ignore_errors=True)
 
-    return execute.limits_notice() if sandboxed else None
 
-
-def _run_on_worker(spec, submission, timeout: float, sandboxed: bool, limits: Limits = Limits()):
-    """A Dask task, on a worker: run one submission in a kernel and return its ``KernelRun`` (data,
-    never a grade). Leaves kernels booting for the worker's next notebooks."""
+def run_one(pool: KernelPool, spec, submission, timeout: float):
+    """Run one submission in a fresh kernel of ``pool`` and return its ``KernelRun`` (data, never a
+    grade). Leaves kernels booting for the pool's next notebooks."""
     from qkv_grading.run import KernelRun, run_in_kernel
 
-    _worker_setup(sandboxed, limits)
     try:
-        return run_in_kernel(submission, spec, timeout=timeout, prewarm=True, limits=limits)
+        return run_in_kernel(submission, spec, pool, timeout=timeout, prewarm=True)
     except Exception as exc:  # the grader itself failed on this submission: score 0, say why, go on
         return KernelRun(spec.name, "error", notes=[
             f"the grader failed on this submission: {type(exc).__name__}: {exc}"])
+
+
+def _pool_here(dask_worker=None) -> KernelPool:
+    """On a worker: the kernel pool its ``_WorkerKernels`` plugin made."""
+    return (dask_worker or get_worker()).plugins[_WorkerKernels.name].pool
+
+
+def _limits_notice(dask_worker=None) -> str | None:
+    """On a worker (``Client.run``): what the run should say about its kernels' limits (None: they hold)."""
+    return _pool_here(dask_worker).limits_notice()
+
+
+def _run_on_worker(spec, submission, timeout: float):
+    """A Dask task, on a worker: ``run_one`` in the worker's kernel pool."""
+    return run_one(_pool_here(), spec, submission, timeout)
 
 
 def _given(value):
@@ -120,18 +130,27 @@ def _given(value):
     return value
 
 
-class _KernelReaper(WorkerPlugin):
-    """A Dask worker plugin: a worker that closes (the run is over, stopped, or the cluster shuts
-    it down) kills its kernels at once and removes their scratch folders, so none outlives it."""
+class _WorkerKernels(WorkerPlugin):
+    """A Dask worker plugin that holds a worker's ``KernelPool``, made from the run's
+    ``ExecutionSettings`` when the worker starts (a worker restarted after a death gets a new one). A
+    worker that closes (the run is over, stopped, or the cluster shuts it down) kills its kernels at once
+    and removes their scratch folders, so none outlives it."""
 
-    name = "qkv-kernel-reaper"
+    name = "qkv-kernels"
+
+    def __init__(self, settings: ExecutionSettings):
+        self.settings = settings
+        self.pool: KernelPool | None = None
+
+    def __getstate__(self):  # sent to the workers: the settings, never a pool
+        return {"settings": self.settings, "pool": None}
+
+    def setup(self, worker) -> None:
+        self.pool = worker_pool(self.settings)
 
     def teardown(self, worker) -> None:
-        from qkv_grading import execute
-
-        execute.kill_all_now()
-        if execute.SCRATCH_ROOT:
-            shutil.rmtree(execute.SCRATCH_ROOT, ignore_errors=True)
+        if self.pool is not None:
+            close_pool(self.pool)
 
 
 class Runner:
@@ -140,9 +159,9 @@ class Runner:
     ``scheduler=None``: a local cluster of ``workers`` processes, one thread each, started here and
     stopped by ``close``. ``scheduler="tcp://HOST:PORT"``: a running cluster, left running."""
 
-    def __init__(self, specs: dict, workers: int = 1, sandboxed: bool = True,
-                 scheduler: str | None = None, limits: Limits = Limits()):
-        self.specs, self.workers, self.sandboxed, self.limits = specs, workers, sandboxed, limits
+    def __init__(self, specs: dict, settings: ExecutionSettings, workers: int = 1,
+                 scheduler: str | None = None):
+        self.specs, self.workers, self.settings = specs, workers, settings
         self.cluster = None
         self.notices: list[str] = []  # about the whole run: kernels without a cgroup of their own, say
         with dask.config.set(SCHEDULER_CONFIG):
@@ -176,8 +195,8 @@ class Runner:
                         f"no Dask scheduler answers at {scheduler} ({exc}); start one with "
                         f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
         try:
-            self.client.register_plugin(_KernelReaper(), name=_KernelReaper.name)
-            said = self.client.run(_limits_notice, sandboxed)  # worker address -> its notice, or None
+            self.client.register_plugin(_WorkerKernels(settings), name=_WorkerKernels.name)
+            said = self.client.run(_limits_notice)  # worker address -> its notice, or None
             self.notices = sorted({n for n in said.values() if n})
             # Each assignment is a task of its own, whose result the workers fetch once and keep. Not
             # scattered data: a task's result that dies with every worker holding it is computed again.
@@ -204,7 +223,7 @@ class Runner:
 
         def submit(job: Job, submission: dict):
             fut = self.client.submit(_run_on_worker, self.spec_futures[job.assignment],
-                                     submission, job.timeout, self.sandboxed, self.limits, pure=False,
+                                     submission, job.timeout, pure=False,
                                      key=f"qkv-{job.assignment}-{job.student}-{uuid.uuid4().hex}")
             live[fut] = job, submission
             return fut
@@ -256,7 +275,7 @@ class Runner:
             if client is not None and cluster is None and client.status == "running":
                 # a running cluster: its workers stop this run's kernels and remove their folders
                 try:
-                    client.unregister_worker_plugin(_KernelReaper.name)
+                    client.unregister_worker_plugin(_WorkerKernels.name)
                 except Exception:  # the scheduler is gone: its workers go with it, or stay idle
                     pass
             if client is not None:
