@@ -10,6 +10,7 @@ answer, and must be forbidden wherever that name is asked for.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import importlib
@@ -24,7 +25,7 @@ import pytest
 
 import qkv
 from grading_helpers import ROOT
-from qkv_grading import probe
+from qkv_grading import library, probe
 from qkv_grading.course import ASSIGNMENTS, read_notebook, source_path
 
 # Modules whose functions draw, train, or read and write files: none computes an exercise's answer, and
@@ -152,3 +153,33 @@ def test_every_library_function_that_computes_an_answer_is_forbidden_for_it(answ
                       for (_, fn_name), (calls, functions) in answers_in_the_library.items()
                       for fn in functions for a in calls if not _forbids(a, fn)})
     assert not missing, "\n".join(missing)
+
+
+def _raises_only(path, qualname: str) -> bool:
+    def find(body, parts):
+        for node in body:
+            if getattr(node, "name", None) == parts[0]:
+                return node if len(parts) == 1 else find(node.body, parts[1:])
+        raise LookupError(qualname)
+
+    node = find(ast.parse(path.read_text()).body, qualname.split("."))
+    statements = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return len(statements) == 1 and isinstance(statements[0], ast.Raise)
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_a_graded_kernels_library_has_no_function_the_tests_forbid(name):
+    """The copy a graded kernel imports (qkv_grading.library) has a raise for the body of each function
+    the notebook's tests forbid; what an answer cell may import stays whole."""
+    runnable = read_notebook(source_path(ROOT, name))
+    removed = library.forbidden(runnable)
+    copy = library.view(removed) / "qkv"
+    for module, qualname in removed:
+        path = copy.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        assert _raises_only(path, qualname), f"{module}.{qualname} is still in {name}'s kernel"
+    expected = {"01_weighted_average": {"softmax", "_softmax", "weighted_average"},
+                "02_qkv_roles": {"causal_mask", "attention_weights"}}.get(name, set())
+    assert expected <= {q for m, q in removed if m == "qkv.reference.qkv_attention"}
+    if name == "02_qkv_roles":  # question 4 lets an answer import attention: it stays, with what it uses
+        assert not {"attention", "attend", "_softmax"} & {q for m, q in removed}
+        assert not _raises_only(copy / "reference" / "qkv_attention.py", "attention")

@@ -31,13 +31,14 @@ import signal
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from qkv_grading import cgroup, guard, sandbox
+from qkv_grading import cgroup, guard, library, sandbox
 from qkv_grading.limits import Limits, describe_bytes
 from qkv_grading.probe import MIME as RECORDS_MIME
 from qkv_grading.wire import MAX_BYTES as MAX_RECORD_BYTES
@@ -238,7 +239,8 @@ SCRATCH_ROOT: str | None = None  # where scratch folders are made (None: the sys
 WARM_FAILURES: list[str] = []  # why kernels could not be booted ahead of time (grading went on with cold starts)
 # Imported while a warm kernel boots, then the names are deleted: the learner's namespace starts empty,
 # but `import numpy` in the notebook costs nothing.
-_WARM_LINES = ["import numpy, qkv.reference, qkv_grading.probe", "del numpy, qkv, qkv_grading"]
+# (Not qkv: a sandboxed kernel gets its copy of the course library only once its assignment is known.)
+_WARM_LINES = ["import numpy, qkv_grading.probe", "del numpy, qkv_grading"]
 
 
 def _is_test(cell) -> bool:
@@ -437,7 +439,7 @@ class _OutOfTime(Exception):
 
 
 async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: Limits,
-               prewarm: bool) -> RunResult:
+               prewarm: bool, lib: Path | None = None) -> RunResult:
     client = _CappedClient(
         nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
         interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
@@ -491,6 +493,9 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: L
                 _retire(km, None)
                 WARM_FAILURES.append("a kernel booted ahead of time did not answer")
                 await connect(await _launch(cwd))  # a cold start instead
+        kernel = _LIVE.get(id(client.km))
+        if kernel and kernel.sandboxed and kernel.folder:  # before its first cell: the library it may use
+            library.install(lib or library.view(), kernel.folder)
         group = _group(client.km)
         seen = group.events() if group else cgroup.Events()
         if prewarm:
@@ -647,7 +652,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: L
 
 
 def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30, max_restarts: int = 3,
-                 limits: Limits | None = None, prewarm: bool = False) -> RunResult:
+                 limits: Limits | None = None, prewarm: bool = False, lib: Path | None = None) -> RunResult:
     """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
 
     ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a kernel
@@ -655,5 +660,6 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: flo
     ``limits``: the notebook's budgets (wall-clock, cells, output, CPU time; default: this process's, set
     by ``configure``, which also gives each kernel its cgroup's and its sandbox's limits).
     ``prewarm``: leave kernels booting for the next calls, so that a batch rarely waits for a kernel to start.
+    ``lib``: the course library a sandboxed kernel imports (``qkv_grading.library.view``; default: all of it).
     """
-    return _call(_run(nb, cwd, timeout, max_restarts, limits or LIMITS, prewarm))
+    return _call(_run(nb, cwd, timeout, max_restarts, limits or LIMITS, prewarm, lib))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading import guard, probe
+from qkv_grading import guard, library, probe
 from qkv_grading.assemble import assemble
 from qkv_grading.discover import read_regular
 from qkv_grading.execute import FATAL, run_notebook
@@ -95,7 +95,8 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
+    lib = library.view(library.forbidden(spec.runnable))  # what the tests forbid is not in the kernel
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm, lib=lib)
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
