@@ -31,7 +31,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-from pathlib import Path
 from dataclasses import dataclass, field
 
 import nbformat
@@ -439,7 +438,7 @@ class _OutOfTime(Exception):
 
 
 async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: Limits,
-               prewarm: bool, lib: Path | None = None) -> RunResult:
+               prewarm: bool, forbidden: frozenset = frozenset()) -> RunResult:
     client = _CappedClient(
         nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
         interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
@@ -495,7 +494,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: L
                 await connect(await _launch(cwd))  # a cold start instead
         kernel = _LIVE.get(id(client.km))
         if kernel and kernel.sandboxed and kernel.folder:  # before its first cell: the library it may use
-            library.install(lib or library.view(), kernel.folder)
+            library.install(library.view(forbidden, SCRATCH_ROOT), kernel.folder)
         group = _group(client.km)
         seen = group.events() if group else cgroup.Events()
         if prewarm:
@@ -652,7 +651,7 @@ async def _run(nb, cwd: str | None, timeout: float, max_restarts: int, limits: L
 
 
 def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30, max_restarts: int = 3,
-                 limits: Limits | None = None, prewarm: bool = False, lib: Path | None = None) -> RunResult:
+                 limits: Limits | None = None, prewarm: bool = False, forbidden: frozenset = frozenset()) -> RunResult:
     """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
 
     ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a kernel
@@ -660,6 +659,6 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: str | None = None, timeout: flo
     ``limits``: the notebook's budgets (wall-clock, cells, output, CPU time; default: this process's, set
     by ``configure``, which also gives each kernel its cgroup's and its sandbox's limits).
     ``prewarm``: leave kernels booting for the next calls, so that a batch rarely waits for a kernel to start.
-    ``lib``: the course library a sandboxed kernel imports (``qkv_grading.library.view``; default: all of it).
+    ``forbidden``: the library functions a sandboxed kernel is not given (``qkv_grading.library``).
     """
-    return _call(_run(nb, cwd, timeout, max_restarts, limits or LIMITS, prewarm, lib))
+    return _call(_run(nb, cwd, timeout, max_restarts, limits or LIMITS, prewarm, forbidden))

@@ -167,10 +167,11 @@ def build(removed: frozenset[tuple[str, str]], into: Path) -> Path:
 
 
 
-def view(removed: frozenset[tuple[str, str]] = frozenset()) -> Path:
-    """This process's copy of the library less ``removed`` (made on first use, removed at exit)."""
-    if removed not in _VIEWS:
-        folder = Path(tempfile.mkdtemp(prefix="qkv-library-"))
+def view(removed: frozenset[tuple[str, str]] = frozenset(), root: str | None = None) -> Path:
+    """This process's copy of the library less ``removed``, made on first use in a folder under ``root``
+    (default: the system's temporary folder), removed at exit if its root has not gone first."""
+    if removed not in _VIEWS or not _VIEWS[removed].is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="qkv-library-", dir=root))
         atexit.register(shutil.rmtree, folder, True)
         _VIEWS[removed] = build(removed, folder)
     return _VIEWS[removed]

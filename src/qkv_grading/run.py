@@ -95,8 +95,8 @@ def run_in_kernel(submission, spec: Spec, timeout: float = 30, max_restarts: int
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    lib = library.view(library.forbidden(spec.runnable))  # what the tests forbid is not in the kernel
-    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm, lib=lib)
+    run = run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm,
+                       forbidden=library.forbidden(spec.runnable))  # not in the kernel's library
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
