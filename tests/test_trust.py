@@ -117,10 +117,62 @@ TRICKS = {
             except OSError:
                 pass
         """,
+    # The library's own weighted_average and softmax, out of the watch's sight (probe.own_work): graded,
+    # the kernel's library does not have them (qkv_grading.library)
+    "library_in_a_thread": """
+        import threading
+        from qkv import reference as _ref
+        from qkv.reference import qkv_attention as _qa
+
+        def _in_a_thread(fn, *args):
+            out = {}
+
+            def work():
+                try:
+                    out["value"] = fn(*args)
+                except Exception as exc:
+                    out["error"] = exc
+            worker = threading.Thread(target=work)
+            worker.start()
+            worker.join()
+            if "error" in out:
+                raise out["error"]
+            return out["value"]
+
+        def weighted_average(values, weights):
+            return _in_a_thread(_ref.weighted_average, values, weights)
+
+        def softmax(x):
+            return _in_a_thread(_qa._softmax, np.asarray(x, dtype=float))
+        """,
+    "library_code_copied": """
+        import types
+        from qkv import reference as _ref
+        from qkv.reference import qkv_attention as _qa
+
+        def _copy(fn):
+            return types.FunctionType(fn.__code__.replace(co_name="mine"), fn.__globals__)
+
+        weighted_average = _copy(_ref.weighted_average)
+        softmax = _copy(_qa._softmax)
+        """,
+    "library_with_profile_off": """
+        import sys
+        from qkv import reference as _ref
+
+        def weighted_average(values, weights):
+            sys.setprofile(None)
+            return _ref.weighted_average(values, weights)
+
+        def softmax(x):
+            sys.setprofile(None)
+            return _ref.softmax(x)
+        """,
 }
 
 
-LAST = {"reads_solutions"}  # after the learner's own (wrong) definitions, which it would replace
+# after the learner's own (wrong) definitions, which they would replace
+LAST = {"reads_solutions", "library_in_a_thread", "library_code_copied", "library_with_profile_off"}
 
 
 def _trick_notebook(trick: str):

@@ -39,7 +39,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from qkv_grading import cells, cgroup, guard, sandbox
+from qkv_grading import cells, cgroup, guard, library, sandbox
 from qkv_grading.limits import Limits, describe_bytes
 from qkv_grading.probe import MIME as RECORDS_MIME
 from qkv_grading.wire import MAX_BYTES as MAX_RECORD_BYTES
@@ -206,7 +206,8 @@ class _Kernel:
 WARM_KERNELS = 3  # booting ahead, so that a worker rarely waits (see KernelPool)
 # Imported while a warm kernel boots, then the names are deleted: the learner's namespace starts empty,
 # but `import numpy` in the notebook costs nothing.
-_WARM_LINES = ["import numpy, qkv.reference, qkv_grading.probe", "del numpy, qkv, qkv_grading"]
+# (Not qkv: a sandboxed kernel gets its copy of the course library only once its assignment is known.)
+_WARM_LINES = ["import numpy, qkv_grading.probe", "del numpy, qkv_grading"]
 
 
 def _is_test(cell) -> bool:
@@ -434,7 +435,8 @@ class KernelPool:
         return self.warm_failures[-1] if len(self.warm_failures) > before else None
 
     def run_notebook(self, nb: nbformat.NotebookNode, cwd: str | None = None, timeout: float = 30,
-                     max_restarts: int = 3, limits: Limits | None = None, prewarm: bool = False) -> RunResult:
+                     max_restarts: int = 3, limits: Limits | None = None, prewarm: bool = False,
+                     forbidden: frozenset = frozenset()) -> RunResult:
         """Execute ``nb`` in place (outputs are written into its cells) and say how each code cell went.
 
         ``cwd``: the kernel's working folder (default: a scratch folder of its own, removed afterwards); a
@@ -442,11 +444,13 @@ class KernelPool:
         ``limits``: the notebook's budgets (wall-clock, cells, output, CPU time; default: the pool's, which
         also give each kernel its cgroup's and its sandbox's limits).
         ``prewarm``: leave kernels booting for the next calls, so that a batch rarely waits for a kernel.
+        ``forbidden``: the library functions a sandboxed kernel is not given (``qkv_grading.library``).
         """
-        return _call(self._run(nb, cwd, timeout, max_restarts, limits or self.settings.limits, prewarm))
+        return _call(self._run(nb, cwd, timeout, max_restarts, limits or self.settings.limits, prewarm,
+                               forbidden))
 
     async def _run(self, nb, cwd: str | None, timeout: float, max_restarts: int, limits: Limits,
-                   prewarm: bool) -> RunResult:
+                   prewarm: bool, forbidden: frozenset = frozenset()) -> RunResult:
         client = _CappedClient(
             nb, timeout=timeout, startup_timeout=60, kernel_name=KERNEL_NAME, allow_errors=True,
             interrupt_on_timeout=True, iopub_timeout=2, shutdown_kernel="immediate", record_timing=False,
@@ -500,6 +504,9 @@ class KernelPool:
                     self._retire(km, None)
                     self.warm_failures.append("a kernel booted ahead of time did not answer")
                     await connect(await self._launch(cwd))  # a cold start instead
+            kernel = self.live.get(id(client.km))
+            if kernel and kernel.sandboxed and kernel.folder:  # before its first cell: the library it may use
+                library.install(library.view(forbidden, self.settings.scratch_root), kernel.folder)
             group = self._group(client.km)
             seen = group.events() if group else cgroup.Events()
             if prewarm:

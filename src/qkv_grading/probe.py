@@ -39,6 +39,11 @@ class _Recording(list):
     """Kernel side, when graded: every probe's outcome, in order, as ("ok", value) or ("fail", message)."""
 
 
+class _Plan(list):
+    """Grader side, before a kernel runs (``planned``): every library function a probe forbids, in the
+    order asked; nothing is called, and each probe gives None."""
+
+
 class _Replay:
     """Grader side: the records a kernel sent, handed out in the order the probes ask for them."""
 
@@ -85,8 +90,9 @@ def own_work(name: str, forbidden):
 
     The course's policy: an exercise that asks for a function earns nothing for handing the work to the
     library's own version of it. Detection follows the code objects that run, so aliases and wrappers
-    are caught. It runs in the learner's kernel, so a determined learner can hide such a call; that
-    only hides a policy breach, it never turns a wrong answer into a right one.
+    are caught. It runs in the learner's kernel, so a determined learner can hide such a call (another
+    thread, a copied code object); a graded kernel therefore does not have those functions at all
+    (``qkv_grading.library``), and this watch gives the message.
     """
     codes = {getattr(getattr(f, "fget", f), "__code__", None): library_name(f) for f in forbidden}
     codes.pop(None, None)
@@ -144,6 +150,9 @@ def _probe(name: str, thunk, forbidden=()):
     mode = _MODE.get()
     if isinstance(mode, _Replay):
         return mode.take()
+    if isinstance(mode, _Plan):
+        mode.extend(forbidden)
+        return None
     try:
         value = _live(name, thunk, forbidden)
     except AssertionError as exc:
@@ -214,6 +223,18 @@ def decode_records(text: str) -> list:
         if rec[0] == "fail" and not isinstance(rec[1], str):
             raise wire.WireError("a failure without a message")
     return records
+
+
+@contextlib.contextmanager
+def planned():
+    """Grader side: inside the block, probes call nothing and give None; the list yielded collects every
+    function they forbid (``qkv_grading.library`` leaves those out of the kernel's library)."""
+    plan = _Plan()
+    token = _MODE.set(plan)
+    try:
+        yield plan
+    finally:
+        _MODE.reset(token)
 
 
 @contextlib.contextmanager

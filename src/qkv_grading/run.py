@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from qkv_grading import cells, guard, probe
+from qkv_grading import cells, guard, library, probe
 from qkv_grading.assemble import assemble
 from qkv_grading.discover import read_regular
 from qkv_grading.execute import FATAL, KernelPool
@@ -96,7 +96,8 @@ def run_in_kernel(submission, spec: Spec, pool: KernelPool, timeout: float = 30,
     for cell in nb.cells:
         if test_id(cell):
             cell.source = _harness(cell.source)
-    run = pool.run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm)
+    run = pool.run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm,
+                            forbidden=library.forbidden(spec.runnable))  # not in the kernel's library
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)

@@ -6,7 +6,9 @@ does not see the course repository (``solutions/``, other students' submissions)
 output folder, nor the grader's environment (``--clearenv``: only ``environment()`` is set). It writes
 only to a tmpfs of its own, limited in bytes and in files, and for its first second to the scratch folder
 where its sockets are (Unix sockets: the kernel has no network, not even loopback), which is closed to it
-once it is up. It runs as a user of its own (a random uid as root; the grader's own user in a user
+once it is up. Of the course library it sees only the copy the grader puts in that folder
+(``qkv_grading.library``: the installed ``qkv`` is hidden), less what the assignment's tests forbid. It
+runs as a user of its own (a random uid as root; the grader's own user in a user
 namespace otherwise), in its own process-id namespace, so it cannot signal the grader or another kernel.
 Its processes together are held to the memory, process and CPU limits of a cgroup of its own
 (``qkv_grading.cgroup``), each of them to ``prlimit``'s limits on address space, file size and CPU time.
@@ -22,7 +24,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from qkv_grading import cgroup
+from qkv_grading import cgroup, library
 from qkv_grading.cgroup import KernelGroup
 from qkv_grading.limits import Limits
 
@@ -94,9 +96,10 @@ PASSED_ON = ("LANG", "LC_ALL", "MPLBACKEND", "OMP_NUM_THREADS", "OPENBLAS_NUM_TH
 MOUNT = 'mount -t tmpfs -o "$1" qkv-home "$2" && cd "$2" || exit 125; shift 2; exec "$@"'
 
 
-def environment() -> dict[str, str]:
+def environment(scratch: str | None = None) -> dict[str, str]:
     """The kernel's whole environment (bwrap --clearenv, then these): where it may write, how it finds
-    its Python and the course's packages, and a few settings; nothing else of the grader's."""
+    its Python and the course's packages (with ``scratch``, the course library's copy there first), and a
+    few settings; nothing else of the grader's."""
     import qkv
     import qkv_grading
 
@@ -113,9 +116,19 @@ def environment() -> dict[str, str]:
         "IPYTHONDIR": os.path.join(HOME, ".ipython"), "PYTHONNOUSERSITE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     })
+    if scratch:
+        parents.insert(0, os.path.join(scratch, library.FOLDER))
     if parents:
         env["PYTHONPATH"] = os.pathsep.join(parents)
     return env
+
+
+def _installed_library() -> list[str]:
+    """The installed course library, hidden under an empty folder: a kernel imports the grader's copy of
+    it from its scratch folder instead (``qkv_grading.library``)."""
+    import qkv
+
+    return ["--tmpfs", str(Path(qkv.__file__).resolve().parent)]
 
 
 def rootless() -> bool:
@@ -142,12 +155,15 @@ def command(scratch: str, limits: Limits = Limits(), group: KernelGroup | None =
         os.chown(scratch, uid, gid)
         user = []
         become = [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    # there before the kernel starts, so that its import system looks in it (Python skips a folder on
+    # its path that was missing when first searched); the copy comes in before the first cell runs
+    os.makedirs(os.path.join(scratch, library.FOLDER), exist_ok=True)
     roots = _readable_roots()
     binds = []
     for root in roots:
         binds += ["--ro-bind", root, root]
     env = []
-    for name, value in environment().items():
+    for name, value in environment(scratch).items():
         env += ["--setenv", name, value]
     place = ["/bin/sh", "-c", cgroup.PLACE, "qkv-cgroup", *group.procs_files(), "--"] if group else []
     # with a cgroup the worker stops the kernel when its processes together have used their CPU time, and
@@ -164,7 +180,7 @@ def command(scratch: str, limits: Limits = Limits(), group: KernelGroup | None =
         "--symlink", "usr/bin", "/bin", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
         "--dir", HOME, "--perms", "0755", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-        *_dirs(roots + [scratch]), *binds, *_hidden(),
+        *_dirs(roots + [scratch]), *binds, *_hidden(), *_installed_library(),
         "--proc", "/proc", "--dev", "/dev", "--bind", scratch, scratch, "--remount-ro", "/",
         "--chdir", "/",
         "--", "/bin/sh", "-c", MOUNT, "qkv-home", tmpfs, HOME,
