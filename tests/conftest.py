@@ -25,7 +25,7 @@ def small_state_dict(small_config):
 # `make test` runs the files on two processes (pytest-xdist, `--dist loadfile`, one file on one process,
 # in the order collected). The longest files go first, so that the last file to start is a short one and
 # neither process waits long for the other at the end. Within a file the order is kept as written.
-LONGEST_FIRST = ["test_scale.py", "test_grading.py", "test_exchange.py", "test_limits.py", "test_site.py",
+LONGEST_FIRST = ["test_scale_stops.py", "test_scale.py", "test_grading.py", "test_exchange.py", "test_limits.py", "test_site.py",
                  "test_learner_path.py", "test_trust.py", "test_misconceptions.py", "test_feedback.py",
                  "test_hostile.py", "test_loops.py", "test_grade_usage.py", "test_manual_grading.py",
                  "test_check.py", "test_report.py", "test_release.py"]
