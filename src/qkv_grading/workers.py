@@ -17,6 +17,7 @@ gets 0 with a reason only if its worker dies again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -163,11 +164,13 @@ class Runner:
                  scheduler: str | None = None):
         self.specs, self.workers, self.settings = specs, workers, settings
         self.cluster = None
+        # process-wide settings this run changes (Dask's config, distributed's log level): put back by close()
+        self._restore = contextlib.ExitStack()
         self.notices: list[str] = []  # about the whole run: kernels without a cgroup of their own, say
         with dask.config.set(SCHEDULER_CONFIG):
             if scheduler is None:
                 # read by the cluster whenever a worker dies: set for the whole run, restored by close()
-                self._cluster_config = dask.config.set(LOCAL_CLUSTER_CONFIG)
+                self._restore.enter_context(dask.config.set(LOCAL_CLUSTER_CONFIG))
                 # Ctrl-C in a terminal reaches every process of the group: the workers are started
                 # ignoring it (the disposition survives their exec), and this process stops them
                 main = threading.current_thread() is threading.main_thread()
@@ -184,13 +187,13 @@ class Runner:
             else:
                 # distributed's own log lines (tracebacks at INFO when a connection closes) are not the
                 # instructor's business: the run says itself what went wrong. Restored by close().
-                self._logger = logging.getLogger("distributed")
-                self._logger_level = self._logger.level
-                self._logger.setLevel(logging.ERROR)
+                logger = logging.getLogger("distributed")
+                self._restore.callback(logger.setLevel, logger.level)
+                logger.setLevel(logging.ERROR)
                 try:
                     self.client = Client(scheduler, timeout="30s")
                 except OSError as exc:
-                    self._logger.setLevel(self._logger_level)
+                    self._restore.close()
                     raise SchedulerUnreachable(
                         f"no Dask scheduler answers at {scheduler} ({exc}); start one with "
                         f"`dask scheduler`, or leave out --scheduler to grade on this machine") from None
@@ -283,13 +286,7 @@ class Runner:
         finally:
             if cluster is not None:
                 cluster.close(timeout=20)
-            cluster_config = getattr(self, "_cluster_config", None)
-            if cluster_config is not None:
-                cluster_config.__exit__(None, None, None)
-                self._cluster_config = None
-            logger = getattr(self, "_logger", None)
-            if logger is not None:
-                logger.setLevel(self._logger_level)
+            self._restore.close()
 
 
 def _judged(result, job: Job):
