@@ -51,7 +51,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from qkv_grading import manual, sandbox
+from qkv_grading import library, manual, sandbox
 from qkv_grading.course import ASSIGNMENTS, find_root
 from qkv_grading.discover import (LINK, NOT_REGULAR, TOO_SHALLOW, Ignored, collected_timestamp, discover,
                                   submission_key, submitted)
@@ -165,6 +165,7 @@ def grade(submissions: Path, out: Path, root: Path, workers: int = 1, timeout: f
         specs = {name: load_spec(root, name, hidden=True) for name in names}
         for spec in specs.values():
             spec.judge  # built before anything runs: an instructor's set-up cell that fails here stops the run
+            library.plan(spec.runnable, spec.name)  # so does a probe part that cannot be planned (PlanError)
         todo = []
         for student, name, path in jobs:
             key = submission_key(path, specs[name].fingerprint, timeout)

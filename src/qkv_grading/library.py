@@ -9,8 +9,10 @@ function the assignment's tests forbid is a ``raise``. The rest of the library (
 use, the models) is there as installed.
 
 Which functions are forbidden is read from the tests themselves: their probe parts run here first, in
-the grader's process, with probes that call nothing (``probe.planned``). A copy is made once per set of
-forbidden functions, with its bytecode compiled, so a kernel imports it as fast as the installed one.
+the grader's process, with probes that call nothing and write themselves down (``probe.planned``). That
+one pass per notebook (``plan``) gives both what a graded kernel is sent for each test cell, its probes as
+data, and the functions they forbid. A copy of the library is made once per set of forbidden functions,
+with its bytecode compiled, so a kernel imports it as fast as the installed one.
 """
 
 from __future__ import annotations
@@ -21,23 +23,38 @@ import compileall
 import inspect
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from qkv_grading import cells, probe
+import numpy as np
 
+from qkv_grading import cells, probe, wire
+from qkv_grading.judge import InstructorError
+
+MAX_PLAN_CHARS = 2_000_000  # one test cell's probes as data: they travel in the source of a kernel's cell
 FOLDER = "library"  # in a kernel's scratch folder: the copy it imports (first on its PYTHONPATH)
 NOT_HERE = ("{name} is not in a graded kernel: this assignment asks you to write what it computes "
             "(your own code, and the library's other helpers, are fine)")
 
 
-# This process's findings, made once: the forbidden functions of each notebook's tests (by the code that
-# says so), and a copy of the library for each set of them.
-_PLANS: dict[str, frozenset] = {}
+# This process's findings, made once: each notebook's plan (by the code of its cells), and a copy of the
+# library for each set of forbidden functions.
+_PLANS: dict[str, NotebookPlan] = {}
 _VIEWS: dict[frozenset, Path] = {}
 
 
-class PlanError(Exception):
-    """A test cell's probe part cannot run before the kernel does (the instructor's to fix)."""
+class PlanError(InstructorError):
+    """A test cell's probe part cannot be planned before the kernel runs (the instructor's to fix)."""
+
+
+@dataclass(frozen=True)
+class NotebookPlan:
+    """What the grader sends a graded kernel, made once per notebook: for each test cell its probes as
+    data (``calls``: grade id -> the text ``probe.play`` takes), and the library functions the probes
+    forbid (``forbidden``: (module, qualname) of each), which the kernel's library leaves out."""
+
+    calls: dict[str, str]
+    forbidden: frozenset[tuple[str, str]]
 
 
 def _imports(text: str) -> str:
@@ -49,48 +66,65 @@ def _imports(text: str) -> str:
     return "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
 
 
-def _planned_cells(runnable) -> list[tuple[str | None, str, bool]]:
-    """(grade id, code, whether it is an answer's imports) of what runs here before a kernel does: set-up
-    cells, test cells' probe parts, and the imports of answer cells."""
-    found = []
-    for c in runnable.cells:
-        if c.get("cell_type") != "code":
-            continue
-        if cells.is_answer(c):
-            found.append((cells.grade_id(c), _imports(cells.source(c)), True))
-        elif cells.is_test(c) or cells.is_setup(c):
-            text = probe.split(cells.source(c))[0] if cells.is_test(c) else cells.source(c)
-            found.append((cells.grade_id(c), text, False))
-    return found
-
-
-def forbidden(runnable) -> frozenset[tuple[str, str]]:
-    """(module, qualname) of every library function the notebook's tests forbid: their probe parts and
-    the set-up cells before them run here, with probes that call nothing."""
-    key = repr(_planned_cells(runnable))
+def plan(runnable, name: str = "") -> NotebookPlan:
+    """The plan of a notebook's tests (``NotebookPlan``): each test cell's probe part runs here, in a copy
+    of the namespace its set-up cells make (as the judge's does), with probes that call nothing and
+    write themselves down (``probe.planned``). A probe part that cannot be planned raises ``PlanError``,
+    naming ``name`` (the assignment) and the cell."""
+    code = [(c.get("cell_type"), cells.grade_id(c), cells.is_answer(c), cells.is_test(c), cells.is_setup(c),
+             cells.source(c)) for c in runnable.cells]
+    key = repr((name, code))
     if key not in _PLANS:
-        _PLANS[key] = _forbidden(_planned_cells(runnable))
+        _PLANS[key] = _plan(runnable, name)
     return _PLANS[key]
 
 
-def _forbidden(planned: list[tuple[str | None, str, bool]]) -> frozenset[tuple[str, str]]:
-    """What the tests forbid, less what an answer cell imports (question 4 of exercise 2 lets a learner
-    use the ``attention`` question 3 forbids) and whatever that uses in turn: taking it away would break
-    the answers the notebook allows."""
-    found, allowed, shared = [], [], {"__name__": "__main__"}
-    for gid, text, imports in planned:
-        namespace: dict = {"__name__": "__main__"} if imports else shared
-        with probe.planned() as plan:
-            try:
-                exec(compile(text, f"<plan of {gid}>", "exec"), namespace)
-            except Exception as exc:
-                raise PlanError(f"cell {gid}: its probe part cannot run before the "
-                                f"kernel does ({type(exc).__name__}: {exc})") from None
-        found += plan
-        allowed += [v for k, v in namespace.items() if imports and k != "__name__"]
+def forbidden(runnable) -> frozenset[tuple[str, str]]:
+    """(module, qualname) of every library function the notebook's tests forbid (``plan``)."""
+    return plan(runnable).forbidden
+
+
+def _run(text: str, namespace: dict, where: str, what: str) -> None:
+    try:
+        exec(compile(text, f"<plan of {where}>", "exec"), namespace)
+    except (Exception, probe.Unplannable) as exc:
+        raise PlanError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _plan(runnable, name: str) -> NotebookPlan:
+    """What the tests ask and forbid. Forbidden, less what an answer cell imports (question 4 of exercise 2
+    lets a learner use the ``attention`` question 3 forbids) and whatever that uses in turn: taking it
+    away would break the answers the notebook allows."""
+    prefix = f"{name}: " if name else ""
+    base: dict = {"__name__": "__main__"}
+    for c in runnable.cells:
+        if c.get("cell_type") == "code" and cells.is_setup(c):
+            gid = cells.grade_id(c)
+            _run(cells.source(c), base, gid, f"{prefix}set-up cell {gid} fails in the grader")
+    calls, found, allowed = {}, [], []
+    for c in runnable.cells:
+        if c.get("cell_type") != "code":
+            continue
+        gid = cells.grade_id(c)
+        if cells.is_answer(c):
+            imported: dict = {"__name__": "__main__"}
+            _run(_imports(cells.source(c)), imported, gid, f"{prefix}the imports of answer cell {gid} fail")
+            allowed += [v for k, v in imported.items() if k != "__name__"]
+        elif cells.is_test(c):
+            namespace = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in base.items()}
+            with probe.planned() as made:
+                _run(probe.split(cells.source(c))[0], namespace, gid,
+                     f"{prefix}test cell {gid}: its probe part cannot be planned before the kernel runs")
+            calls[gid] = wire.dumps(made.steps)
+            if len(calls[gid]) > MAX_PLAN_CHARS:
+                raise PlanError(f"{prefix}test cell {gid}: its probes' arguments take {len(calls[gid])} "
+                                f"characters to send (at most {MAX_PLAN_CHARS}): make large inputs in the "
+                                f"kernel with an instrument of qkv_grading.drivers")
+            found += made.forbidden
     kept = _used_by(allowed)
     named = (getattr(f, "fget", f) for f in found)
-    return frozenset(_key(fn) for fn in named if _in_library(fn) and fn.__code__ not in kept)
+    removed = frozenset(_key(fn) for fn in named if _in_library(fn) and fn.__code__ not in kept)
+    return NotebookPlan(calls, removed)
 
 
 def _in_library(fn) -> bool:

@@ -72,11 +72,11 @@ def read_submission(path: Path, spec: Spec) -> KernelRun | nbformat.NotebookNode
     return submission
 
 
-def _harness(source: str) -> str:
-    """The code a test cell is replaced by in the learner's kernel: its probe part, nothing else."""
-    probe_part, _ = probe.split(source)
-    return (f"__import__('qkv_grading.probe', fromlist=['probe']).run_probe_part({probe_part!r}, "
-            f"globals())")
+def _harness(calls: str) -> str:
+    """The code a test cell is replaced by in the learner's kernel: one fixed cell, the same for every
+    test, that plays the test's probes sent as data (``probe.play``); no line of the test is in it."""
+    return (f"{probe.TEST_HEADING} (graded: its probes, sent as data)\n"
+            f"from qkv_grading import probe\nprobe.play({calls!r})\n")
 
 
 def run_in_kernel(submission, spec: Spec, pool: KernelPool, timeout: float = 30, max_restarts: int = 3,
@@ -93,11 +93,12 @@ def run_in_kernel(submission, spec: Spec, pool: KernelPool, timeout: float = 30,
         gid = cells.grade_id(cell)
         return gid if cells.is_graded(cell) and gid in tests else None
 
+    plan = library.plan(spec.runnable, spec.name)
     for cell in nb.cells:
         if test_id(cell):
-            cell.source = _harness(cell.source)
+            cell.source = _harness(plan.calls[test_id(cell)])
     run = pool.run_notebook(nb, timeout=timeout, max_restarts=max_restarts, limits=limits, prewarm=prewarm,
-                            forbidden=library.forbidden(spec.runnable))  # not in the kernel's library
+                            forbidden=plan.forbidden)  # not in the kernel's library
     out = KernelRun(spec.name, "graded", nb, notes=built.notes + run.notes)
     for k, cell in enumerate(nb.cells):
         gid = test_id(cell)
