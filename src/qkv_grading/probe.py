@@ -86,6 +86,7 @@ for _dunder in ("bool len iter next reversed contains getitem setitem delitem ca
                 "and rand or ror xor rxor lshift rlshift rshift rrshift str format bytes enter exit "
                 "array array_ufunc array_function getattr setattr delattr fspath copy deepcopy").split():
     setattr(_Pending, f"__{_dunder}__", _Pending._refuse)
+del _dunder
 
 
 class _Plan:
@@ -135,6 +136,8 @@ class _Replay:
 def _argument(value, what: str) -> tuple:
     """An argument of a probe as the plan carries it: ("learner", name) or ("data", plain data)."""
     if isinstance(value, Learner):
+        if not isinstance(value.name, str):
+            raise Unplannable(f"probe.learner takes a name (a str), not a {type(value.name).__name__}")
         return ("learner", value.name)
     _check_plain(value, what)
     return ("data", value)
@@ -177,9 +180,7 @@ def library_function(name: str):
     """The course library's function ``name`` (as ``library_name`` writes it), in this process's ``qkv``:
     in a graded kernel, the copy without the forbidden bodies. A property gives its getter."""
     parts = name.split(".")
-    for k in range(len(parts) - 1, 0, -1):
-        if not parts[0] == "qkv":
-            break
+    for k in range(len(parts) - 1, 0, -1) if parts[0] == "qkv" else ():
         try:
             found = importlib.import_module(".".join(parts[:k]))
         except ImportError:
