@@ -8,9 +8,11 @@ and in exercises/, so a change of points is made in the metadata alone (and the 
 heading released with the old points for a learner's edit).
 
 With --check nothing is written: the command exits 1 and lists what differs when exercises/ is out of date.
-It also grades every solution against all of its tests, hidden ones included, with the grader's own run
-and judge (in the sandbox when bwrap is installed), and exits 1 unless each gets full marks: a hidden test
-whose expected value is wrong is found here, not when a class is graded. --sync-only skips that step.
+It plans every test (``qkv_grading.library.plan``: a graded kernel is sent each test's probes as data)
+and exits 1, naming the assignment and the cell, for one that cannot be planned. It also grades every
+solution against all of its tests, hidden ones included, with the grader's own run and judge (in the
+sandbox when bwrap is installed), and exits 1 unless each gets full marks: a hidden test whose expected
+value is wrong is found here, not when a class is graded. --sync-only skips that grading step.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, points_in_headings,
-                                read_notebook, release_notebook, source_path)
+from qkv_grading.course import (ASSIGNMENTS, RELEASE_DIR, SOURCE_DIR, dumps, find_root, instructor_notebook,
+                                points_in_headings, read_notebook, release_notebook, source_path)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +160,21 @@ def grade_solutions(root: Path, timeout: float = 30.0) -> list[SolutionGrade]:
     return grades
 
 
+def plan_errors(root: Path) -> list[str]:
+    """Why each assignment whose tests cannot be planned fails (``qkv_grading.library.plan``): a graded
+    kernel is sent each test's probes as data, so a probe part that uses what a probe returns, passes
+    arguments that are not plain data, or fails in the grader cannot be graded. No kernel runs here."""
+    from qkv_grading import library
+
+    errors = []
+    for name in ASSIGNMENTS:
+        try:
+            library.plan(instructor_notebook(read_notebook(source_path(root, name))), name)
+        except library.PlanError as exc:
+            errors.append(str(exc))
+    return errors
+
+
 def main(args: argparse.Namespace) -> int:
     root = find_root(args.root)
     if args.check:
@@ -167,6 +184,12 @@ def main(args: argparse.Namespace) -> int:
             print("\n".join("  " + line for line in lines))
             return 1
         print(f"{RELEASE_DIR}/ is in sync with {SOURCE_DIR}/ ({len(ASSIGNMENTS)} assignments)")
+        errors = plan_errors(root)
+        if errors:
+            print(f"{len(errors)} assignment(s) have a test the grader cannot send a kernel as data; fix them "
+                  f"in {SOURCE_DIR}/:")
+            print("\n".join("  " + e for e in errors))
+            return 1
         if getattr(args, "sync_only", False):
             return 0
         from qkv_grading.judge import InstructorError
