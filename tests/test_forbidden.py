@@ -1,8 +1,8 @@
 """The library's own answer earns nothing: every function in ``qkv`` that computes what a question asks
 for is on that question's forbidden list (issue 22, item 6).
 
-Each solution notebook runs here, in this process, its test cells' probe parts included, with a
-``probe.call`` that calls the solution and writes down (name, arguments, forbidden list, result). Then
+Each solution notebook runs here, in this process, and every ``probe.call`` the grader plans for its test
+cells (name, arguments, forbidden list) is put to the solution, its result written down. Then
 every function defined in the ``qkv`` package, private helpers and unchecked cores included, is called
 with the same arguments: one that gives the solution's result on every call of a name computes that
 answer, and must be forbidden wherever that name is asked for.
@@ -25,8 +25,8 @@ import pytest
 
 import qkv
 from grading_helpers import ROOT
-from qkv_grading import library, probe
-from qkv_grading.course import ASSIGNMENTS, read_notebook, source_path
+from qkv_grading import library, probe, wire
+from qkv_grading.course import ASSIGNMENTS, instructor_notebook, read_notebook, source_path
 
 # Modules whose functions draw, train, or read and write files: none computes an exercise's answer, and
 # calling them with an exercise's arguments would only do I/O.
@@ -45,32 +45,28 @@ class Asked:
 
 
 def _asked(name: str) -> list[Asked]:
-    """Every ``probe.call`` of the solution's test cells, with what the solution returned."""
-    asked: list[Asked] = []
+    """Every ``probe.call`` of the solution's test cells, as the grader plans it for a kernel
+    (``library.plan``: the arguments as data, the forbidden functions by name), with what the solution
+    returns for it."""
+    source = read_notebook(source_path(ROOT, name))
     namespace: dict = {"__name__": "__main__"}
-
-    def call(fn_name, *args, forbidden=(), **kwargs):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            result = namespace[fn_name](*copy.deepcopy(args), **copy.deepcopy(kwargs))
-        asked.append(Asked(name, cell_id, fn_name, args, kwargs, tuple(forbidden), result))
-        return result
-
-    saved = probe.call
-    probe.call = call  # a stand-in for the kernel's probe, in the test's own process only
-    try:
-        for cell in read_notebook(source_path(ROOT, name)).cells:
-            if cell.cell_type != "code":
-                continue
-            cell_id = cell.metadata.get("nbgrader", {}).get("grade_id", cell.get("id"))
-            text = cell.source
-            if text.startswith(probe.TEST_HEADING):
-                text = probe.split(text)[0]
+    for cell in source.cells:  # the set-up and the solution's answers
+        if cell.cell_type == "code" and not cell.source.startswith(probe.TEST_HEADING):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                exec(compile(text, f"<{name}:{cell_id}>", "exec"), namespace)
-    finally:
-        probe.call = saved
+                exec(compile(cell.source, f"<{name}>", "exec"), namespace)
+    asked: list[Asked] = []
+    for cell_id, text in library.plan(instructor_notebook(source), name).calls.items():
+        for step in wire.loads(text):
+            if step[0] != "call":
+                continue
+            _, fn_name, args, kwargs, forbidden = step
+            args, kwargs = tuple(a[1] for a in args), {k: v[1] for k, v in kwargs.items()}
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                result = namespace[fn_name](*copy.deepcopy(args), **copy.deepcopy(kwargs))
+            asked.append(Asked(name, cell_id, fn_name, args, kwargs,
+                               tuple(probe.library_function(f) for f in forbidden), result))
     return asked
 
 

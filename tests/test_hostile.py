@@ -66,10 +66,10 @@ FAKE_RECORDS = f"""
 from IPython.display import display as _display
 from qkv_grading import probe as _probe
 _HOSTILE, _sent = {HOSTILE_RECORDS!r}, []
-def _fake(source, namespace):
+def _fake(plan):
     _display({{{MIME!r}: _HOSTILE[len(_sent) % len(_HOSTILE)]}}, raw=True)
     _sent.append(1)
-_probe.run_probe_part = _fake
+_probe.play = _fake
 """
 
 ODD_METADATA = [{"collapsed": "yes"}, {"scrolled": "x"}, {"name": 3}, {"tags": ['a" onclick="x', 3]},

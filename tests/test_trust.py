@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from grading_helpers import ROOT, filled, question_scores, read_csv, submit
+from grading_helpers import ROOT, filled, question_scores, read_csv, solution_sources, submit
 from qkv_grading.grade import grade
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ TRICKS = {
         from qkv_grading import probe, wire
         print("q1_shape passed\\nq1_value passed\\nall tests passed: 10 / 10")
         display({probe.MIME: wire.dumps([("ok", np.array([3.8, 2.5]))])}, raw=True)
-        probe.run_probe_part = lambda source, ns: display(
+        probe.play = lambda plan: display(
             {probe.MIME: wire.dumps([("ok", np.array([3.8, 2.5]))] * 20)}, raw=True)
         """,
     "exits_early": """
@@ -185,6 +185,96 @@ def _trick_notebook(trick: str):
     return filled(NAME, answers)
 
 
+# A learner's function that searches everything its kernel can reach for the hidden tests' code: the call
+# stack's frames, their code and source, linecache, every code object, function, dict and list the
+# garbage collector knows, IPython's In, user namespace and history, and the files of its working
+# folder. It looks for two lines of the hidden probe part of q2_random (neither is in the checks part nor
+# released), and prints what it found encoded, past the scrubber.
+HIDDEN_PROBE_LINES = ("four items of width 3", "g.dirichlet(np.ones(4))")
+SEARCHER = f"""
+import base64, gc, inspect, linecache, os, sys
+NEEDLES, FOUND, LOOKED = {tuple(line[::-1] for line in HIDDEN_PROBE_LINES)!r}, [], [0]  # reversed: not
+# found in this cell's own code
+
+
+def _look(text, where):
+    LOOKED[0] += 1
+    for needle in NEEDLES:
+        at = text.find(needle[::-1]) if isinstance(text, str) else -1
+        if at >= 0:
+            FOUND.append(where + ": " + text[max(0, at - 200):at + 200])
+
+
+def _code(code, where, deep=False):
+    _look(" ".join(map(str, (code.co_filename,) + code.co_names + code.co_consts)), where)
+    if deep:
+        _look("".join(linecache.getlines(code.co_filename)), where + " lines")
+        try:
+            _look(inspect.getsource(code), where + " source")
+        except (OSError, TypeError):
+            pass
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _code(const, where, deep)
+
+
+def search():
+    frame = sys._getframe(1)
+    while frame is not None:
+        _code(frame.f_code, "frame", deep=True)
+        for scope in (frame.f_locals, frame.f_globals):
+            for v in list(scope.values()):
+                if v is not FOUND:
+                    _look(v if isinstance(v, str) else repr(v)[:10000], "frame variable")
+        frame = frame.f_back
+    for name, entry in list(linecache.cache.items()):
+        _look(str(name) + "".join(entry[2]) if len(entry) > 2 else str(entry), "linecache")
+    for obj in gc.get_objects():
+        if inspect.iscode(obj):
+            _code(obj, "gc code")
+        elif inspect.isfunction(obj):
+            _code(obj.__code__, "gc function")
+        elif isinstance(obj, dict):
+            for v in list(obj.values()):
+                _look(v, "gc dict")
+        elif isinstance(obj, (list, tuple)) and obj is not FOUND:
+            for v in obj:
+                _look(v, "gc list")
+    shell = get_ipython()
+    for v in list(shell.user_ns.get("In", [])) + list(shell.user_ns.values()):
+        if v is not FOUND:
+            _look(v if isinstance(v, str) else repr(v)[:10000], "user_ns")
+    try:
+        for _, _, line in shell.history_manager.get_range():
+            _look(line, "history")
+    except Exception:
+        pass
+    for root, _, files in os.walk("."):
+        for f in files:
+            try:
+                with open(os.path.join(root, f), errors="ignore") as handle:
+                    _look(handle.read(1_000_000), "file " + f)
+            except OSError:
+                pass
+"""
+ATTACKER_REPORT = """
+print("SEARCHED", LOOKED[0], "FOUND", len(FOUND))
+print("STOLEN:" + base64.b64encode("\\n".join(FOUND).encode()).decode() + ":END")
+"""
+
+
+def _attacker_notebook():
+    import nbformat
+
+    sol = solution_sources(NAME)["q2_answer"]
+    spy = sol + ("\n\n_weights_for, _calls = weights_for, []\n\n\ndef weights_for(values, output):\n"
+                 "    _calls.append(1)\n    if len(_calls) <= 2:  # the visible call and the first hidden one\n"
+                 "        search()\n    return _weights_for(values, output)\n")
+    nb = filled(NAME, {"q1_answer": textwrap.dedent(SEARCHER).strip() + "\n" + filled_q1(), "q2_answer": spy})
+    nb.cells.append(nbformat.v4.new_code_cell(ATTACKER_REPORT.strip()))
+    return nb
+
+
 SANDBOX = {
     "reads_solutions_dir": f"open({SOLUTIONS + '/' + NAME + '/' + NAME + '.ipynb'!r}).read()",
     "writes_outside_scratch": "open('/usr/evil.txt', 'w').write('x')",
@@ -227,6 +317,7 @@ def graded(tmp_path_factory, listener):
     submit(subs, "wrong", NAME, filled(NAME, WRONG))
     for trick in TRICKS:
         submit(subs, f"trick_{trick}", NAME, _trick_notebook(trick))
+    submit(subs, "attacker_reads_hidden_tests", NAME, _attacker_notebook())
     for attack, code in SANDBOX.items():
         code = code.replace("{port}", str(listener.getsockname()[1]))
         submit(subs, f"sandbox_{attack}", NAME, filled(NAME, {"q1_answer": code + "\n" + filled_q1()}))
@@ -276,3 +367,23 @@ def test_nothing_was_written_where_the_kernel_should_not_write(graded):
     assert not (graded["out"] / "results" / "trick.json").exists()
     rows = read_csv(graded["out"] / "grades.csv")
     assert all(r["student"] != "trick" for r in rows)
+
+
+def test_a_learners_function_finds_no_hidden_test_code_in_its_kernel(graded):
+    """The hidden tests' code never enters the kernel (issue 22, item 6): the kernel is sent each test's
+    probes as data. With the probe part's source in the kernel (the grader before), the search found it
+    in the calling frames and printed it, encoded, on the feedback page."""
+    import base64
+    import re
+
+    student = "attacker_reads_hidden_tests"
+    page = (graded["out"] / "feedback" / student / NAME / f"{NAME}.html").read_text()
+    searched = re.search(r"SEARCHED (\d+) FOUND (\d+)", page)
+    assert searched, "the attacker's report is not on its page"
+    assert int(searched.group(1)) > 10_000, searched.group(0)  # it did look, widely
+    stolen = [base64.b64decode(m).decode() for m in re.findall(r"STOLEN:([A-Za-z0-9+/=]*):END", page)]
+    assert stolen, "the attacker's encoded findings are not on its page"
+    assert not any(line in text for line in HIDDEN_PROBE_LINES for text in stolen + [page]), stolen
+    assert searched.group(2) == "0", searched.group(0)
+    full = graded["questions"][(student, NAME)]
+    assert all(s == m for s, m in full.values()), full  # its answers are right: it loses nothing either
