@@ -784,7 +784,7 @@ PEEK_Q2 = """
 import sys
 def weights_for(values, output):
     frame, seen = sys._getframe(1), []
-    while frame is not None:  # the probe part the grader's harness runs, hidden lines included
+    while frame is not None:  # the source a harness once ran in the kernel, hidden lines included
         seen.append(str(frame.f_locals.get("source", "")))
         frame = frame.f_back
     raise ValueError("\\n".join(seen))
