@@ -178,3 +178,32 @@ def test_the_same_cell_runs_top_to_bottom_in_a_learners_notebook():
         namespace["answer"] = "C"
         with pytest.raises(AssertionError, match="answer is wrong"):
             exec(compile(PROBES + CHECKS, "<test t_demo>", "exec"), namespace)
+
+
+def test_the_decoding_instrument_counts_a_step_that_projects_the_whole_prefix_again():
+    """``drivers.decoding_steps`` keeps the strength of the cell it replaced: a decode_step that caches
+    its inputs and projects all of them again each step is seen doing so; a cached step is not."""
+    from qkv.reference import KVCache, attention
+    from qkv_grading import drivers
+
+    rng = np.random.default_rng(0)
+    W_q, W_k, W_v = (rng.normal(size=(4, 4)) for _ in range(3))
+    X = rng.normal(size=(5, 4))
+
+    def cached(x, cache, W_q, W_k, W_v):
+        K, V = cache.update((x @ W_k)[None, None, None], (x @ W_v)[None, None, None])
+        return attention((x @ W_q)[None], K[0, 0], V[0, 0])[0]
+
+    seen = []
+
+    def recomputing(x, cache, W_q, W_k, W_v):
+        seen.append(x)
+        prefix = np.stack(seen)
+        cache.update((x @ np.asarray(W_k))[None, None, None], (x @ np.asarray(W_v))[None, None, None])
+        return attention((x @ W_q)[None], prefix @ W_k, prefix @ W_v)[0]
+
+    good = drivers.decoding_steps(cached, KVCache, X, W_q, W_k, W_v)
+    bad = drivers.decoding_steps(recomputing, KVCache, X, W_q, W_k, W_v)
+    assert good["projected"] == [(1, 1)] * 5 and good["lengths"] == [1, 2, 3, 4, 5]
+    assert [k for k, _ in bad["projected"]] == [1, 2, 3, 4, 5]
+    assert np.allclose(np.stack(good["outs"]), np.stack(bad["outs"]))
